@@ -1,0 +1,61 @@
+# bon_jax: every target sets itself up first, so each works as the first command on a fresh clone.
+#   make train [EXP=arith_bo32] [ARGS="--config.rl.n=16"]   run one experiment end to end
+#   make sweep EXP=sentiment_vbon [SHARD=0/2]               run (a shard of) an experiment's grid
+#   make eval  EXP=... [ARGS=...]                           evaluate the latest checkpoint of a run
+#   make test | make bench | make lint | make install
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXP    ?= arith_bo32
+ARGS   ?=
+SHARD  ?= 0/1
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast train sweep eval bench bench-peers lint format lock clean
+
+install: $(STAMP)
+
+# Re-installs only when the lock or the package metadata changed.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+
+train: $(STAMP)
+	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py $(ARGS)
+
+sweep: $(STAMP)
+	$(PY) -m bon_jax.cli.sweep --config=experiments/$(EXP).py --shard=$(SHARD) $(ARGS)
+
+eval: $(STAMP)
+	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py --only=eval $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check bon_jax experiments tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format bon_jax experiments tests benchmarks
+
+# Regenerates requirements.lock from a fresh resolve of pyproject.toml (CPU jax).
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/pip install --quiet -e ".[dev]"
+	(echo '# Exact versions for CI and `make install` (CPU jax). Regenerate with `make lock`.'; \
+	 .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e') > requirements.lock
+	rm -rf .lockenv
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
