@@ -1,0 +1,102 @@
+"""The task interface: prompts, reference solutions and ground-truth grading.
+
+A task knows nothing about tokens or models. It yields `Example`s and grades completion *text*:
+`reward` is the ground truth R(x, y) of METHODS.md, `answer` the extracted final answer (for majority
+voting), `reason` why a completion failed (unparsable, wrong, timed out, ...).
+
+Grading a `[B, N]` batch goes through `Task.grade_batch`, which returns arrays; tasks whose grading is
+expensive (code execution) override it to run in parallel.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One prompt of a task.
+
+    Attributes:
+      id: stable identifier, unique within the task (splits never share one).
+      prompt: the text the policy continues.
+      reference: a reference completion (worked solution / canonical code), for SFT and imitation.
+      answer: the reference final answer, when the task has one.
+      meta: task-specific fields (unit tests, entry point, difficulty level, ...).
+    """
+
+    id: str
+    prompt: str
+    reference: str | None = None
+    answer: str | None = None
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grade:
+    """The grade of one completion: reward (float), extracted answer, and why it failed if it did."""
+
+    reward: float
+    answer: str | None = None
+    reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Grades:
+    """Grades of a `[B, N]` batch of completions.
+
+    rewards_BN: float32 rewards. answers_BN: object array of extracted answers (None if unparsable).
+    reasons_BN: object array of failure reasons (None where the completion was graded normally).
+    """
+
+    rewards_BN: np.ndarray
+    answers_BN: np.ndarray
+    reasons_BN: np.ndarray
+
+
+class Task(abc.ABC):
+    """Base class. Subclasses set `name`, implement `examples` and `grade`; may override `grade_batch`."""
+
+    name: str = "task"
+    splits: tuple[str, ...] = ("train", "validation", "test")
+
+    @abc.abstractmethod
+    def examples(self, split: str) -> Sequence[Example]:
+        """All examples of `split` (one of `self.splits`), in a fixed order."""
+
+    @abc.abstractmethod
+    def grade(self, example: Example, completion: str) -> Grade:
+        """Grades one completion of `example.prompt`. Never raises on bad completion text."""
+
+    def grade_batch(
+        self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]
+    ) -> Grades:
+        """Grades every completion; the default loops in Python (cheap graders only)."""
+        if len(examples_B) != len(completions_BN):
+            raise ValueError(
+                f"grade_batch: {len(examples_B)} examples but {len(completions_BN)} rows of completions"
+            )
+        grades = [[self.grade(ex, c) for c in row] for ex, row in zip(examples_B, completions_BN)]
+        return stack_grades(grades)
+
+
+def stack_grades(grades_BN: Sequence[Sequence[Grade]]) -> Grades:
+    """Turns nested lists of `Grade` (all rows the same length) into a `Grades` of arrays."""
+    B = len(grades_BN)
+    N = len(grades_BN[0]) if B else 0
+    if any(len(row) != N for row in grades_BN):
+        raise ValueError("stack_grades: rows of different lengths")
+    rewards = np.zeros((B, N), np.float32)
+    answers = np.empty((B, N), object)
+    reasons = np.empty((B, N), object)
+    for b, row in enumerate(grades_BN):
+        for n, g in enumerate(row):
+            rewards[b, n] = g.reward
+            answers[b, n] = g.answer
+            reasons[b, n] = g.reason
+    return Grades(rewards, answers, reasons)
