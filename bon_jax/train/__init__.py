@@ -1,0 +1,1 @@
+"""Training: jitted sharded steps, checkpoints, preemption handling."""

@@ -1,0 +1,136 @@
+"""Orbax checkpoints of a training run: params, optimizer state, step, RNG and data-iterator state.
+
+One `Checkpointer` per run directory. A checkpoint holds two items:
+  - `state`: the pytree of arrays (params, optimizer state, anchor params, RNG key data, step), saved with
+    `StandardSave` and restored against an *abstract* target (`jax.ShapeDtypeStruct`s carrying shardings),
+    so each host reads only its own shards and nothing is materialised on one device first;
+  - `meta`: JSON (data-iterator state, config hash, anything small and host-side).
+
+Restoring checks the saved tree against the target first and refuses a mismatch with an error that names
+the differing paths and shapes, instead of orbax's generic failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from bon_jax.errors import BonJaxError
+
+
+class CheckpointMismatchError(BonJaxError, ValueError):
+    """The saved checkpoint's tree does not match the tree the run expects."""
+
+
+def _leaf_signature(x) -> tuple[tuple[int, ...], str] | None:
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None:
+        return None
+    return tuple(int(d) for d in shape), str(np.dtype(dtype)) if dtype is not None else "?"
+
+
+def _flat_signatures(tree) -> dict[str, Any]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): _leaf_signature(leaf) for path, leaf in flat}
+
+
+def tree_mismatches(saved, expected, *, check_dtype: bool = False) -> list[str]:
+    """Human-readable differences between two pytrees of arrays / metadata (paths, shapes, dtypes)."""
+    got, want = _flat_signatures(saved), _flat_signatures(expected)
+    problems = [f"missing in checkpoint: {k} {want[k]}" for k in sorted(want.keys() - got.keys())]
+    problems += [f"unexpected in checkpoint: {k} {got[k]}" for k in sorted(got.keys() - want.keys())]
+    for k in sorted(want.keys() & got.keys()):
+        g, w = got[k], want[k]
+        if g is None or w is None:
+            continue
+        if g[0] != w[0] or (check_dtype and g[1] != w[1]):
+            problems.append(f"{k}: checkpoint has {g[0]} {g[1]}, run expects {w[0]} {w[1]}")
+    return problems
+
+
+class Checkpointer:
+    """Saves and restores training state under `directory`, keeping the last `max_to_keep` steps."""
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = False):
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    @property
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state, meta: Mapping[str, Any] | None = None, *, force: bool = True):
+        """Saves `state` (pytree of arrays) and `meta` (JSON-serialisable) as checkpoint `step`."""
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave(dict(meta or {})),
+            ),
+            force=force,
+        )
+
+    def wait(self):
+        """Blocks until any asynchronous save has finished."""
+        self._manager.wait_until_finished()
+
+    def restore(self, abstract_state, step: int | None = None):
+        """Restores `(state, meta)` of `step` (default: latest) onto the shardings of `abstract_state`.
+
+        `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (with `.sharding`) or of arrays. Raises
+        `FileNotFoundError` if there is no checkpoint and `CheckpointMismatchError` naming every differing
+        path if the saved tree does not have the expected structure and shapes.
+        """
+        step = self.latest_step if step is None else int(step)
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        saved = self._manager.item_metadata(step)["state"]
+        abstract_state = jax.tree.map(_as_abstract, abstract_state)
+        problems = tree_mismatches(saved, abstract_state)
+        if problems:
+            shown = "\n  ".join(problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory} step {step} does not match this run's state tree "
+                f"(was it written by a different model config?):\n  {shown}{more}"
+            )
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["state"], dict(restored["meta"] or {})
+
+    def close(self):
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _as_abstract(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    sharding = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)

@@ -1,0 +1,76 @@
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from bon_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
+from bon_jax.train.preemption import PreemptionGuard
+
+
+def _state(seed=0, width=8):
+    k = jax.random.PRNGKey(seed)
+    return {
+        "params": {"w": jax.random.normal(k, (width, 4)), "b": jnp.arange(4.0)},
+        "opt": {"mu": jnp.ones((width, 4)), "count": jnp.array(3, jnp.int32)},
+        "rng": jax.random.key_data(jax.random.PRNGKey(seed + 1)),
+        "step": jnp.array(7, jnp.int32),
+    }
+
+
+def test_save_restore_roundtrip_keeps_last_k(tmp_path):
+    with Checkpointer(tmp_path / "ckpt", max_to_keep=2) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, _state(step), {"data": {"epoch": step, "index": 10 * step}})
+        assert ckpt.all_steps() == [2, 3]
+        state, meta = ckpt.restore(jax.tree.map(jnp.zeros_like, _state()))
+    want = _state(3)
+    jax.tree.map(np.testing.assert_array_equal, state, want)
+    assert meta == {"data": {"epoch": 3, "index": 30}}
+
+
+def test_restore_onto_sharding(tmp_path):
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"))
+    sharded = NamedSharding(mesh, P("fsdp", None))
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(5, _state())
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())),
+            _state(),
+        )
+        abstract["params"]["w"] = jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=sharded)
+        state, _ = ckpt.restore(abstract)
+    assert state["params"]["w"].sharding == sharded
+    np.testing.assert_array_equal(state["params"]["w"], _state()["params"]["w"])
+
+
+def test_mismatched_tree_is_refused_by_name(tmp_path):
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(1, _state(width=8))
+        wrong = _state(width=16)
+        wrong["params"]["extra"] = jnp.zeros(2)
+        with pytest.raises(CheckpointMismatchError) as err:
+            ckpt.restore(wrong)
+    msg = str(err.value)
+    assert "['params']['w']" in msg and "(8, 4)" in msg and "(16, 4)" in msg
+    assert "missing in checkpoint: ['params']['extra']" in msg
+
+
+def test_restore_without_checkpoint(tmp_path):
+    with Checkpointer(tmp_path / "empty") as ckpt:
+        assert ckpt.latest_step is None
+        with pytest.raises(FileNotFoundError, match="no checkpoint"):
+            ckpt.restore(_state())
+
+
+def test_preemption_guard_turns_sigterm_into_a_flag():
+    before = signal.getsignal(signal.SIGTERM)
+    with PreemptionGuard() as guard:
+        assert not guard.requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert guard.requested() and guard.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
