@@ -1,0 +1,246 @@
+"""Experiment configs: the base schema every experiment extends, and validation before any compute.
+
+An experiment is `experiments/<name>.py` with `get_config()` returning `base_config()` updated with its
+own values (and optionally `get_sweep()` returning a list of override dicts). The base schema is the single
+list of keys that exist: a key an experiment or a command-line override adds that is not in it is a typo,
+and `validate` refuses it with the closest known key. Values are checked for range and consistency, and
+paths that a stage needs are checked to exist, all before a single array is allocated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from bon_jax.errors import ConfigError
+
+# Stages of the pipeline, in order; each caches its output under <workdir>/<stage>-<hash of its config>.
+STAGES = ("tokenizer", "base_policy", "verifier", "finetune", "eval", "report")
+
+
+def base_config() -> ConfigDict:
+    """Every key an experiment may set, with the defaults of the embedded arith experiment."""
+    c = ConfigDict()
+    c.name = "experiment"
+    c.seed = 0
+    c.workdir = ""  # default: runs/<name>
+    c.stages = STAGES
+    c.log_every = 10
+
+    c.task = ConfigDict()
+    c.task.name = "arith"
+    c.task.kwargs = ConfigDict()  # passed to the task constructor
+    c.task.data_dir = ""  # local data (MATH, MBPP, IMDB); required by the real tasks
+
+    c.tokenizer = ConfigDict()
+    c.tokenizer.path = ""  # an existing sentencepiece .model; empty: train one on the task corpus
+    c.tokenizer.vocab_size = 512
+    c.tokenizer.model_type = "bpe"
+    c.tokenizer.max_corpus_texts = 20000
+
+    c.model = ConfigDict()
+    c.model.name = "small"  # a named config of bon_jax.models
+    c.model.checkpoint = ""  # pretrained weights; empty: train the base policy from scratch
+    c.model.checkpoint_format = "auto"  # auto | orbax | gemma_flax | safetensors | gguf
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (master weights stay float32)
+    c.model.max_len = 256  # prompt + completion tokens
+
+    c.mesh = ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+
+    c.sft = ConfigDict()  # supervised training of the base policy on reference solutions
+    c.sft.steps = 1500
+    c.sft.batch_size = 64
+    c.sft.lr = 3e-3
+    c.sft.warmup = 100
+    c.sft.weight_decay = 0.01
+
+    c.verifier = ConfigDict()
+    c.verifier.kind = "learned"  # learned | oracle | sentiment
+    c.verifier.model = "tiny"
+    c.verifier.num_prompts = 512
+    c.verifier.samples_per_prompt = 8
+    c.verifier.steps = 600
+    c.verifier.batch_size = 64
+    c.verifier.lr = 1e-3
+    c.verifier.temperature = 1.0
+
+    c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
+    c.rl.objective = "bon_rl_v"
+    c.rl.n = 32  # N' of Best-of-N the policy is tuned for
+    c.rl.m = 32  # samples drawn per prompt per step (M >= N)
+    c.rl.steps = 200
+    c.rl.batch_size = 16  # prompts per step
+    c.rl.grad_accum = 1
+    c.rl.lr = 1e-4
+    c.rl.warmup = 10
+    c.rl.weight_decay = 0.0
+    c.rl.max_grad_norm = 1.0
+    c.rl.beta = 0.0  # KL coefficient to the reference (kl_rl, vbon ignore it where fixed)
+    c.rl.temperature = 1.0
+    c.rl.top_k = 0
+    c.rl.top_p = 1.0
+    c.rl.max_new_tokens = 96
+    c.rl.ref_samples = 0  # K reference samples per prompt for CDF estimates (vbon); 0: not needed
+    c.rl.anchor_ema = 0.0  # Chow's EMA anchor rate (0.01 in the paper); 0: no anchor
+    c.rl.anchor_kl_start = 1.0
+    c.rl.anchor_kl_end = 0.075
+    c.rl.anchor_kl_delay = 10
+    c.rl.max_bad_steps = 5  # consecutive non-finite steps before the run stops
+    c.rl.options = ConfigDict()  # keyword options of the objective
+
+    c.eval = ConfigDict()
+    c.eval.num_prompts = 128
+    c.eval.m = 32
+    c.eval.ks = (1, 2, 4, 8, 16, 32)
+    c.eval.temperature = 1.0
+    c.eval.max_new_tokens = 96
+    c.eval.bootstrap = 1000
+    c.eval.split = "test"
+
+    c.checkpoint = ConfigDict()
+    c.checkpoint.every = 50
+    c.checkpoint.keep = 3
+    return c
+
+
+def load_experiment(name_or_path: str) -> Any:
+    """Imports `experiments/<name>.py` (or a path) as a module; error names the file if it is missing."""
+    path = name_or_path
+    if not path.endswith(".py"):
+        here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+        path = os.path.join(here, f"{name_or_path}.py")
+    if not os.path.isfile(path):
+        known = (
+            sorted(
+                f[:-3]
+                for f in os.listdir(os.path.dirname(path) or ".")
+                if f.endswith(".py") and not f.startswith("_")
+            )
+            if os.path.isdir(os.path.dirname(path) or ".")
+            else []
+        )
+        raise ConfigError("experiment", f"no experiment file {path}; known experiments: {known}")
+    spec = importlib.util.spec_from_file_location(f"bon_jax_experiment_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError("experiment", f"{path} defines no get_config()")
+    return module
+
+
+def check_known_keys(config: ConfigDict, schema: ConfigDict | None = None, prefix: str = "") -> None:
+    """Refuses keys that the base schema does not have (free-form `kwargs`/`options` excepted)."""
+    schema = base_config() if schema is None else schema
+    for key in config.keys():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema.keys()), n=1, cutoff=0.5) or [
+                k for k in schema.keys() if key.startswith(k) or k.startswith(key)
+            ]
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(full, f"unknown key.{hint} Known keys here: {sorted(schema.keys())}")
+        if key in ("kwargs", "options"):
+            continue
+        if isinstance(schema[key], ConfigDict):
+            if not isinstance(config[key], ConfigDict):
+                raise ConfigError(full, f"must be a section (ConfigDict), got {type(config[key]).__name__}")
+            check_known_keys(config[key], schema[key], prefix=f"{full}.")
+
+
+Rule = Callable[[ConfigDict], None]
+
+
+def _require(cond: bool, key: str, message: str):
+    if not cond:
+        raise ConfigError(key, message)
+
+
+def check_values(c: ConfigDict) -> None:
+    """Range and consistency checks that need no imports of heavy modules."""
+    _require(bool(c.name), "name", "must be a non-empty string")
+    for key in ("sft.steps", "verifier.steps", "rl.steps"):
+        section, field = key.split(".")
+        _require(c[section][field] >= 0, key, "must be >= 0")
+    for key in (
+        "sft.batch_size",
+        "verifier.batch_size",
+        "rl.batch_size",
+        "rl.grad_accum",
+        "eval.num_prompts",
+        "eval.m",
+        "rl.n",
+        "rl.m",
+    ):
+        section, field = key.split(".")
+        _require(c[section][field] >= 1, key, "must be >= 1")
+    _require(
+        c.rl.m >= c.rl.n,
+        "rl.m",
+        f"samples per prompt m={c.rl.m} must be >= n={c.rl.n} (Best-of-N needs N draws)",
+    )
+    _require(
+        c.rl.batch_size % c.rl.grad_accum == 0,
+        "rl.grad_accum",
+        f"must divide rl.batch_size={c.rl.batch_size}",
+    )
+    _require(c.rl.temperature > 0, "rl.temperature", "must be > 0 (use a small value for near-greedy)")
+    _require(0 < c.rl.top_p <= 1, "rl.top_p", "must be in (0, 1]")
+    _require(c.rl.top_k >= 0, "rl.top_k", "must be >= 0 (0 disables top-k)")
+    _require(c.rl.beta >= 0, "rl.beta", "KL coefficient must be >= 0")
+    _require(0 <= c.rl.anchor_ema < 1, "rl.anchor_ema", "EMA rate must be in [0, 1)")
+    _require(c.rl.max_new_tokens >= 1, "rl.max_new_tokens", "must be >= 1")
+    _require(
+        c.rl.max_new_tokens < c.model.max_len,
+        "rl.max_new_tokens",
+        f"must be < model.max_len={c.model.max_len} to leave room for the prompt",
+    )
+    _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")
+    _require(
+        c.verifier.kind in ("learned", "oracle", "sentiment"),
+        "verifier.kind",
+        "must be one of learned | oracle | sentiment",
+    )
+    _require(c.tokenizer.vocab_size >= 64, "tokenizer.vocab_size", "must be >= 64")
+    _require(
+        all(1 <= k <= c.eval.m for k in c.eval.ks),
+        "eval.ks",
+        f"every k must be in [1, eval.m={c.eval.m}]; got {tuple(c.eval.ks)}",
+    )
+    unknown_stages = set(c.stages) - set(STAGES)
+    _require(not unknown_stages, "stages", f"unknown stages {sorted(unknown_stages)}; known: {STAGES}")
+    _require(c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1")
+
+
+def check_paths(c: ConfigDict) -> None:
+    """Paths the config names must exist. Messages say what the path should hold."""
+    for key, what in (
+        ("tokenizer.path", "a sentencepiece .model file"),
+        ("model.checkpoint", "a model checkpoint (orbax directory, Gemma release, .safetensors or .gguf)"),
+        ("task.data_dir", "the task's local data"),
+    ):
+        section, field = key.split(".")
+        path = c[section][field]
+        if path and not os.path.exists(os.path.expanduser(path)):
+            raise ConfigError(key, f"path {path!r} does not exist; it should hold {what}.")
+
+
+def validate(config: ConfigDict, extra_rules: tuple[Rule, ...] = ()) -> ConfigDict:
+    """Runs every check; returns the config unchanged, or raises `ConfigError` naming the key and fix."""
+    check_known_keys(config)
+    check_values(config)
+    check_paths(config)
+    for rule in extra_rules:
+        rule(config)
+    return config
+
+
+def overrides_to_dict(config: ConfigDict) -> Mapping[str, Any]:
+    """The config as a plain nested dict (JSON-friendly), e.g. for summaries and cache keys."""
+    return config.to_dict()

@@ -1,0 +1,55 @@
+import pytest
+
+from bon_jax import config as cfg
+from bon_jax.errors import ConfigError
+
+
+def test_base_config_validates():
+    cfg.validate(cfg.base_config())
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    c = cfg.base_config()
+    c.rl.lr_rate = 1e-3  # typo of rl.lr
+    with pytest.raises(ConfigError, match=r"config\.rl\.lr_rate: unknown key\. Did you mean 'rl\.lr'"):
+        cfg.validate(c)
+
+
+def test_free_form_sections_accept_any_key():
+    c = cfg.base_config()
+    c.rl.options.clip_weight = 5.0
+    c.task.kwargs.levels = (1, 2)
+    cfg.validate(c)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("rl.m", 4, "must be >= n"),
+        ("rl.temperature", 0.0, "must be > 0"),
+        ("rl.top_p", 1.5, r"must be in \(0, 1\]"),
+        ("rl.grad_accum", 3, "must divide rl.batch_size"),
+        ("model.dtype", "float16", "float32' or 'bfloat16"),
+        ("verifier.kind", "magic", "learned | oracle | sentiment"),
+        ("rl.max_new_tokens", 400, "must be < model.max_len"),
+    ],
+)
+def test_impossible_values_are_refused(key, value, message):
+    c = cfg.base_config()
+    section, field = key.split(".")
+    c[section][field] = value
+    with pytest.raises(ConfigError, match=message) as err:
+        cfg.validate(c)
+    assert err.value.key.startswith(section)
+
+
+def test_missing_path_names_key_and_content(tmp_path):
+    c = cfg.base_config()
+    c.model.checkpoint = str(tmp_path / "nope")
+    with pytest.raises(ConfigError, match=r"config\.model\.checkpoint: path .*nope.* does not exist"):
+        cfg.validate(c)
+
+
+def test_missing_experiment_lists_known_ones():
+    with pytest.raises(ConfigError, match="no experiment file"):
+        cfg.load_experiment("definitely_not_an_experiment")
