@@ -74,3 +74,15 @@ def test_preemption_guard_turns_sigterm_into_a_flag():
         os.kill(os.getpid(), signal.SIGTERM)
         assert guard.requested() and guard.received == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
+    from bon_jax.train.metrics_log import MetricsWriter, read_jsonl
+
+    with MetricsWriter(str(tmp_path), "rl") as w:
+        w.write(1, {"loss": jnp.float32(0.5), "reward": np.float64(0.25), "bad": float("nan")})
+        w.write(2, {"loss": 0.4, "vec": jnp.arange(2)})
+    rows = read_jsonl(str(tmp_path / "rl.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["loss"] == 0.5 and rows[0]["bad"] == "nan" and rows[1]["vec"] == [0, 1]
+    assert any(f.startswith("events") for f in os.listdir(tmp_path / "tb" / "rl"))
