@@ -73,9 +73,7 @@ class Task(abc.ABC):
     def grade(self, example: Example, completion: str) -> Grade:
         """Grades one completion of `example.prompt`. Never raises on bad completion text."""
 
-    def grade_batch(
-        self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]
-    ) -> Grades:
+    def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
         """Grades every completion; the default loops in Python (cheap graders only)."""
         if len(examples_B) != len(completions_BN):
             raise ValueError(
