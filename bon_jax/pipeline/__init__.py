@@ -1,0 +1,1 @@
+"""The experiment pipeline: tokenizer -> base policy -> verifier -> fine-tuning -> evaluation -> report."""
