@@ -83,6 +83,7 @@ def _level_masses_sorted_1d(probs_K, scores_K):
     return below_g[g], q_g[g], above_g[g]
 
 
+@functools.partial(jax.jit, static_argnames=("method",))
 def bon_level_masses(probs_K, scores_K, *, method: str = "auto"):
     """Masses of pi below, at and above each outcome's score level.
 
@@ -162,6 +163,7 @@ def _log_bon_weight_from_masses(below, at, above, n):
     return pow_term + log_g
 
 
+@jax.jit
 def log_bon_weight(cdf, cdf_lt, n):
     """log G = log((F^n - F_^n) / (F - F_)), the log-ratio log(pi_BoN(y) / pi(y)).
 
@@ -187,6 +189,7 @@ def bon_weight(cdf, cdf_lt, n):
     return jnp.exp(log_bon_weight(cdf, cdf_lt, n))
 
 
+@functools.partial(jax.jit, static_argnames=("method",))
 def bon_distribution(probs_K, scores_K, n, *, method: str = "auto"):
     """Exact Best-of-n distribution over K outcomes, ties broken uniformly at random.
 
@@ -268,15 +271,21 @@ def twisted_bon_distribution(probs_K, scores_K, n: int, *, lam=None, method: str
       lam: optional tilt overriding lambda_n (a number or traced scalar).
     Returns: [..., K] the twisted distribution (0 where pi = 0).
     """
+    lam = bon_lambda(n) if lam is None else lam
+    return _twisted(probs_K, scores_K, lam, method=method)
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def _twisted(probs_K, scores_K, lam, *, method):
     cdf, _ = bon_cdfs(probs_K, scores_K, method=method)
     dtype = cdf.dtype
-    lam = bon_lambda(n) if lam is None else lam
     probs_K = jnp.broadcast_to(jnp.asarray(probs_K, dtype), cdf.shape)
     pos = probs_K > 0
     logits = jnp.where(pos, jnp.log(jnp.where(pos, probs_K, 1)) + jnp.asarray(lam, dtype) * cdf, -jnp.inf)
     return jax.nn.softmax(logits, axis=-1)
 
 
+@jax.jit
 def select_best(scores_BN, rng, mask_BN=None):
     """Index of the highest-scoring sample per row, ties broken uniformly at random.
 
@@ -303,6 +312,7 @@ def select_best(scores_BN, rng, mask_BN=None):
     return jnp.argmax(keys, axis=-1).astype(jnp.int32)
 
 
+@jax.jit
 def empirical_cdfs(ref_scores_BK, scores_BM, *, smoothing: float = 1.0, ref_mask_BK=None):
     """F and F_ of each sample's score under K reference samples (vbon, METHODS section 3).
 

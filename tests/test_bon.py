@@ -146,16 +146,19 @@ def test_kl_bound_and_continuous_limit():
         probs, scores = random_case(rng, 20, 5, zero_frac=0.0)
         for n in [2, 4, 16]:
             assert kl_bon(probs, scores, n) <= bon.kl_bon_upper_bound(n) + 1e-6
-    # Continuous limit: uniform pi over many distinct scores approaches the bound from below.
-    for k, method in [(1000, "pairwise"), (50000, "sort")]:
+    # Continuous limit: uniform pi over many distinct scores approaches the bound (the discrete gap is tiny,
+    # ~1e-6 at K = 1000; a coarse K = 10 is visibly below it).
+    gaps = {}
+    for k, method in [(10, "pairwise"), (1000, "pairwise"), (5000, "sort")]:
         probs = np.full(k, 1.0 / k)
         scores = rng.permutation(k)
         for n in [2, 4, 16]:
             kl = kl_bon(probs, scores, n, method=method)
-            bound = bon.kl_bon_upper_bound(n)
-            assert kl <= bound + 1e-5
-            # For the discrete uniform the gap is O(log(n) n / K).
-            assert bound - kl < 2.0 * n * math.log(n) / k + 1e-5, (k, n, kl, bound)
+            gaps[k, n] = bon.kl_bon_upper_bound(n) - kl
+            assert gaps[k, n] > -5e-6, (k, n, kl)
+    for n in [2, 4, 16]:
+        assert gaps[10, n] > 1e-3
+        assert gaps[1000, n] < 2e-5 and gaps[5000, n] < 2e-5
 
 
 def test_float32_accuracy_against_float64_in_hard_regimes():
@@ -318,7 +321,7 @@ def test_twisted_bon_distribution():
 def test_select_best_uniform_ties_and_mask():
     b = 30000
     scores = jnp.tile(jnp.array([0.0, 3.0, 1.0, 3.0, 3.0, 2.0]), (b, 1))
-    idx = np.asarray(jax.jit(bon.select_best)(scores, jax.random.PRNGKey(0)))
+    idx = np.asarray(bon.select_best(scores, jax.random.PRNGKey(0)))  # jitted itself
     assert idx.dtype == np.int32 and idx.shape == (b,)
     counts = np.bincount(idx, minlength=6)
     assert counts[[0, 2, 5]].sum() == 0
