@@ -1,0 +1,59 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bon_jax.train.optim import adamw, learning_rate_schedule
+from bon_jax.train.step import BadStepMonitor, TrainState, make_update_step
+
+
+def _loss(params, batch):
+    pred = batch["x"] @ params["w"]
+    err = (pred - batch["y"]) * batch["scale"][:, None]
+    return jnp.mean(err**2), {"mean_pred": jnp.mean(pred)}
+
+
+def _batch(seed=0, n=8):
+    r = np.random.default_rng(seed)
+    return {
+        "x": jnp.asarray(r.normal(size=(n, 3)), jnp.float32),
+        "y": jnp.asarray(r.normal(size=(n, 2)), jnp.float32),
+        "scale": jnp.ones((n,), jnp.float32),
+    }
+
+
+def test_schedule_warmup_then_constant():
+    s = learning_rate_schedule(1e-3, 100, 10)
+    assert float(s(0)) == 0.0 and np.isclose(float(s(5)), 5e-4) and np.isclose(float(s(50)), 1e-3)
+
+
+def test_nonfinite_step_is_skipped_and_state_kept():
+    opt = adamw(1e-2, 10)
+    state = TrainState.create({"w": jnp.ones((3, 2))}, opt)
+    step = jax.jit(make_update_step(_loss, opt))
+    good, m = step(state, _batch())
+    assert int(m["skipped"]) == 0 and int(good.step) == 1
+    assert not np.allclose(good.params["w"], 1.0)
+    bad_batch = _batch()
+    bad_batch["scale"] = bad_batch["scale"].at[3].set(jnp.nan)
+    after, m = step(good, bad_batch)
+    assert int(m["skipped"]) == 1 and int(after.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, after.params, good.params)
+    jax.tree.map(np.testing.assert_array_equal, after.opt_state, good.opt_state)
+
+
+def test_grad_accumulation_equals_full_batch():
+    opt = adamw(1e-2, 10, max_grad_norm=None)
+    params = {"w": jnp.linspace(-1, 1, 6).reshape(3, 2)}
+    full, m1 = jax.jit(make_update_step(_loss, opt))(TrainState.create(params, opt), _batch(n=8))
+    acc, m4 = jax.jit(make_update_step(_loss, opt, accum=4))(TrainState.create(params, opt), _batch(n=8))
+    np.testing.assert_allclose(acc.params["w"], full.params["w"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
+
+
+def test_bad_step_monitor_stops_after_consecutive_failures():
+    mon = BadStepMonitor(3)
+    for s, skipped in enumerate([1, 1, 0, 1, 1]):
+        mon.update(skipped, s)
+    with pytest.raises(FloatingPointError, match="3 consecutive steps"):
+        mon.update(1, 5)
