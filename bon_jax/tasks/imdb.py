@@ -22,8 +22,9 @@ by id hash (`holdout_fraction("imdb", id) < validation_fraction`); `train` is th
 
 Prompts: the review with `<br />` tags turned into spaces and whitespace collapsed, cut after its
 first k whitespace-separated words, k in [min_prefix_words, max_prefix_words] (2..8 as in Amini
-et al.) drawn by a hash of (seed, id) -- deterministic, independent of order. `reference` is the
-rest of the review (starting with a space), `meta` holds the label and k.
+et al.) drawn by a hash of (seed, id) -- deterministic, independent of order -- and cut to leave at
+least one word; reviews of at most `min_prefix_words` words (a handful of one-word reviews) are
+skipped. `reference` is the rest of the review (starting with a space), `meta` holds the label and k.
 
 Reward: `scorer.score_texts(texts) -> [len(texts)]` probabilities of positive sentiment in [0, 1],
 applied to prompt + completion (`score_prompt=True`, the review as a reader sees it) or to the
@@ -220,15 +221,14 @@ class ImdbTask(Task):
         for uid in sorted(by_id):
             text, label = by_id[uid]
             words = clean_review(text).split()
-            if not words:
-                raise DataError(f"{self.data_dir} ({split})", f"review {uid} has no words")
-            k = min(self._prefix_words(uid), len(words))
-            rest = words[k:]
+            if len(words) <= self.min_prefix_words:
+                continue  # no room for a continuation (e.g. one-word reviews): skipped
+            k = min(self._prefix_words(uid), len(words) - 1)
             out.append(
                 Example(
                     id=uid,
                     prompt=" ".join(words[:k]),
-                    reference=(" " + " ".join(rest)) if rest else "",
+                    reference=" " + " ".join(words[k:]),
                     answer=None,
                     meta={"label": label, "prefix_words": k},
                 )

@@ -237,7 +237,7 @@ def strip_string(s: str) -> str:
 _MAX_SYMBOLIC_CHARS = 400
 _EXPLOSIVE = (
     re.compile(r"\^\s*\{[^{}]*\^"),  # a power inside an exponent group: 10^{10^{10}}
-    re.compile(r"\^\s*\{?\s*\d[^\^]*\^"),  # 10^10^10 written without braces
+    re.compile(r"\^\s*\d+\s*\^"),  # 10^10^10 written without braces
     re.compile(r"(\^|\*\*)\s*\{?\s*-?\d{7,}"),  # exponent of 7+ digits
     re.compile(r"\d{7,}\s*!"),  # factorial of a 7+ digit number
 )
@@ -336,7 +336,8 @@ def check_equivalence(gold: str, pred: str, *, timeout_s: int | None = 5) -> tup
             log.debug("math_verify.verify failed on %r vs %r", gold, pred, exc_info=True)
     if timed_out:  # not cached: a retry with more time may succeed
         return False, "verifier timed out"
-    result = (False, "not equivalent")
+    parsed_to_maths = any(not isinstance(x, str) for x in pred_parsed)
+    result = (False, "not equivalent" if parsed_to_maths else "unparsable answer")
     _EQUIV_CACHE.put(key, result)
     return result
 
@@ -403,7 +404,7 @@ def read_official_split(root: str | os.PathLike, split: str) -> list[dict[str, s
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(split_dir, "no such directory (expected the official MATH layout)")
-    files = sorted(split_dir.glob("*/*.json"))
+    files = sorted(split_dir.glob("*/*.json"), key=lambda f: f.relative_to(root).as_posix())
     if not files:
         raise DataError(split_dir, "no <subject>/<n>.json files")
     records = []
