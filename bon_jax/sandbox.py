@@ -30,11 +30,13 @@ What is enforced, and how (every field of `Enforced` reports what a run actually
                 the forked child just before exec.
   environment   scrubbed: PATH=/usr/local/bin:/usr/bin:/bin, HOME=TMPDIR=the work directory,
                 PYTHONHASHSEED=0, PYTHONDONTWRITEBYTECODE=1, UTF-8 locale; nothing else is inherited.
-  interpreter   the trainer's base interpreter (not the venv: no third-party packages) with `-s -B -P`:
-                that is `python -I` (= -E -P -s) except -E, because -E would also ignore
-                PYTHONHASHSEED and make set/dict-of-str iteration order, hence some programs' output,
-                vary from run to run. The environment is built here from scratch, so -E has nothing
-                left to protect against.
+  interpreter   the trainer's base interpreter (not the venv) with `-S -B -P`: that is `python -I`
+                (= -E -P -s) with two changes. -S instead of -s: no site-packages at all, so a reward
+                never depends on what happens to be pip-installed (programs get the standard library;
+                no `exit()`/`quit()` builtins either, `sys.exit` works), and start-up is ~100 ms
+                faster. No -E: it would also ignore PYTHONHASHSEED and make the iteration order of
+                sets of strings, hence some programs' output, vary from run to run; the environment
+                is built here from scratch, so -E has nothing left to protect against.
   wall clock    `timeout_s` from the moment the sandbox is set up; then the whole group is killed.
   output        stdout / stderr are read as they come and truncated to `Limits.output_bytes` each.
 
@@ -162,6 +164,7 @@ class _Launcher:
         self.python = cfg["python"]
         self.python_args = list(cfg["python_args"])
         self.workdir_inside = cfg["workdir"]
+        self.child = None
 
     def send(self, **obj):
         os.write(self.report_fd, (json.dumps(obj) + "\n").encode())
@@ -206,11 +209,14 @@ class _Launcher:
         # Open what must stay reachable before anything is mounted over it.
         work_fd = os.open(self.cfg["workdir"], os.O_PATH | os.O_DIRECTORY)
         prefix = self.cfg["python_prefix"]
-        prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY)
         hidden = [d for d in _SHARED_WRITABLE_DIRS if os.path.isdir(d) and not os.path.islink(d)]
-        blocker = _blocking_ancestor(prefix) if self.root else None
-        if blocker is None and any(prefix == d or prefix.startswith(d + "/") for d in hidden):
-            blocker = next(d for d in hidden if prefix == d or prefix.startswith(d + "/"))
+        blocker = prefix_fd = None
+        if os.path.isdir(prefix):  # (a missing interpreter fails at exec, with a clear error)
+            prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY)
+            blocker = _blocking_ancestor(prefix) if self.root else None
+            under = [d for d in hidden if prefix == d or prefix.startswith(d + "/")]
+            if blocker is None and under:
+                blocker = under[0]
         _mount(None, "/", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags("/"))
         self.props["readonly_root"] = True
         size = int(self.cfg["tmpfs_bytes"])
@@ -224,7 +230,8 @@ class _Launcher:
             _mount(None, prefix, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags(prefix))
             if blocker not in hidden:
                 _mount(None, blocker, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-        os.close(prefix_fd)
+        if prefix_fd is not None:
+            os.close(prefix_fd)
         os.mkdir(_SANDBOX_DIR, 0o700)
         os.chown(_SANDBOX_DIR, uid, gid)
         _mount(f"/proc/self/fd/{work_fd}", _SANDBOX_DIR, None, _MS_BIND)
@@ -238,7 +245,8 @@ class _Launcher:
             if self.root:
                 self.warn("running as root without a sandbox uid: RLIMIT_NPROC does not apply")
             return
-        if not self.props["mount_namespace"] and not _traversable_by_others(self.python):
+        reachable = _traversable_by_others(self.python)
+        if not self.props["mount_namespace"] and os.path.exists(self.python) and not reachable:
             for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
                 if os.path.exists(cand) and _traversable_by_others(os.path.realpath(cand)):
                     self.warn(f"interpreter not reachable by the sandbox uid; using {cand}")
@@ -258,10 +266,11 @@ class _Launcher:
         """Forks the program's process; the child sets limits, drops the uid and execs."""
         pid = os.fork()
         if pid:
+            self.child = pid
             return pid
         try:
             os.set_inheritable(self.report_fd, False)  # closed by exec: the program cannot report
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             for name, value in self.cfg["rlimits"].items():
                 soft, hard = value if isinstance(value, list) else (value, value)
@@ -303,6 +312,7 @@ class _Launcher:
     def run_init(self):
         """Pid 1 of the new pid namespace: private /proc, then the program; exit kills the rest."""
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if self.props["mount_namespace"]:
             try:
                 _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
@@ -311,7 +321,13 @@ class _Launcher:
                 self.send(props={"warnings": [f"no private /proc ({e})"]})
         self.wait_program(self.spawn_program())
 
+    def on_sigterm(self, signum, frame):
+        """The parent's timeout: kill our child (init or the program); the normal path reaps it."""
+        if self.child is not None:
+            os.kill(self.child, signal.SIGKILL)
+
     def main(self):
+        signal.signal(signal.SIGTERM, self.on_sigterm)
         self.enter_namespaces()
         self.choose_uid()
         limited = self.props["uid_dropped"] or self.props["user_namespace"]
@@ -326,6 +342,7 @@ class _Launcher:
                     self.run_init()
                 finally:
                     os._exit(0)
+            self.child = init
             while True:
                 try:
                     os.waitpid(init, 0)
@@ -420,6 +437,7 @@ _PROGRAM_ENV = {
 }
 _SETUP_TIMEOUT_S = 30.0  # the launcher's own setup; far more than it ever takes (tens of ms)
 _DRAIN_S = 0.5  # after the program ended: how long to wait for the last bytes of output
+_TERM_GRACE_S = 2.0  # on timeout: how long the launcher has to kill and reap the program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -682,12 +700,14 @@ def run(
         # A launcher that returned normally from a pid namespace leaves nothing behind (init's exit
         # waits for the namespace to empty). Anything else (timeout, no pid namespace, a launcher
         # killed by the program) gets its uid's processes hunted down before the uid is reused.
-        clean = result is not None and result.enforced.pid_namespace and result.status in (
-            "passed",
-            "failed",
+        clean = (
+            result is not None and proc is not None and proc.returncode == 0 and result.enforced.pid_namespace
         )
-        if uid is not None and not clean:
-            _reap_uid(uid)
+        if not clean:
+            if proc is not None:
+                _wait_group_gone(proc.pid)
+            if uid is not None:
+                _reap_uid(uid)
         _rmtree(workdir)
         if lease:
             _uid_pool.release(lease[1])
@@ -703,7 +723,7 @@ def _write_program(workdir: str, program: str, files: Mapping[str, str], uid: in
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     if uid is not None:
-        for dirpath, dirnames, filenames in os.walk(workdir):
+        for dirpath, _dirnames, filenames in os.walk(workdir):
             os.chown(dirpath, uid, uid)
             for n in filenames:
                 os.chown(os.path.join(dirpath, n), uid, uid)
@@ -731,6 +751,31 @@ def _reap_uid(uid: int, wait_s: float = 5.0) -> None:
             )
             killed = True
         time.sleep(0.01)
+
+
+def _wait_group_gone(pgid: int, wait_s: float = 5.0) -> None:
+    t_end = time.monotonic() + wait_s
+    while _group_members(pgid):
+        if time.monotonic() >= t_end:
+            _warn_once(f"processes of group {pgid} survived the clean-up")
+            return
+        _kill_group(pgid)
+        time.sleep(0.01)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids in process group `pgid` (from /proc/<pid>/stat)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(b")", 1)[1].split()[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
 
 
 def processes_of_uid(uid: int) -> list[int]:
@@ -771,21 +816,38 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
 
     deadline = t0 + _SETUP_TIMEOUT_S
     started = timed_out = setup_hung = done = False
-    drain_until = None
+    term_at = drain_until = None
     try:
         while True:
             now = time.monotonic()
-            if drain_until is None and now >= deadline:
-                timed_out, setup_hung = started, not started
-                _kill_group(proc.pid)
-                drain_until = now + _DRAIN_S
-            limit = drain_until if drain_until is not None else deadline
+            if drain_until is not None:  # the launcher has ended (or was killed): last bytes
+                if now >= drain_until or not sel.get_map():
+                    break
+                limit = drain_until
+            elif term_at is not None:  # asked the launcher to kill the program: wait, then force
+                if now >= term_at + _TERM_GRACE_S:
+                    _kill_group(proc.pid)
+                    drain_until = now + _DRAIN_S
+                    continue
+                limit = term_at + _TERM_GRACE_S
+            elif now >= deadline:
+                if started:
+                    timed_out, term_at = True, now
+                    try:
+                        os.kill(proc.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                else:
+                    setup_hung, drain_until = True, now + _DRAIN_S
+                    _kill_group(proc.pid)
+                continue
+            else:
+                limit = deadline
             wait = max(0.0, limit - now)
-            if pidfd is None and drain_until is None:
+            if pidfd is None:
                 wait = min(wait, 0.01)
-            if not sel.get_map() or (drain_until is not None and now >= drain_until):
-                break
-            for key, _ in sel.select(wait):
+            events = sel.select(wait) if sel.get_map() else time.sleep(wait) or []
+            for key, _ in events:
                 if key.data == "exit":
                     sel.unregister(key.fd)
                     done = True

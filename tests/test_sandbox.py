@@ -1,0 +1,389 @@
+"""The sandbox: normal programs run and report; hostile ones are contained and the machine is intact.
+
+Every run here goes through `_run`, which also checks that nothing of the run is left: no process of
+its uid or its process group, no work directory. Containment tests that depend on a kernel feature
+skip (with the reason) where the probe run says the feature was not available.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+
+import jax.numpy as jnp
+import pytest
+
+from bon_jax import sandbox
+
+
+@pytest.fixture(scope="module")
+def probe() -> sandbox.Enforced:
+    """What this machine enforces (one trivial run)."""
+    r = sandbox.run("pass", timeout_s=30)
+    assert r.status == "passed", r
+    return r.enforced
+
+
+@pytest.fixture
+def work_root():
+    d = tempfile.mkdtemp(prefix="bon_jax_test_sbx_")
+    os.chmod(d, 0o711)  # traversable by the sandbox uid when there is no mount namespace
+    yield d
+    leftovers = os.listdir(d)
+    shutil.rmtree(d)
+    assert leftovers == [], f"work directories left behind: {leftovers}"
+
+
+def _pgroup_members(pgid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:  # field 5: pgrp
+                pids.append(int(name))
+    return pids
+
+
+def _run(program: str, work_root: str, **kw) -> sandbox.RunResult:
+    r = sandbox.run(textwrap.dedent(program), work_root=work_root, **kw)
+    if r.enforced.uid is not None:
+        assert sandbox.processes_of_uid(r.enforced.uid) == [], "processes of the sandbox uid left"
+    assert r.pid is not None and _pgroup_members(r.pid) == [], "processes of the group left"
+    assert os.listdir(work_root) == [], "work directory left"
+    return r
+
+
+def test_normal_program_passes_with_captured_output(work_root):
+    r = _run(
+        """
+        import os, sys
+        print("hello", 6 * 7)
+        print("to stderr", file=sys.stderr)
+        print("cwd", os.getcwd() == os.environ["HOME"] == os.environ["TMPDIR"])
+        """,
+        work_root,
+        timeout_s=30,
+    )
+    assert r.status == "passed" and r.passed, r
+    assert r.exit_code == 0 and r.signal is None
+    assert r.stdout == "hello 42\ncwd True\n"
+    assert r.stderr == "to stderr\n"
+    assert not r.stdout_truncated and not r.stderr_truncated
+    assert r.wall_s > 0
+    assert sandbox.failure_reason(r) is None
+
+
+def test_failures_report_exit_code_and_reason(work_root):
+    r = _run("import sys\nsys.exit(3)\n", work_root, timeout_s=30)
+    assert (r.status, r.exit_code) == ("failed", 3)
+    assert sandbox.failure_reason(r) == "exit code 3"
+    r = _run("def f(x):\n    return x + 1\n\nassert f(1) == 3\n", work_root, timeout_s=30)
+    assert r.status == "failed" and r.exit_code == 1
+    assert sandbox.failure_reason(r) == "AssertionError: assert f(1) == 3"
+    r = _run("undefined_name\n", work_root, timeout_s=30)
+    assert sandbox.failure_reason(r) == "NameError: name 'undefined_name' is not defined"
+
+
+def test_sandbox_error_when_the_interpreter_is_missing(work_root):
+    r = _run("pass", work_root, timeout_s=30, python="/nonexistent/bin/python3")
+    assert r.status == "error", r
+    assert "could not start the program" in r.error
+    assert sandbox.failure_reason(r).startswith("sandbox error")
+
+
+def test_output_is_truncated(work_root):
+    r = _run(
+        "import sys\nsys.stdout.write('x' * 1_000_000)\n",
+        work_root,
+        timeout_s=30,
+        limits=sandbox.Limits(output_bytes=1000),
+    )
+    assert r.status == "passed"
+    assert r.stdout == "x" * 1000 and r.stdout_truncated
+
+
+def test_hash_seed_is_fixed(work_root):
+    prog = "print(hash('bon_jax'), list({'a', 'b', 'c', 'd', 'e'}))"
+    a = _run(prog, work_root, timeout_s=30)
+    b = _run(prog, work_root, timeout_s=30)
+    assert a.status == b.status == "passed"
+    assert a.stdout == b.stdout  # a random seed differs with probability ~1 - 2**-64
+
+
+def test_environment_is_scrubbed(work_root, monkeypatch):
+    secret = "bon-jax-test-secret-8c1f"
+    monkeypatch.setenv("BON_JAX_TEST_SECRET", secret)
+    r = _run(
+        f"""
+        import os
+        print(sorted(os.environ.items()))
+        for pid in ({os.getpid()}, os.getppid(), 1):
+            try:
+                print(open(f"/proc/{{pid}}/environ").read())
+            except OSError as e:
+                print("no", pid, type(e).__name__)
+        """,
+        work_root,
+        timeout_s=30,
+    )
+    assert r.status == "passed", r
+    assert secret not in r.stdout + r.stderr
+    env = dict(eval(r.stdout.splitlines()[0]))
+    assert env["PYTHONHASHSEED"] == "0" and env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert "BON_JAX_TEST_SECRET" not in env and "XLA_FLAGS" not in env
+
+
+def test_infinite_loop_times_out(work_root):
+    r = _run("while True:\n    pass\n", work_root, timeout_s=1.0)
+    assert r.status == "timeout", r
+    assert sandbox.failure_reason(r) == "timeout"
+    r = _run("import time\ntime.sleep(600)\n", work_root, timeout_s=0.5)  # wall clock, not CPU
+    assert r.status == "timeout", r
+
+
+def test_cpu_limit_counts_as_timeout(work_root):
+    r = _run("while True:\n    pass\n", work_root, timeout_s=20, limits=sandbox.Limits(cpu_s=1))
+    assert r.status == "timeout", r
+    assert r.signal is not None  # SIGXCPU (or SIGKILL at the hard limit)
+
+
+def test_memory_bomb_is_contained(work_root):
+    r = _run(
+        """
+        hog = []
+        while True:
+            hog.append(bytearray(16 << 20))
+        """,
+        work_root,
+        timeout_s=30,
+        limits=sandbox.Limits(memory_bytes=256 << 20),
+    )
+    assert r.status == "failed", r
+    assert "MemoryError" in r.stderr
+    assert r.enforced.rlimits["RLIMIT_AS"] == 256 << 20
+
+
+def test_fork_bomb_is_contained(work_root, probe):
+    if not (probe.nproc_limited or probe.pid_namespace):
+        pytest.skip(f"no process-count containment here: {probe.warnings}")
+    r = _run(
+        """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+        """,
+        work_root,
+        timeout_s=2.0,
+        limits=sandbox.Limits(max_processes=16),
+    )
+    assert r.status == "timeout", r
+    # The machine still forks (our own user is not out of processes).
+    assert subprocess.run(["true"]).returncode == 0
+
+
+def test_daemonised_grandchildren_do_not_survive(work_root):
+    r = _run(
+        """
+        import os, time
+        for _ in range(3):
+            if os.fork() == 0:
+                os.setsid()           # leave the process group
+                if os.fork() == 0:    # and the parent: a daemon
+                    time.sleep(120)
+                os._exit(0)
+        print("parent done")
+        """,
+        work_root,
+        timeout_s=30,
+    )
+    assert r.status == "passed" and r.stdout == "parent done\n", r
+    # _run asserts that no process of the run's uid or group is left.
+
+
+def test_large_file_write_is_refused(work_root):
+    r = _run(
+        """
+        with open("big.bin", "wb") as f:
+            for _ in range(64):
+                f.write(b"\\0" * (1 << 20))
+        """,
+        work_root,
+        timeout_s=30,
+        limits=sandbox.Limits(file_size_bytes=1 << 20),
+    )
+    assert r.status == "failed", r
+    assert "File too large" in r.stderr
+
+
+def test_cannot_write_outside_its_directory(work_root, tmp_path, probe):
+    private = tmp_path / "escape.txt"  # in a root-owned 0700 tree
+    shared_dir = tempfile.mkdtemp(prefix="bon_jax_test_shared_")
+    os.chmod(shared_dir, 0o777)  # world-writable, outside the sandbox
+    shared = os.path.join(shared_dir, "escape.txt")
+    try:
+        r = _run(
+            f"""
+            written = []
+            for path in ({str(private)!r}, {shared!r}, "/escape.txt", "/usr/escape.txt"):
+                try:
+                    with open(path, "w") as f:
+                        f.write("escaped")
+                    written.append(path)
+                except OSError as e:
+                    print(path, type(e).__name__)
+            assert not written, written
+            """,
+            work_root,
+            timeout_s=30,
+        )
+        if probe.uid_dropped or probe.mount_namespace:
+            assert not private.exists()
+            assert not os.path.exists("/escape.txt") and not os.path.exists("/usr/escape.txt")
+        if probe.mount_namespace:
+            assert not os.path.exists(shared)
+            assert r.status == "passed", r  # every write was refused inside
+        else:
+            pytest.skip(f"no mount namespace: world-writable dirs stay writable ({probe.warnings})")
+    finally:
+        shutil.rmtree(shared_dir)
+
+
+def test_cannot_kill_its_parent_or_the_trainer(work_root, probe):
+    if not (probe.uid_dropped or probe.pid_namespace):
+        pytest.skip("neither a separate uid nor a pid namespace: the program could kill us")
+    me = os.getpid()
+    r1 = _run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", work_root, timeout_s=30)
+    r2 = _run(f"import os, signal\nos.kill({me}, signal.SIGKILL)\n", work_root, timeout_s=30)
+    r3 = _run(f"import os, signal\nos.killpg({os.getpgid(me)}, signal.SIGKILL)\n", work_root, timeout_s=30)
+    # kill(-1) signals everything the program may signal: under a sandbox uid, nothing but its own.
+    r4 = _run("import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('alive')\n", work_root, timeout_s=30)
+    for r in (r1, r2, r3):
+        assert r.status == "failed", r
+        assert "PermissionError" in r.stderr or "ProcessLookupError" in r.stderr, r.stderr
+    assert r4.status in ("passed", "failed") and r4.error is None, r4
+    assert os.getpid() == me and os.getppid() > 1  # we (and our parent) are alive
+    assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0
+
+
+def test_network_is_unreachable(work_root, probe):
+    if not probe.network_isolated:
+        pytest.skip(f"no network namespace here: {probe.warnings}")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            accepted.append(conn)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        r = _run(
+            f"""
+            import socket
+            s = socket.create_connection(("127.0.0.1", {port}), timeout=2)
+            print("connected")
+            """,
+            work_root,
+            timeout_s=30,
+        )
+        # The server does answer connections from this side.
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert r.status == "failed", r
+    assert "connected" not in r.stdout
+    assert "OSError" in r.stderr or "unreachable" in r.stderr, r.stderr
+    assert len(accepted) == 1  # ours only
+    for c in accepted:
+        c.close()
+
+
+def test_run_many_keeps_order_and_runs_from_a_jax_process(work_root):
+    # JAX is initialised (and has threads) in this process: spawning must still be safe.
+    assert float(jnp.sum(jnp.arange(4.0))) == 6.0
+    programs = [f"print({i} * {i})" for i in range(6)] + ["raise SystemExit(1)"]
+    rs = sandbox.run_many(programs, timeout_s=30, max_workers=2, work_root=work_root)
+    assert [r.stdout for r in rs[:6]] == [f"{i * i}\n" for i in range(6)]
+    assert [r.status for r in rs] == ["passed"] * 6 + ["failed"]
+    assert os.listdir(work_root) == []
+    assert sandbox.run_many([], timeout_s=1) == []
+
+
+def test_enforced_properties_on_this_machine(probe):
+    """Documents (and guards) what this kind of machine gives: root with namespaces."""
+    if os.geteuid() != 0:
+        pytest.skip("not root: the user-namespace path is exercised by the unprivileged test")
+    assert probe.uid_dropped and probe.uid is not None and probe.uid >= sandbox.UID_BASE
+    assert probe.nproc_limited and probe.rlimits["RLIMIT_NPROC"] == sandbox.Limits().max_processes
+    if not (probe.network_isolated and probe.pid_namespace and probe.mount_namespace):
+        pytest.skip(f"root without namespaces (a container?): {probe.warnings}")
+    assert probe.readonly_root and probe.private_proc and probe.warnings == ()
+
+
+def test_unprivileged_caller_degrades_gracefully():
+    """As a non-root caller the sandbox still runs programs, and says what it enforced."""
+    python = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    if os.geteuid() != 0 or python is None:
+        pytest.skip("needs root (to become an unprivileged user) and a system python3")
+    where = tempfile.mkdtemp(prefix="bon_jax_test_unpriv_")  # pytest's tmp_path is root-only
+    script = os.path.join(where, "unpriv.py")
+    with open(script, "w") as f:
+        f.write(
+            textwrap.dedent(
+                f"""
+            import importlib.util, sys
+            spec = importlib.util.spec_from_file_location("sb", {sandbox.__file__!r})
+            sb = importlib.util.module_from_spec(spec)
+            sys.modules["sb"] = sb
+            spec.loader.exec_module(sb)
+            r = sb.run("print(6 * 7)", timeout_s=30)
+            print(r.status, r.stdout.strip(), r.enforced.uid_dropped, r.enforced.network_isolated)
+            """
+            )
+        )
+    os.chmod(where, 0o755)
+    os.chmod(script, 0o644)
+    try:
+        proc = subprocess.run(
+            [python, script],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(where)
+    if proc.returncode and "Permission denied" in proc.stderr:
+        pytest.skip(f"the unprivileged user cannot reach the code: {proc.stderr[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    status, out, dropped, net = proc.stdout.split()
+    assert (status, out, dropped) == ("passed", "42", "False")
