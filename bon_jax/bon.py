@@ -1,4 +1,4 @@
-"""The Best-of-N distribution on a finite outcome space, its exponential-twisting approximation, and selection.
+"""The Best-of-N distribution over finite outcomes, its exponential-twisting approximation, and selection.
 
 Maths (METHODS.md section 1). BoN draws y_1..y_n iid from pi and returns the draw with the highest score,
 ties broken uniformly at random. With, at the score level s = s(y),
@@ -234,7 +234,7 @@ def _twist_kl(lam: float) -> float:
     return -1.0 + ratio - math.log1p(-math.exp(-lam)) + math.log(lam)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bon_lambda(n: int) -> float:
     """lambda_n of Chow's exponential twisting: the root l >= 0 of
 

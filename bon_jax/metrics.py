@@ -177,7 +177,8 @@ def answers_to_ids(answers, normalize: Callable[[Any], Any] | None = None):
             ids.append(table.setdefault(key, len(table)))
         return np.asarray(ids, np.int64)
 
-    if len(answers) == 0 or isinstance(answers[0], (str, bytes)) or answers[0] is None or np.isscalar(answers[0]):
+    first = answers[0] if len(answers) else None
+    if first is None or isinstance(first, (str, bytes)) or np.isscalar(first):
         return one(answers)
     rows = [one(r) for r in answers]
     if len({len(r) for r in rows}) == 1:
@@ -241,7 +242,7 @@ def maj_at_k(
         ans = np.asarray(ans, np.int64)
         rew = np.asarray(rew, np.float64)
         if ans.shape != rew.shape or ans.ndim != 1:
-            raise ValueError(f"answers and rewards must be matching 1-D rows, got {ans.shape} and {rew.shape}")
+            raise ValueError(f"answers and rewards must be matching 1-D rows: {ans.shape} vs {rew.shape}")
         m = ans.shape[0]
         if k < 1 or k > m:
             values.append(np.nan)
@@ -249,7 +250,8 @@ def maj_at_k(
             continue
         if math.comb(m, k) <= max_subsets:
             idx = _combinations_array(m, k)
-            vals = np.concatenate([_maj_values(ans[c], rew[c]) for c in np.array_split(idx, -(-len(idx) // 4096))])
+            chunks = np.array_split(idx, -(-len(idx) // 4096))
+            vals = np.concatenate([_maj_values(ans[c], rew[c]) for c in chunks])
             values.append(float(vals.mean()))
             errors.append(0.0)
         else:

@@ -84,7 +84,7 @@ def test_pass_at_k_large_and_degenerate():
 def test_bon_at_k_matches_enumeration_with_ties():
     rng = np.random.default_rng(1)
     for m in [1, 2, 4, 7, 10]:
-        for trial in range(3):
+        for _ in range(3):
             scores = rng.integers(0, max(1, m // 2), size=m).astype(np.float32)  # many ties
             rewards = rng.normal(size=m).astype(np.float32)
             for k in range(1, m + 1):
@@ -183,7 +183,8 @@ def test_maj_at_k_unparsable_and_ties():
 
 
 def test_answers_to_ids():
-    ids = metrics.answers_to_ids([["4", "x", None, "4", ""], [" 2", "2", "3", None, "3"]], normalize=str.strip)
+    raw = [["4", "x", None, "4", ""], [" 2", "2", "3", None, "3"]]
+    ids = metrics.answers_to_ids(raw, normalize=str.strip)
     np.testing.assert_array_equal(ids, [[0, 1, -1, 0, -1], [0, 0, 1, -1, 1]])
     np.testing.assert_array_equal(metrics.answers_to_ids(["a", "b", "a"]), [0, 1, 0])
     ragged = metrics.answers_to_ids([["a"], ["b", "b"]])
@@ -210,7 +211,8 @@ def test_kl_estimators_exact_expectations():
     tr = rng.normal(size=(2, 3, 5))
     mask = rng.random((2, 3, 5)) < 0.6
     d = tl - tr
-    np.testing.assert_allclose(metrics.kl_k3(tl, tr, mask), np.sum(mask * (np.exp(-d) - 1 + d), -1), rtol=1e-5)
+    want_k3 = np.sum(mask * (np.exp(-d) - 1 + d), -1)
+    np.testing.assert_allclose(metrics.kl_k3(tl, tr, mask), want_k3, rtol=1e-5)
     np.testing.assert_allclose(metrics.kl_k1(tl, tr, mask), np.sum(mask * d, -1), rtol=1e-5, atol=1e-6)
     # Tiny d: no cancellation (k3 ~ d^2/2).
     np.testing.assert_allclose(metrics.kl_k3(jnp.array([[1e-4]]), jnp.array([[0.0]])), [5e-9], rtol=1e-3)
@@ -233,8 +235,9 @@ def test_entropies():
     tok_lp = rng.normal(size=(2, 3, 4))
     np.testing.assert_allclose(metrics.sequence_entropy(tok_lp, mask), -np.sum(mask * tok_lp, -1), rtol=1e-6)
     # E_{y~p}[-log p(y)] = H(p): the single-sample estimator is unbiased (exact expectation).
-    np.testing.assert_allclose(np.sum(p[1, 1, 1] * np.asarray(metrics.sequence_entropy(np.log(p[1, 1, 1])[:, None]))),
-                               h[1, 1, 1], rtol=1e-5)
+    p1 = p[1, 1, 1]
+    est = np.asarray(metrics.sequence_entropy(np.log(p1)[:, None]))
+    np.testing.assert_allclose(np.sum(p1 * est), h[1, 1, 1], rtol=1e-5)
 
 
 def test_distinct_answers():
