@@ -4,7 +4,8 @@ The default experiment's data: offline, deterministic by seed, cheap to train on
 of problem, each at difficulty levels 1-5 (more levels = more steps, larger numbers):
 
 - `expr`   nested arithmetic with + - * and parentheses, `level + 1` operations, reduced one operation per
-           line in the order a left-to-right evaluator takes (innermost first, * before + and -);
+           line in the order a recursive evaluator takes (left operand, right operand, then the operation:
+           parentheses first, * before + and -, left to right);
 - `linear` linear equations in x (`x+a=b` ... `a(x+b)+e=c(x+f)`), solved by arithmetic on coefficients;
 - `mod`    modular arithmetic (`(a*b+c) mod m` ...), reducing every factor mod m first;
 - `word`   short word problems (`Ann has 12 apples. ...`), one line per event.
@@ -173,7 +174,7 @@ def _gen_linear(r, level: int) -> _Problem:
     elif level == 3:  # ax+b=cx+d, a>c
         c = ri(1, 8)
         a = c + ri(1, 6)
-        x, b = ri(-30, 40), ri(-40, 40)
+        x, b = ri(-30, 40), ri(-40, 40) or 5
         d = (a - c) * x + b
         eq = f"{_coef(a)}{_signed(b)}={_coef(c)}{_signed(d)}"
         line, k = _step(a, "-", c)
