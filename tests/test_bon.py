@@ -218,14 +218,14 @@ def test_jit_traced_n_and_finite_gradients():
         return jnp.sum(bon.bon_distribution(jax.nn.softmax(logits), scores, n) * reward)
 
     logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 1e-30, 0.4]))
-    g = jax.grad(expected_reward)(logits, 4)
+    g = jax.jit(jax.grad(expected_reward))(logits, 4)
     assert np.all(np.isfinite(g))
 
     # Gradient with exact zeros (zero-prob outcome at the top and at the bottom) stays finite.
     def expected_reward_p(p, n):
         return jnp.sum(bon.bon_distribution(p, scores, n) * reward)
 
-    gp = jax.grad(expected_reward_p)(jnp.array([0.0, 0.2, 0.3, 0.0, 0.5]), 3.0)
+    gp = jax.jit(jax.grad(expected_reward_p))(jnp.array([0.0, 0.2, 0.3, 0.0, 0.5]), 3.0)
     assert np.all(np.isfinite(gp))
 
     # Gradient wrt logits vs central differences of the float64 reference.
@@ -237,7 +237,8 @@ def test_jit_traced_n_and_finite_gradients():
         return float(np.sum(reference_bon_f64(p, np.asarray(scores), 4) * np.asarray(reward)))
 
     fd = np.array([(ref(lg + 1e-5 * e) - ref(lg - 1e-5 * e)) / 2e-5 for e in np.eye(5)])
-    np.testing.assert_allclose(jax.grad(expected_reward)(jnp.asarray(lg, jnp.float32), 4), fd, atol=2e-5)
+    np.testing.assert_allclose(jax.jit(jax.grad(expected_reward))(jnp.asarray(lg, jnp.float32), 4), fd,
+                               atol=2e-5)
 
 
 def test_float64_under_x64():
@@ -321,7 +322,7 @@ def test_twisted_bon_distribution():
 
 
 def test_select_best_uniform_ties_and_mask():
-    b = 30000
+    b = 6000
     scores = jnp.tile(jnp.array([0.0, 3.0, 1.0, 3.0, 3.0, 2.0]), (b, 1))
     idx = np.asarray(bon.select_best(scores, jax.random.PRNGKey(0)))  # jitted itself
     assert idx.dtype == np.int32 and idx.shape == (b,)
