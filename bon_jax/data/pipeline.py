@@ -229,9 +229,7 @@ class PromptBatches:
         read_options: grain.ReadOptions | None = None,
         **kwargs,
     ):
-        self.dataset, self.spec = prompt_dataset(
-            source, tokenizer=tokenizer, batch_size=batch_size, **kwargs
-        )
+        self.dataset, self.spec = prompt_dataset(source, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
         self._read_options = read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
 
     def __len__(self) -> int:

@@ -24,11 +24,14 @@ always reads the prepared files' own metadata; import this module only to *prepa
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
+import tarfile
 from pathlib import Path
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 from bon_jax.data import sources
 from bon_jax.errors import DataError
@@ -38,7 +41,25 @@ from bon_jax.tasks.base import Task
 FILE_FORMAT = "array_record"
 
 
-class HendrycksMath(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _CodePathMixin:
+    """Works around tfds 4.9.x `DatasetBuilder.code_path` on Python >= 3.9 for builders outside tfds.
+
+    For a builder defined in an installed package, tfds evaluates
+    `isinstance(path, importlib_resources.abc.Traversable)`, which imports the `importlib_resources`
+    backport that tfds only requires on Python < 3.9 -- ModuleNotFoundError. We return what tfds
+    falls back to anyway: the file that defines the class.
+    """
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path | None:
+        try:
+            return epath.Path(inspect.getfile(cls))
+        except (TypeError, OSError):
+            return None
+
+
+class HendrycksMath(_CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """MATH (Hendrycks et al., 2021) from local files."""
 
     name = math_task.TFDS_NAME
@@ -71,22 +92,18 @@ class HendrycksMath(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise DataError(manual, "the manual dir must hold raw MATH files, not a TFDS data dir")
         splits = {}
         for split in ("train", "test"):
-            present = (manual / split).is_dir() if layout == "official" else (
-                manual / f"{split}.jsonl"
-            ).is_file()
+            present = (
+                (manual / split).is_dir() if layout == "official" else (manual / f"{split}.jsonl").is_file()
+            )
             if present:
-                splits[split] = self._generate_examples(
-                    math_task.read_raw_split(manual, split, layout)
-                )
+                splits[split] = self._generate_examples(math_task.read_raw_split(manual, split, layout))
         try:
             subset_file = math_task.find_subset_file(manual)
         except DataError:
             subset_file = None
         if subset_file is not None:
             full_test = lambda: math_task.read_raw_split(manual, "test", layout)  # noqa: E731
-            splits["math500"] = self._generate_examples(
-                math_task.read_math500(subset_file, full_test)
-            )
+            splits["math500"] = self._generate_examples(math_task.read_math500(subset_file, full_test))
         if not splits:
             raise DataError(manual, "no MATH split found")
         return splits
@@ -104,7 +121,7 @@ except ImportError:  # pragma: no cover - older tfds
     from tensorflow_datasets.text.imdb import IMDBReviews as _StockImdb
 
 
-class ImdbReviewsLocal(_StockImdb, skip_registration=True):
+class ImdbReviewsLocal(_CodePathMixin, _StockImdb, skip_registration=True):
     """The stock `imdb_reviews` builder reading a local archive or folder instead of downloading."""
 
     name = "imdb_reviews"
@@ -134,7 +151,8 @@ class ImdbReviewsLocal(_StockImdb, skip_registration=True):
         archive_path = manual / "aclImdb_v1.tar.gz"
         folder = manual / "aclImdb"
         if archive_path.is_file():
-            archive = lambda: dl_manager.iter_archive(archive_path)  # noqa: E731
+            # Not dl_manager.iter_archive: tfds opens local archives with tf.io.gfile (TensorFlow).
+            archive = lambda: _iter_tar(archive_path)  # noqa: E731
         elif folder.is_dir():
             archive = lambda: _iter_folder(manual, folder)  # noqa: E731
         else:
@@ -147,13 +165,21 @@ class ImdbReviewsLocal(_StockImdb, skip_registration=True):
         }
 
 
+def _iter_tar(path: Path):
+    """(member path, file object) of every regular file of a tar archive, read with `tarfile`."""
+    with tarfile.open(path, "r:*") as tar:
+        for member in tar:
+            if member.isfile():
+                yield member.name, io.BytesIO(tar.extractfile(member).read())
+
+
 def _iter_folder(base: Path, folder: Path):
     """(posix path relative to `base`, file object) of every file, as `iter_archive` yields them."""
     for path in sorted(folder.rglob("*.txt")):
         yield path.relative_to(base).as_posix(), io.BytesIO(path.read_bytes())
 
 
-class TaskExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class TaskExamples(_CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Any task's examples as text rows; one builder config per task (named after the task)."""
 
     name = sources.TASK_BUILDER_NAME
@@ -187,9 +213,7 @@ class TaskExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, manual_dir=None) -> tfds.core.DatasetBuilder:
-    config = tfds.download.DownloadConfig(
-        manual_dir=None if manual_dir is None else os.fspath(manual_dir)
-    )
+    config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else os.fspath(manual_dir))
     builder.download_and_prepare(download_config=config, file_format=FILE_FORMAT)
     return builder
 
@@ -206,8 +230,5 @@ def prepare_imdb(data_dir: str | os.PathLike, manual_dir: str | os.PathLike):
 
 def prepare_task(task: Task, data_dir: str | os.PathLike, splits=None):
     """Prepares `bon_task/<task.name>` under `data_dir` from `task.examples(split)`."""
-    builder = TaskExamples(
-        task=task, splits=splits, data_dir=os.fspath(data_dir), file_format=FILE_FORMAT
-    )
+    builder = TaskExamples(task=task, splits=splits, data_dir=os.fspath(data_dir), file_format=FILE_FORMAT)
     return _prepare(builder)
-

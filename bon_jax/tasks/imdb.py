@@ -29,7 +29,9 @@ skipped. `reference` is the rest of the review (starting with a space), `meta` h
 Reward: `scorer.score_texts(texts) -> [len(texts)]` probabilities of positive sentiment in [0, 1],
 applied to prompt + completion (`score_prompt=True`, the review as a reader sees it) or to the
 completion alone; `target="negative"` rewards 1 - p. Any object with that method plugs in (e.g. a
-classifier). The default is `VaderScorer`: VADER's compound score c in [-1, 1] mapped to (c + 1) / 2.
+classifier). The default is `bon_jax.tasks.sentiment.SentimentScorer`: VADER's compound score c in
+[-1, 1] mapped to (c + 1) / 2 -- lexicon-based and offline, a stand-in for the DistilBERT IMDB
+classifier of the paper, which a user with local weights can plug in.
 """
 
 from __future__ import annotations
@@ -54,27 +56,11 @@ _LABEL_NAMES = ("neg", "pos")  # TFDS ClassLabel order; -1 is unlabelled
 _BR = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
 
 
-class VaderScorer:
-    """P(positive) from VADER: (compound + 1) / 2. Lexicon-based, offline, ~0.1 ms per review."""
-
-    def __init__(self):
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        self._analyzer = SentimentIntensityAnalyzer()
-
-    def score_texts(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.empty(len(texts), np.float32)
-        for i, t in enumerate(texts):
-            out[i] = (self._analyzer.polarity_scores(t)["compound"] + 1.0) / 2.0
-        return out
-
-    def __repr__(self) -> str:
-        return "VaderScorer()"
-
-
 def default_scorer():
-    """The default sentiment scorer (VADER)."""
-    return VaderScorer()
+    """The default sentiment scorer: `bon_jax.tasks.sentiment.SentimentScorer` (VADER, offline)."""
+    from bon_jax.tasks.sentiment import SentimentScorer
+
+    return SentimentScorer()
 
 
 def clean_review(text: str) -> str:
@@ -156,7 +142,7 @@ class ImdbTask(Task):
 
     Args:
       data_dir: TFDS data dir with `imdb_reviews` in array_record, or the aclImdb folder (or its parent).
-      scorer: object with `score_texts(list[str]) -> np.ndarray` of P(positive); default `VaderScorer`.
+      scorer: object with `score_texts(list[str]) -> np.ndarray` of P(positive); default `SentimentScorer`.
       seed: fixes each review's prefix length.
       min_prefix_words, max_prefix_words: range of the prefix length k (inclusive).
       validation_fraction: share of the IMDB train split carved out (by id hash) as validation.
@@ -275,9 +261,7 @@ class ImdbTask(Task):
             return Grade(0.0, None, "completion is not text")
         return Grade(float(self._rewards([self._texts(example, completion)])[0]))
 
-    def grade_batch(
-        self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]
-    ) -> Grades:
+    def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
         """One `score_texts` call for the whole `[B, N]` batch."""
         if len(examples_B) != len(completions_BN):
             raise ValueError(

@@ -12,7 +12,8 @@ Data (all local, nothing is downloaded; `data_dir` is detected in this order):
    whose `unique_id` ("test/precalculus/807.json") is the official file's path.
 
 Example ids are the official relative paths ("train/algebra/1.json"), the `unique_id` of a jsonl
-row, or "<split>.jsonl:<line>" when a row has neither.
+row, or "<split>.jsonl:<line>" when a row has neither. Every split is sorted by id, whatever the
+source (TFDS stores rows shuffled), so all layouts of the same data give the same example list.
 
 Splits. `test` is the official test split. `validation` is carved from the official train split:
 a problem goes to validation iff `holdout_fraction("math", id) < validation_fraction` (a hash of its
@@ -515,9 +516,7 @@ def _read_tfds_split(data_dir: str | os.PathLike, split: str) -> list[dict[str, 
     from bon_jax.data.sources import decode_record, open_tfds_split
 
     source = open_tfds_split(TFDS_NAME, data_dir, split)
-    records = [decode_record(source[i]) for i in range(len(source))]
-    records.sort(key=lambda r: r["id"])  # TFDS stores rows shuffled; restore a fixed order
-    return records
+    return [decode_record(source[i]) for i in range(len(source))]
 
 
 def find_subset_file(data_dir: str | os.PathLike) -> Path:
@@ -530,7 +529,7 @@ def find_subset_file(data_dir: str | os.PathLike) -> Path:
 
 def read_math500(subset_file: str | os.PathLike, full_test: Any) -> list[dict[str, str]]:
     """The MATH-500 test records: the file's own rows if it holds problems, else `full_test()`
-    filtered to its ids (in the file's order)."""
+    filtered to its ids."""
     path = Path(subset_file)
     if path.suffix == ".jsonl":
         rows = _read_jsonl_objects(path)
@@ -609,7 +608,10 @@ class MathTask(Task):
         return self._raw[split]
 
     def records(self, split: str) -> list[dict[str, str]]:
-        """The canonical records (dicts of strings) of `split`, in the order of `examples`."""
+        """The canonical records (dicts of strings) of `split`, sorted by id (as `examples`)."""
+        return sorted(self._records(split), key=lambda r: r["id"])
+
+    def _records(self, split: str) -> list[dict[str, str]]:
         from bon_jax.data.sources import holdout_fraction
 
         if split not in self.splits:
@@ -621,10 +623,7 @@ class MathTask(Task):
                 subset_file = self.subset_file or find_subset_file(self.data_dir)
                 return read_math500(subset_file, lambda: self._official("test"))
             return self._official("test")
-        held = [
-            holdout_fraction("math", r["id"]) < self.validation_fraction
-            for r in self._official("train")
-        ]
+        held = [holdout_fraction("math", r["id"]) < self.validation_fraction for r in self._official("train")]
         want = split == "validation"
         return [r for r, h in zip(self._official("train"), held) if h == want]
 
