@@ -240,6 +240,14 @@ def test_task_builder_round_trip_and_grain_over_tfds_rows(tmp_path, tokenizer):
     for split in task.splits:
         back = sources.task_examples(tmp_path, "toy", split)
         assert sorted(back, key=lambda e: e.id) == list(task.examples(split))
+    # The embedded arith task, in its own builder config.
+    from bon_jax.tasks.arith import ArithTask
+
+    arith = ArithTask(seed=0, num_train=40, num_validation=8, num_test=8)
+    prepare_task(arith, tmp_path)
+    for split in arith.splits:
+        back = sources.task_examples(tmp_path, arith.name, split)
+        assert sorted(back, key=lambda e: e.id) == sorted(arith.examples(split), key=lambda e: e.id)
     # Raw TFDS rows (dicts with a "prompt") go through the pipeline too.
     rows = sources.open_tfds_split("bon_task/toy", tmp_path, "train")
     pb = _batches(rows, tokenizer, batch_size=4, seed=2, num_epochs=1)

@@ -31,7 +31,7 @@ train/validation are unaffected by the subset.
 
 Grading. The gold answer is the row's `answer` field when present, else the last `\\boxed{}` of the
 solution. A completion's answer is the content of its last `\\boxed{}` / `\\fbox{}` (none: reward 0,
-reason "no boxed answer"). Equivalence, cheapest first:
+reason "no boxed answer"; extraction is `bon_jax.tasks.text.last_boxed`). Equivalence, cheapest first:
 1. `strip_string` (our rewrite of the MATH paper's normalisation) of both sides is equal;
 2. `math_verify.verify(parse(gold), parse(pred))` (gold first: the check is not symmetric).
 math_verify interrupts slow sympy work with `signal.alarm`, which works only in the main thread:
@@ -58,6 +58,7 @@ from typing import Any
 
 from bon_jax.errors import DataError
 from bon_jax.tasks.base import Example, Grade, Task
+from bon_jax.tasks.text import last_boxed
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,7 @@ TFDS_NAME = "hendrycks_math"
 RECORD_FIELDS = ("id", "problem", "solution", "answer", "level", "type")
 
 # ---------------------------------------------------------------------------------------------------
-# Answer extraction.
-
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+# String normalisation (after Hendrycks et al.'s `is_equiv` / `strip_string`, rewritten).
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -90,34 +89,6 @@ def _braced(text: str, start: int) -> tuple[str, int] | None:
                 return text[start + 1 : i], i + 1
         i += 1
     return None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` / `\\fbox{...}` (braces matched) or `\\boxed x`, or None.
-
-    Only the last box command counts (as in the MATH grader): a completion whose last box is cut
-    off has no answer, even if an earlier box closed.
-    """
-    if not isinstance(text, str):
-        return None
-    start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
-    if start < 0:
-        return None
-    cmd = "\\boxed" if text.startswith("\\boxed", start) else "\\fbox"
-    i = start + len(cmd)
-    while i < len(text) and text[i] in " \t" and cmd == "\\fbox":
-        i += 1
-    if i < len(text) and text[i] == "{":
-        got = _braced(text, i)
-        return None if got is None else got[0]
-    if cmd == "\\boxed" and i < len(text) and text[i] == " ":  # "\boxed 5" (short form)
-        m = re.match(r" +([^\s$]+)", text[i:])
-        return m.group(1) if m else None
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# String normalisation (after Hendrycks et al.'s `is_equiv` / `strip_string`, rewritten).
 
 
 def _group_or_char(s: str, i: int) -> tuple[str, int] | None:
