@@ -52,14 +52,18 @@ reach an interpreter; world-writable directories (/tmp) stay writable to the pro
 from __future__ import annotations
 
 import ctypes
-import json
+import marshal
 import os
 import resource
-import signal
 import sys
 
+try:  # the C module: `signal` would import enum (start-up time of every run)
+    import _signal as signal
+except ImportError:  # pragma: no cover - other implementations
+    import signal
+
 # ---------------------------------------------------------------------------------------------
-# Part 1: the launcher. Runs as `python -I -S sandbox.py --launch CONFIG_JSON` in its own session,
+# Part 1: the launcher. Runs as `python -I -S sandbox.py --launch CONFIG` in its own session,
 # as the trainer's user (root on the machines this is built for). Only the light imports above.
 # ---------------------------------------------------------------------------------------------
 
@@ -167,7 +171,7 @@ class _Launcher:
         self.child = None
 
     def send(self, **obj):
-        os.write(self.report_fd, (json.dumps(obj) + "\n").encode())
+        os.write(self.report_fd, (repr(obj) + "\n").encode())  # a literal, one line
 
     def warn(self, msg):
         self.props["warnings"].append(msg)
@@ -384,7 +388,7 @@ def _launcher_entry(argv):
     if argv[1] == "--kill-uid":
         _kill_uid(int(argv[2]))
         return 0
-    cfg = json.loads(argv[2])
+    cfg = marshal.loads(bytes.fromhex(argv[2]))  # marshal: no json (and re, enum) to import
     launcher = _Launcher(cfg)
     try:
         launcher.main()
@@ -394,22 +398,29 @@ def _launcher_entry(argv):
     return 0
 
 
-if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] in ("--launch", "--kill-uid"):
-    sys.exit(_launcher_entry(sys.argv))
+if __name__ == "__main__":
+    # As a script: `sandbox.py --launch CONFIG`. From the cached code object (see
+    # `_launcher_command`): `-c BOOT CODE_FILE --launch CONFIG`.
+    _argv = sys.argv if sys.argv[1:2] in (["--launch"], ["--kill-uid"]) else sys.argv[1:]
+    if len(_argv) == 3 and _argv[1] in ("--launch", "--kill-uid"):
+        sys.exit(_launcher_entry(_argv))
 
 
 # ---------------------------------------------------------------------------------------------
-# Part 2: the API, used in the trainer's process.
+# Part 2: the API, used in the trainer's process. (_PART2_MARKER: Part 1 ends above this line.)
 # ---------------------------------------------------------------------------------------------
 
+import ast  # noqa: E402
 import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
 import fcntl  # noqa: E402
+import hashlib  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402,F811 - the full module (Signals) for the API side
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -534,28 +545,66 @@ def _python_prefix(python: str) -> str:
     return os.path.dirname(os.path.dirname(real))  # <prefix>/bin/pythonX.Y
 
 
+_private_dir_path: str | None = None
+_private_dir_lock = threading.Lock()
+
+
+def _private_dir() -> str:
+    """A directory only our user can use (uid lock files, the launcher's compiled code)."""
+    global _private_dir_path
+    with _private_dir_lock:
+        if _private_dir_path is None:
+            d = os.path.join(tempfile.gettempdir(), f"bon_jax_sandbox.{os.geteuid()}")
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            st = os.lstat(d)
+            if os.path.islink(d) or not os.path.isdir(d) or st.st_uid != os.geteuid():
+                raise RuntimeError(f"sandbox directory {d} is not ours")
+            if st.st_mode & 0o077:
+                os.chmod(d, 0o700)
+            _private_dir_path = d
+        return _private_dir_path
+
+
+_BOOT = "import marshal,sys;exec(marshal.loads(open(sys.argv[1],'rb').read()))"
+_launcher_code_path: str | None = None
+_launcher_code_lock = threading.Lock()
+
+
+def _launcher_command(*args: str) -> list[str]:
+    """The command that runs the launcher (Part 1 of this file) with `args`.
+
+    Part 1 is compiled once per process and cached as a marshalled code object: running this file
+    as a script would recompile all of it on every run (a script gets no .pyc), ~50 ms each.
+    """
+    global _launcher_code_path
+    d = _private_dir()
+    with _launcher_code_lock:
+        if _launcher_code_path is None:
+            with open(__file__, encoding="utf-8") as f:
+                source = f.read()
+            part1 = source[: source.index("# Part 2: the API")]
+            data = marshal.dumps(compile(part1, __file__, "exec", dont_inherit=True))
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            tag = sys.implementation.cache_tag
+            path = os.path.join(d, f"launcher-{tag}-{digest}.bin")
+            if not os.path.exists(path):
+                tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            _launcher_code_path = path
+    return [sys.executable, "-I", "-S", "-c", _BOOT, _launcher_code_path, *args]
+
+
 class _UidPool:
     """Hands out sandbox uids; an flock on <lockdir>/<uid>.lock keeps them unique across processes."""
 
     def __init__(self, base: int, size: int):
         self.base, self.size = base, size
         self._counter = itertools.count()
-        self._dir: str | None = None
-        self._lock = threading.Lock()
-
-    def _lockdir(self) -> str:
-        with self._lock:
-            if self._dir is None:
-                d = os.path.join(tempfile.gettempdir(), f"bon_jax_sandbox_uids.{os.geteuid()}")
-                os.makedirs(d, mode=0o700, exist_ok=True)
-                st = os.lstat(d)
-                if not os.path.isdir(d) or os.path.islink(d) or st.st_uid != os.geteuid():
-                    raise RuntimeError(f"sandbox uid lock directory {d} is not ours")
-                self._dir = d
-            return self._dir
 
     def acquire(self) -> tuple[int, int]:
-        d = self._lockdir()
+        d = _private_dir()
         start = (os.getpid() * 7919 + next(self._counter)) % self.size
         for k in range(self.size):
             uid = self.base + (start + k) % self.size
@@ -675,7 +724,7 @@ def run(
             "tmpfs_bytes": int(limits.tmpfs_bytes),
         }
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), "--launch", json.dumps(cfg)],
+            _launcher_command("--launch", marshal.dumps(cfg).hex()),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -742,7 +791,7 @@ def _reap_uid(uid: int, wait_s: float = 5.0) -> None:
             return
         if now >= t_kill and not killed:
             subprocess.run(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), "--kill-uid", str(uid)],
+                _launcher_command("--kill-uid", str(uid)),
                 stdin=subprocess.DEVNULL,
                 env=_LAUNCHER_ENV,
                 cwd="/",
@@ -857,7 +906,7 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
                     sel.unregister(key.fd)
                 elif key.data is report:
                     report += data
-                    if not started and b'"props"' in report:
+                    if not started and b"{'props':" in report:
                         started = True
                         deadline = time.monotonic() + timeout_s
                 else:
@@ -878,8 +927,8 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
     errors: list[str] = []
     for line in report.decode("utf-8", errors="replace").splitlines():
         try:
-            msg = json.loads(line)
-        except ValueError:
+            msg = ast.literal_eval(line)
+        except (ValueError, SyntaxError):
             continue
         if "props" in msg:
             warnings += msg["props"].pop("warnings", [])

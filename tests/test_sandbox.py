@@ -311,6 +311,10 @@ def test_network_is_unreachable(work_root, probe):
         )
         # The server does answer connections from this side.
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        for _ in range(500):  # until the server thread has taken our connection
+            if accepted:
+                break
+            stop.wait(0.01)
     finally:
         stop.set()
         thread.join()
