@@ -1,0 +1,177 @@
+"""Exact objectives on a finite outcome space (a one-step bandit), differentiable with jax.
+
+For a policy pi = softmax(logits) over K outcomes with rewards R, verifier scores s and a reference
+pi_ref = softmax(ref_logits), `objective(name, ...)` returns J(theta) of the registered objective `name`
+(the J in its docstring, bon_jax.objectives), computed exactly -- Best-of-N distributions with uniform
+tie-breaking from `bon_jax.bon` -- so jax.grad gives grad J exactly. The tests compare the Monte Carlo mean of
+each estimator with this gradient.
+
+    objective(name, logits_K, rewards_K, scores_K, ref_logits_K, *, n, beta=None, **options) -> scalar J
+
+beta None means the objective's own default (0, or 1 for vbon / vbon_bound / bond). Options that change J:
+  anchor_coef, anchor_logits_K    -anchor_coef KL(pi || softmax(anchor_logits)) (every objective but
+                                  bon_distill_sft)
+  expert_probs_K                  the demonstration distribution D over the K outcomes (sft, bon_sft)
+  lam                             bon_sft's tilt (default lambda_N)
+  select_by                       vbon / vbon_bound / bond ("reward" default, or "score");
+                                  bon_distill_sft ("score" default, or "reward")
+  b                               bond's mixing weight (0.5)
+Estimator-only options (baseline, values_B, p_B, p_estimate, p_clip, clip_eps, temperature, ref_cdf_BM,
+ref_cdf_lt_BM, cdf_smoothing) are accepted and ignored, so the same options can be passed to both.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bon_jax import bon, objectives
+
+__all__ = ["bon_reward", "kl", "objective"]
+
+_ESTIMATOR_ONLY = frozenset(
+    {
+        "baseline",
+        "values_B",
+        "p_B",
+        "p_estimate",
+        "p_clip",
+        "clip_eps",
+        "temperature",
+        "ref_cdf_BM",
+        "ref_cdf_lt_BM",
+        "cdf_smoothing",
+    }
+)
+_BINARY = frozenset({"bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo"})
+
+
+def kl(probs_p, logp_p, logp_q):
+    """KL(p || q) = sum_y p (log p - log q), with 0 log 0 = 0."""
+    return jnp.sum(jnp.where(probs_p > 0, probs_p * (logp_p - jnp.where(probs_p > 0, logp_q, 0.0)), 0.0), -1)
+
+
+def bon_reward(probs_K, rewards_K, scores_K, n):
+    """E_{y ~ pi_BoN(pi, s, n)}[R(y)], exact with uniform tie-breaking."""
+    return jnp.sum(bon.bon_distribution(probs_K, scores_K, n) * rewards_K, axis=-1)
+
+
+def _is_zero(x):
+    return isinstance(x, (int, float)) and x == 0
+
+
+def _default_beta(name):
+    return inspect.signature(objectives.get(name)).parameters["beta"].default
+
+
+def objective(
+    name,
+    logits_K,
+    rewards_K,
+    scores_K,
+    ref_logits_K,
+    *,
+    n,
+    beta=None,
+    anchor_coef=0.0,
+    anchor_logits_K=None,
+    expert_probs_K=None,
+    lam=None,
+    select_by=None,
+    b=0.5,
+    **options,
+):
+    """Exact J of objective `name` for the bandit policy softmax(logits_K); see the module docstring.
+
+    Args:
+      name: a registered objective name.
+      logits_K: [K] policy logits (differentiate with respect to these).
+      rewards_K, scores_K: [K] rewards R(y) and verifier scores s(y) (binary rewards for bon_rlb*, pkpo).
+      ref_logits_K: [K] reference logits (pi_ref).
+      n: Best-of-N size (Python int).
+      beta: KL(pi || pi_ref) coefficient; None = the objective's default.
+    Returns: scalar J.
+    """
+    objectives.get(name)  # KeyError for unknown names
+    unknown = set(options) - _ESTIMATOR_ONLY
+    if unknown:
+        raise TypeError(f"exact.objective({name!r}): unknown option(s) {sorted(unknown)}")
+    beta = _default_beta(name) if beta is None else beta
+    logits_K = jnp.asarray(logits_K)
+    dtype = logits_K.dtype if jnp.issubdtype(logits_K.dtype, jnp.floating) else jnp.float32
+    logits_K = logits_K.astype(dtype)
+    rewards_K = jnp.asarray(rewards_K, dtype)
+    scores_K = jnp.asarray(scores_K, dtype)
+    logpi = jax.nn.log_softmax(logits_K)
+    pi = jnp.exp(logpi)
+    logref = jax.nn.log_softmax(jnp.asarray(ref_logits_K, dtype))
+    ref = jnp.exp(logref)
+
+    def select(default):
+        by = default if select_by is None else select_by
+        if by not in ("reward", "score"):
+            raise ValueError(f"select_by must be 'reward' or 'score', got {by!r}")
+        return rewards_K if by == "reward" else scores_K
+
+    def need_expert():
+        if expert_probs_K is None:
+            raise ValueError(
+                f"exact.objective({name!r}) needs expert_probs_K (the demonstration distribution)"
+            )
+        return jnp.asarray(expert_probs_K, dtype)
+
+    def expect_logpi(probs, log_probs):
+        return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0))
+
+    if name in _BINARY:
+        if not isinstance(rewards_K, jax.core.Tracer) and not np.all(np.isin(np.asarray(rewards_K), [0, 1])):
+            raise ValueError(f"exact.objective({name!r}) needs binary rewards")
+        p_fail = jnp.sum(pi * (1.0 - rewards_K))
+        j = 1.0 - p_fail**n
+    elif name in ("bon_rl", "bon_rl_v"):
+        j = bon_reward(pi, rewards_K, scores_K, n)
+    elif name == "bon_rl_s":
+        j = bon_reward(pi, rewards_K, rewards_K, n)
+    elif name == "kl_rl":
+        j = jnp.sum(pi * rewards_K)
+    elif name == "sft":
+        j = expect_logpi(need_expert(), logpi)
+    elif name == "bon_sft":
+        cdf, _ = bon.bon_cdfs(pi, scores_K)  # Q_pi(y) = P_{y'~pi}(s(y) >= s(y')), depends on theta
+        tilt = bon.bon_lambda(n) if lam is None else lam
+        log_tw = jax.nn.log_softmax(logpi + tilt * cdf)
+        j = expect_logpi(need_expert(), log_tw)
+    elif name == "bon_distill_sft":
+        if not (_is_zero(beta) and _is_zero(anchor_coef)):
+            raise ValueError("bon_distill_sft has no KL terms (its samples come from pi_ref)")
+        target = bon.bon_distribution(ref, select("score"), n)
+        j = expect_logpi(target, logpi)
+    elif name in ("vbon", "vbon_bound", "bond"):
+        sel = select("reward")
+        cdf, cdf_lt = bon.bon_cdfs(ref, sel)
+        if name == "vbon_bound":
+            j = jnp.log(float(n)) + (n - 1) * jnp.sum(pi * jnp.log(cdf)) - beta * kl(pi, logpi, logref)
+        else:
+            log_g = bon.log_bon_weight(cdf, cdf_lt, n)
+            backward = jnp.sum(pi * log_g) - beta * kl(pi, logpi, logref)
+            if name == "vbon":
+                j = backward
+            else:
+                target = bon.bon_distribution(ref, sel, n)
+                log_target = jnp.log(jnp.where(target > 0, target, 1.0))
+                j = -(1.0 - b) * kl(target, log_target, logpi) + b * backward
+        beta = 0.0  # already included
+    else:  # pragma: no cover - every registered name is handled above
+        raise NotImplementedError(name)
+
+    if not _is_zero(beta):
+        j = j - beta * kl(pi, logpi, logref)
+    if not _is_zero(anchor_coef):
+        if anchor_logits_K is None:
+            raise ValueError("anchor_coef != 0 needs anchor_logits_K")
+        loganchor = jax.nn.log_softmax(jnp.asarray(anchor_logits_K, dtype))
+        j = j - anchor_coef * kl(pi, logpi, loganchor)
+    return j
