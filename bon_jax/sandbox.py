@@ -276,6 +276,7 @@ class _Launcher:
             os.set_inheritable(self.report_fd, False)  # closed by exec: the program cannot report
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
             for name, value in self.cfg["rlimits"].items():
                 soft, hard = value if isinstance(value, list) else (value, value)
                 resource.setrlimit(getattr(resource, name), (soft, hard))
@@ -283,6 +284,8 @@ class _Launcher:
                 os.setgroups([])
                 os.setgid(self.uid)
                 os.setuid(self.uid)
+            if not self.props["pid_namespace"]:
+                _die_with_parent()  # (a uid change clears it: set it after)
             os.chdir(self.workdir_inside)
             env = dict(self.cfg["env"], HOME=self.workdir_inside, TMPDIR=self.workdir_inside)
             argv = [self.python, *self.python_args, self.cfg["program"]]
@@ -315,8 +318,9 @@ class _Launcher:
 
     def run_init(self):
         """Pid 1 of the new pid namespace: private /proc, then the program; exit kills the rest."""
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with_parent()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_DFL)
         if self.props["mount_namespace"]:
             try:
                 _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
@@ -331,8 +335,18 @@ class _Launcher:
             os.kill(self.child, signal.SIGKILL)
 
     def main(self):
+        # If the trainer dies (even SIGKILL), so do we, and our child with us (init gets the same).
+        _die_with_parent()
+        if os.getppid() != self.cfg["parent_pid"]:
+            return  # it died before the line above
         signal.signal(signal.SIGTERM, self.on_sigterm)
-        self.enter_namespaces()
+        # Backstop in case the trainer is alive but stuck: kill the program well after its timeout.
+        signal.signal(signal.SIGALRM, self.on_sigterm)
+        signal.alarm(int(self.cfg["backstop_s"]))
+        if self.cfg["namespaces"]:
+            self.enter_namespaces()
+        else:
+            self.warn("namespaces turned off by the caller")
         self.choose_uid()
         limited = self.props["uid_dropped"] or self.props["user_namespace"]
         self.props["nproc_limited"] = limited and "RLIMIT_NPROC" in self.cfg["rlimits"]
@@ -359,6 +373,12 @@ class _Launcher:
                 _kill_uid(self.uid)
         # With a pid namespace there is nothing to sweep: init's exit has already killed and
         # reaped everything in it (and this process could not fork any more: its namespace is gone).
+
+
+def _die_with_parent():
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills us when our parent (thread) exits."""
+    _libc_call("prctl", ctypes.c_int(1), ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+               ctypes.c_ulong(0), ctypes.c_ulong(0))  # fmt: skip
 
 
 def _kill_uid(uid):
@@ -687,13 +707,15 @@ def run(
     work_root: str | None = None,
     files: Mapping[str, str] | None = None,
     drop_uid: bool = True,
+    namespaces: bool = True,
 ) -> RunResult:
     """Runs one Python program (source text) in the sandbox and returns what happened.
 
     timeout_s: wall-clock limit. limits: resource limits (defaults of `Limits`). python: the
     interpreter (default `default_python()`). work_root: where the temporary work directories are
     made (default: the system's temp dir). files: extra files {relative name: text} written next to
-    the program. drop_uid: as root, run the program as a pool uid (turn off only to debug).
+    the program. drop_uid: as root, run the program as a pool uid; namespaces: create the pid,
+    network, mount and ipc namespaces. Turn either off only to debug or to test the degraded path.
     Never raises because of what the program does.
     """
     limits = limits or Limits()
@@ -722,6 +744,9 @@ def run(
             "env": _PROGRAM_ENV,
             "rlimits": _rlimits(limits, timeout_s),
             "tmpfs_bytes": int(limits.tmpfs_bytes),
+            "parent_pid": os.getpid(),
+            "backstop_s": math.ceil(_SETUP_TIMEOUT_S + timeout_s + 2 * _TERM_GRACE_S),
+            "namespaces": bool(namespaces),
         }
         proc = subprocess.Popen(
             _launcher_command("--launch", marshal.dumps(cfg).hex()),
@@ -998,6 +1023,7 @@ def run_many(
     python: str | None = None,
     work_root: str | None = None,
     drop_uid: bool = True,
+    namespaces: bool = True,
 ) -> list[RunResult]:
     """Runs every program (see `run`), `max_workers` at a time (default os.cpu_count()).
 
@@ -1009,7 +1035,7 @@ def run_many(
         return []
     workers = max(1, min(max_workers or os.cpu_count() or 1, len(programs)))
     kw = dict(timeout_s=timeout_s, limits=limits, python=python, work_root=work_root)
-    kw["drop_uid"] = drop_uid
+    kw.update(drop_uid=drop_uid, namespaces=namespaces)
     if workers == 1:
         return [run(p, **kw) for p in programs]
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="sandbox") as pool:

@@ -391,3 +391,92 @@ def test_unprivileged_caller_degrades_gracefully():
     assert proc.returncode == 0, proc.stderr
     status, out, dropped, net = proc.stdout.split()
     assert (status, out, dropped) == ("passed", "42", "False")
+
+
+def test_degraded_without_namespaces_still_cleans_up(work_root):
+    """Root without namespaces (a container): the uid and rlimits still contain, leftovers swept."""
+    if os.geteuid() != 0:
+        pytest.skip("the uid-based clean-up needs root")
+    r = _run("print('hi')", work_root, timeout_s=30, namespaces=False)
+    if not r.enforced.uid_dropped:
+        pytest.skip(f"no interpreter reachable by an unprivileged uid: {r.enforced.warnings}")
+    assert r.status == "passed" and r.stdout == "hi\n", r
+    assert not (r.enforced.network_isolated or r.enforced.pid_namespace)
+    assert not r.enforced.mount_namespace and r.enforced.warnings
+    assert r.enforced.nproc_limited
+    daemons = """
+        import os, time
+        for _ in range(3):
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    time.sleep(120)
+                os._exit(0)
+        """
+    # Normal exit: the launcher kills what is left of the uid (_run checks uid and group).
+    r = _run(daemons, work_root, timeout_s=30, namespaces=False)
+    assert r.status == "passed", r
+    # Timeout: the launcher kills the program, then the uid.
+    r = _run(daemons + "time.sleep(600)\n", work_root, timeout_s=1.0, namespaces=False)
+    assert r.status == "timeout", r
+    r = _run(
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        work_root,
+        timeout_s=1.0,
+        namespaces=False,
+        limits=sandbox.Limits(max_processes=8),
+    )
+    assert r.status == "timeout", r
+    assert subprocess.run(["true"]).returncode == 0
+
+
+def test_works_without_pidfd(work_root, monkeypatch):
+    """Older kernels / Pythons: the supervisor polls instead of waiting on a pidfd."""
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+    r = _run("print(1)", work_root, timeout_s=30)
+    assert (r.status, r.stdout) == ("passed", "1\n")
+    r = _run("import time\ntime.sleep(60)\n", work_root, timeout_s=0.5)
+    assert r.status == "timeout"
+
+
+def test_runs_die_with_the_trainer(work_root):
+    """If the process that called the sandbox is SIGKILLed, its runs are killed too.
+
+    (Its work directory stays: nobody is left to remove it; this test removes it.)
+    """
+    helper = textwrap.dedent(
+        """
+        import os, sys, threading, time
+        from bon_jax import sandbox
+        threading.Thread(
+            target=sandbox.run, args=("import time\\ntime.sleep(600)\\n",),
+            kwargs={"timeout_s": 600, "work_root": sys.argv[1]}, daemon=True,
+        ).start()
+        me = str(os.getpid())
+        for _ in range(3000):
+            kids = [p for p in os.listdir("/proc") if p.isdigit() and
+                    open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == me]
+            if kids:
+                break
+            time.sleep(0.01)
+        time.sleep(1.0)  # let the launcher set up and start the program
+        print(kids[0], flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", helper, work_root], stdout=subprocess.PIPE, text=True, cwd="/"
+    )
+    try:
+        launcher = int(proc.stdout.readline())
+        assert len(_pgroup_members(launcher)) >= 2  # launcher + init (+ the program)
+    finally:
+        proc.kill()
+        proc.wait()
+    for _ in range(500):
+        if not _pgroup_members(launcher):
+            break
+        threading.Event().wait(0.01)
+    assert _pgroup_members(launcher) == []
+    for d in os.listdir(work_root):
+        shutil.rmtree(os.path.join(work_root, d))
