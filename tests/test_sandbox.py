@@ -452,10 +452,14 @@ def test_runs_die_with_the_trainer(work_root):
             target=sandbox.run, args=("import time\\ntime.sleep(600)\\n",),
             kwargs={"timeout_s": 600, "work_root": sys.argv[1]}, daemon=True,
         ).start()
+        def ppid(p):
+            try:
+                return open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]
+            except OSError:
+                return None
         me = str(os.getpid())
         for _ in range(3000):
-            kids = [p for p in os.listdir("/proc") if p.isdigit() and
-                    open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == me]
+            kids = [p for p in os.listdir("/proc") if p.isdigit() and ppid(p) == me]
             if kids:
                 break
             time.sleep(0.01)
@@ -468,15 +472,17 @@ def test_runs_die_with_the_trainer(work_root):
         [sys.executable, "-c", helper, work_root], stdout=subprocess.PIPE, text=True, cwd="/"
     )
     try:
-        launcher = int(proc.stdout.readline())
-        assert len(_pgroup_members(launcher)) >= 2  # launcher + init (+ the program)
-    finally:
-        proc.kill()
-        proc.wait()
-    for _ in range(500):
-        if not _pgroup_members(launcher):
-            break
-        threading.Event().wait(0.01)
-    assert _pgroup_members(launcher) == []
-    for d in os.listdir(work_root):
-        shutil.rmtree(os.path.join(work_root, d))
+        try:
+            launcher = int(proc.stdout.readline())
+            assert len(_pgroup_members(launcher)) >= 2  # launcher + init (+ the program)
+        finally:
+            proc.kill()
+            proc.wait()
+        for _ in range(500):
+            if not _pgroup_members(launcher):
+                break
+            threading.Event().wait(0.01)
+        assert _pgroup_members(launcher) == []
+    finally:  # the helper is dead: no new work directory can appear
+        for d in os.listdir(work_root):
+            shutil.rmtree(os.path.join(work_root, d))
