@@ -63,8 +63,9 @@ except ImportError:  # pragma: no cover - other implementations
     import signal
 
 # ---------------------------------------------------------------------------------------------
-# Part 1: the launcher. Runs as `python -I -S sandbox.py --launch CONFIG` in its own session,
-# as the trainer's user (root on the machines this is built for). Only the light imports above.
+# Part 1: the launcher. Runs as `python -I -S -c BOOT CODE_FILE --launch CONFIG` (Part 1 compiled
+# once and cached, see `_launcher_command`) in its own session, as the trainer's user (root on the
+# machines this is built for). Only the light imports above.
 # ---------------------------------------------------------------------------------------------
 
 _CLONE_NEWNS = 0x00020000
@@ -332,7 +333,10 @@ class _Launcher:
     def on_sigterm(self, signum, frame):
         """The parent's timeout: kill our child (init or the program); the normal path reaps it."""
         if self.child is not None:
-            os.kill(self.child, signal.SIGKILL)
+            try:
+                os.kill(self.child, signal.SIGKILL)
+            except OSError:  # already gone
+                pass
 
     def main(self):
         # If the trainer dies (even SIGKILL), so do we, and our child with us (init gets the same).
@@ -347,6 +351,10 @@ class _Launcher:
             self.enter_namespaces()
         else:
             self.warn("namespaces turned off by the caller")
+        # Not dumpable (inherited by init, reset by the program's exec): a program of the same uid
+        # (no root here) can neither ptrace us nor open /proc/<pid>/fd/<report pipe> to fake a pass.
+        _libc_call("prctl", ctypes.c_int(4), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0), ctypes.c_ulong(0))  # fmt: skip
         self.choose_uid()
         limited = self.props["uid_dropped"] or self.props["user_namespace"]
         self.props["nproc_limited"] = limited and "RLIMIT_NPROC" in self.cfg["rlimits"]
@@ -427,7 +435,7 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------------------------------------
-# Part 2: the API, used in the trainer's process. (_PART2_MARKER: Part 1 ends above this line.)
+# Part 2: the API, used in the trainer's process. (`_launcher_command` compiles what is above.)
 # ---------------------------------------------------------------------------------------------
 
 import ast  # noqa: E402
@@ -518,8 +526,9 @@ class RunResult:
     program may not have run: see `error`).
     exit_code / signal: of the program (None where it does not apply). stdout / stderr: decoded
     (UTF-8, replacement characters), at most `Limits.output_bytes` bytes each.
-    wall_s: from spawning the launcher to the end of the clean-up. pid: the launcher's pid, which
-    is also the process group id of the run.
+    wall_s: from the call until the program's end was seen (the clean-up after it excluded).
+    pid: the launcher's pid, which is also the process group id of the run. cpu_s / max_rss_kb:
+    the program's CPU time and peak resident memory (None when it did not end normally).
     """
 
     status: str
@@ -586,34 +595,35 @@ def _private_dir() -> str:
 
 
 _BOOT = "import marshal,sys;exec(marshal.loads(open(sys.argv[1],'rb').read()))"
-_launcher_code_path: str | None = None
+_launcher_code: tuple[str, bytes] | None = None  # (file name, marshalled code of Part 1)
 _launcher_code_lock = threading.Lock()
 
 
 def _launcher_command(*args: str) -> list[str]:
     """The command that runs the launcher (Part 1 of this file) with `args`.
 
-    Part 1 is compiled once per process and cached as a marshalled code object: running this file
-    as a script would recompile all of it on every run (a script gets no .pyc), ~50 ms each.
+    Part 1 is compiled once per process and cached in our private directory as a marshalled code
+    object: running this file as a script would recompile all of it on every run (a script gets no
+    .pyc), ~50 ms each. The file is re-written if something (tmp cleaners) removed it.
     """
-    global _launcher_code_path
+    global _launcher_code
     d = _private_dir()
     with _launcher_code_lock:
-        if _launcher_code_path is None:
+        if _launcher_code is None:
             with open(__file__, encoding="utf-8") as f:
                 source = f.read()
             part1 = source[: source.index("# Part 2: the API")]
             data = marshal.dumps(compile(part1, __file__, "exec", dont_inherit=True))
             digest = hashlib.sha256(data).hexdigest()[:16]
-            tag = sys.implementation.cache_tag
-            path = os.path.join(d, f"launcher-{tag}-{digest}.bin")
-            if not os.path.exists(path):
-                tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            _launcher_code_path = path
-    return [sys.executable, "-I", "-S", "-c", _BOOT, _launcher_code_path, *args]
+            _launcher_code = (f"launcher-{sys.implementation.cache_tag}-{digest}.bin", data)
+        name, data = _launcher_code
+        path = os.path.join(d, name)
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+    return [sys.executable, "-I", "-S", "-c", _BOOT, path, *args]
 
 
 class _UidPool:
@@ -658,8 +668,9 @@ def _rlimits(limits: Limits, timeout_s: float) -> dict[str, object]:
     }
 
 
-def _python_args() -> list[str]:
-    return ["-S", "-B"] + (["-P"] if sys.version_info >= (3, 11) else [])
+def _python_args(python: str) -> list[str]:
+    same = os.path.realpath(python) == default_python()  # -P exists from 3.11 on
+    return ["-S", "-B"] + (["-P"] if same and sys.version_info >= (3, 11) else [])
 
 
 class _Capped:
@@ -725,11 +736,10 @@ def run(
     t0 = time.monotonic()
     lease = _uid_pool.acquire() if (drop_uid and os.geteuid() == 0) else None
     uid = lease[0] if lease else None
-    workdir = tempfile.mkdtemp(prefix="bon_jax_sbx_", dir=work_root)
-    proc = None
-    result = None
+    workdir = proc = result = None
     fds: list[int] = []
     try:
+        workdir = tempfile.mkdtemp(prefix="bon_jax_sbx_", dir=work_root)
         _write_program(workdir, program, files or {}, uid)
         report_r, report_w = os.pipe()
         fds += [report_r, report_w]
@@ -740,7 +750,7 @@ def run(
             "program": "program.py",
             "python": python,
             "python_prefix": _python_prefix(python),
-            "python_args": _python_args(),
+            "python_args": _python_args(python),
             "env": _PROGRAM_ENV,
             "rlimits": _rlimits(limits, timeout_s),
             "tmpfs_bytes": int(limits.tmpfs_bytes),
@@ -773,16 +783,15 @@ def run(
             os.close(fd)
         # A launcher that returned normally from a pid namespace leaves nothing behind (init's exit
         # waits for the namespace to empty). Anything else (timeout, no pid namespace, a launcher
-        # killed by the program) gets its uid's processes hunted down before the uid is reused.
-        clean = (
-            result is not None and proc is not None and proc.returncode == 0 and result.enforced.pid_namespace
-        )
-        if not clean:
+        # killed by the program) gets its group and its uid's processes hunted down first.
+        ended_clean = proc is not None and proc.returncode == 0
+        if not (ended_clean and result is not None and result.enforced.pid_namespace):
             if proc is not None:
                 _wait_group_gone(proc.pid)
             if uid is not None:
                 _reap_uid(uid)
-        _rmtree(workdir)
+        if workdir is not None:
+            _rmtree(workdir)
         if lease:
             _uid_pool.release(lease[1])
 
@@ -948,7 +957,7 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
 
     props: dict = {}
     warnings: list[str] = []
-    exit_info: dict = {}
+    exits: list[dict] = []
     errors: list[str] = []
     for line in report.decode("utf-8", errors="replace").splitlines():
         try:
@@ -959,7 +968,7 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
             warnings += msg["props"].pop("warnings", [])
             props.update(msg["props"])
         if "exit_code" in msg:
-            exit_info = msg
+            exits.append(msg)
         if "error" in msg:
             errors.append(msg["error"])
     for w in warnings:
@@ -973,9 +982,14 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
         rlimits=applied,
         warnings=tuple(warnings),
     )
+    # One exit report comes from the launcher side; more means the program reached the report
+    # pipe (only conceivable where it shares our uid) and nothing in it can be trusted.
+    exit_info = exits[0] if len(exits) == 1 else {}
     code, sig = exit_info.get("exit_code"), exit_info.get("signal")
     error = None
-    if timed_out:
+    if len(exits) > 1:
+        status, error = "failed", "the program wrote into the sandbox's report pipe"
+    elif timed_out:
         status = "timeout"
     elif setup_hung:
         status, error = "error", f"the sandbox did not start within {_SETUP_TIMEOUT_S:.0f} s"
@@ -1055,25 +1069,22 @@ def failure_reason(result: RunResult, max_chars: int = 300) -> str | None:
     if result.status == "error":
         first = (result.error or "unknown").splitlines()[0]
         return f"sandbox error: {first}"[:max_chars]
+    if result.signal is not None:
+        try:
+            return f"killed by {signal.Signals(result.signal).name}"
+        except ValueError:
+            return f"killed by signal {result.signal}"
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     lines = [ln for ln in lines if set(ln.strip()) - set("^~")]  # 3.11 caret markers
-    reason = None
     for i in range(len(lines) - 1, -1, -1):
         if not lines[i].startswith((" ", "\t")) and not lines[i].startswith("Traceback"):
             reason = lines[i].strip()
             if reason == "AssertionError" and i > 0 and lines[i - 1].startswith(" "):
                 reason = f"AssertionError: {lines[i - 1].strip()}"
-            break
-    if reason is None:
-        if result.signal is not None:
-            try:
-                name = signal.Signals(result.signal).name
-            except ValueError:
-                name = str(result.signal)
-            reason = f"killed by {name}"
-        else:
-            reason = f"exit code {result.exit_code}"
-    return reason[:max_chars]
+            return reason[:max_chars]
+    if result.exit_code is None:
+        return (result.error or "no exit status")[:max_chars]
+    return f"exit code {result.exit_code}"
 
 
 __all__ = [
