@@ -803,7 +803,9 @@ def _write_program(workdir: str, program: str, files: Mapping[str, str], uid: in
         if not path.startswith(workdir + os.sep):
             raise ValueError(f"file name {name!r} escapes the work directory")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        # surrogatepass: a lone surrogate in generated text becomes bytes Python then refuses
+        # (a SyntaxError in the sandbox, i.e. a failed program) instead of an error here.
+        with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
             f.write(text)
     if uid is not None:
         for dirpath, _dirnames, filenames in os.walk(workdir):

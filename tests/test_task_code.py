@@ -102,6 +102,13 @@ def test_humaneval_grade_truncates_trailing_code(humaneval):
     assert g.reward == 0.0 and g.reason == "NameError: name 'undefined_name' is not defined"
 
 
+def test_hostile_completion_text_is_graded_not_raised(humaneval):
+    e = humaneval.examples("test")[0]
+    for junk in ("    return '\ud800'\n", "    \x00\n", "\x1b[2J" * 1000, ""):
+        g = humaneval.grade(e, junk)
+        assert g.reward == 0.0 and g.reason, (junk, g)
+
+
 def test_grade_batch_checks_shapes(humaneval):
     exs = humaneval.examples("test")[:2]
     with pytest.raises(ValueError, match="2 examples but 1 rows"):
