@@ -2,13 +2,18 @@
 
 Code-execution rewards run model-written programs. None of them ever runs in the trainer's process:
 each program is written to a fresh temporary directory and executed by a separate interpreter that a
-small *launcher* (this file, run as a script with only light standard-library imports) confines first.
+small *launcher* (Part 1 of this file, run in a fresh `python -I -S` with only light standard-library
+imports) confines first.
 
 What is enforced, and how (every field of `Enforced` reports what a run actually got):
 
   process       the launcher is started with `subprocess.Popen(start_new_session=True)` (exec, never a
-                fork of the trainer, so it is safe with JAX's threads); its process group is SIGKILLed
-                after every run, on timeout and on normal exit alike.
+                fork of the trainer, so it is safe with JAX's threads). On timeout it gets SIGTERM and
+                kills and reaps its child; after every run (and 2 s after an unanswered SIGTERM) its
+                whole process group is SIGKILLed. It dies with the trainer (PR_SET_PDEATHSIG), has
+                an alarm() backstop in case the trainer hangs, and is not dumpable (a program of the
+                same uid could otherwise open /proc/<pid>/fd/ of the report pipe; a second exit
+                report anyway fails the run).
   pid_namespace unshare(CLONE_NEWPID): the program runs under a small init (pid 1 of a new pid
                 namespace). When the program ends, init exits and the kernel kills everything left in
                 the namespace, so no grandchild (daemonised, setsid'd or forked) survives a run.
@@ -40,13 +45,20 @@ What is enforced, and how (every field of `Enforced` reports what a run actually
   wall clock    `timeout_s` from the moment the sandbox is set up; then the whole group is killed.
   output        stdout / stderr are read as they come and truncated to `Limits.output_bytes` each.
 
+Files: work directories are `<tmp>/bon_jax_sbx_*` (or under `work_root`), removed after each run,
+timeouts included (not if the trainer itself is SIGKILLed: its runs die with it, their directories
+stay). `<tmp>/bon_jax_sandbox.<euid>/` (0700) keeps the uid lock files and the launcher's compiled
+code between runs.
+
 Degrading: without root, the launcher first creates a user namespace (unprivileged user namespaces)
 and gets the same namespaces inside it, but the program keeps the caller's uid (RLIMIT_NPROC then
 counts per user namespace on Linux >= 5.14). Where the kernel refuses a namespace (containers without
 CAP_SYS_ADMIN, seccomp), the run goes on without it, a warning is logged once, and `Enforced` says so
 (`network_isolated=False`, ...). Without a pid namespace, leftovers are still killed by process group
 and, when the uid was dropped, by uid. Without a mount namespace, the uid is only dropped if it can
-reach an interpreter; world-writable directories (/tmp) stay writable to the program.
+reach an interpreter (the trainer's, else /usr/bin/python3 or /usr/local/bin/python3, with a
+warning), otherwise it runs as root with the rest of the containment; world-writable directories
+(/tmp) stay writable to the program.
 """
 
 from __future__ import annotations

@@ -384,6 +384,8 @@ def test_unprivileged_caller_degrades_gracefully():
     if os.geteuid() != 0 or python is None:
         pytest.skip("needs root (to become an unprivileged user) and a system python3")
     where = tempfile.mkdtemp(prefix="bon_jax_test_unpriv_")  # pytest's tmp_path is root-only
+    private = os.path.join(tempfile.gettempdir(), "bon_jax_sandbox.65534")
+    had_private = os.path.exists(private)
     script = os.path.join(where, "unpriv.py")
     with open(script, "w") as f:
         f.write(
@@ -416,6 +418,8 @@ def test_unprivileged_caller_degrades_gracefully():
         )
     finally:
         shutil.rmtree(where)
+        if not had_private:  # the unprivileged user's sandbox cache, made by this test
+            shutil.rmtree(private, ignore_errors=True)
     if proc.returncode and "Permission denied" in proc.stderr:
         pytest.skip(f"the unprivileged user cannot reach the code: {proc.stderr[-200:]}")
     assert proc.returncode == 0, proc.stderr
