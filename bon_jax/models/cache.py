@@ -1,0 +1,75 @@
+"""The KV cache: a pytree of fixed-size arrays, written in place with `lax.dynamic_update_slice`.
+
+Layout (S = cache length, the static maximum of prompt + generated tokens; K kv heads; H head_dim):
+
+    KVCache(
+      layers=(LayerCache(k_BSKH, v_BSKH), ...),  # one per layer, compute dtype
+      positions_BS,                               # int32 RoPE position of the token in each slot
+      end_index,                                  # int32 scalar: next slot to write, shared by all rows
+    )
+
+Slots are shared by rows: a forward of T tokens writes slots [end_index, end_index + T) of every row.
+Which slots a query may read is the caller's attention mask (padding, causality); the stored positions let
+local layers apply the sliding window by position, so left- and right-padded rows are both exact.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bon_jax.models.config import ModelConfig
+
+
+@flax.struct.dataclass
+class LayerCache:
+    k_BSKH: jax.Array
+    v_BSKH: jax.Array
+
+    def write(self, k_BTKH, v_BTKH, end_index) -> LayerCache:
+        start = (0, end_index, 0, 0)
+        return LayerCache(
+            k_BSKH=lax.dynamic_update_slice(self.k_BSKH, k_BTKH.astype(self.k_BSKH.dtype), start),
+            v_BSKH=lax.dynamic_update_slice(self.v_BSKH, v_BTKH.astype(self.v_BSKH.dtype), start))
+
+
+@flax.struct.dataclass
+class KVCache:
+    layers: tuple[LayerCache, ...]
+    positions_BS: jax.Array
+    end_index: jax.Array
+
+    @property
+    def batch_size(self) -> int:
+        return self.positions_BS.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.positions_BS.shape[1]
+
+    def write_positions(self, positions_BT) -> jax.Array:
+        """Key positions [B, S] once `positions_BT` are stored at the current end index."""
+        return lax.dynamic_update_slice(
+            self.positions_BS, positions_BT.astype(jnp.int32), (0, self.end_index))
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, length: int, dtype=None) -> KVCache:
+    """An empty cache of `length` slots per row (zeros; end_index 0)."""
+    dtype = cfg.compute_dtype if dtype is None else dtype
+    shape = (batch_size, length, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(
+        layers=tuple(LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                     for _ in range(cfg.num_layers)),
+        positions_BS=jnp.zeros((batch_size, length), jnp.int32),
+        end_index=jnp.zeros((), jnp.int32))
+
+
+def tile_cache(cache: KVCache, n: int) -> KVCache:
+    """Repeats each row n times: row b of the input becomes rows b*n .. b*n + n - 1 ([B*N, ...])."""
+    rep = lambda x: jnp.repeat(x, n, axis=0)
+    return KVCache(
+        layers=tuple(LayerCache(rep(c.k_BSKH), rep(c.v_BSKH)) for c in cache.layers),
+        positions_BS=rep(cache.positions_BS),
+        end_index=cache.end_index)

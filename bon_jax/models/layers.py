@@ -1,0 +1,109 @@
+"""Building blocks of the decoder: RMSNorm, einsum projections, the tied embedder, the GeGLU MLP.
+
+Parameters are stored in `param_dtype` and cast to the compute `dtype` where they are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm over the last axis: `x / sqrt(mean(x^2) + eps) * (1 + scale)`, scale init 0.
+
+    The statistics are computed in float32 whatever the input dtype; the output has the input's dtype.
+    """
+
+    eps: float = 1e-6
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+class Einsum(nn.Module):
+    """A weight `w` of `shape` contracted with the input by `equation` (input first, `w` second).
+
+    `in_axis` / `out_axis` / `batch_axis` index `w`'s axes for the fan-in-scaled init (LeCun normal).
+    """
+
+    shape: tuple[int, ...]
+    in_axis: int | Sequence[int] = -2
+    out_axis: int | Sequence[int] = -1
+    batch_axis: Sequence[int] = ()
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, equation: str, x):
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=self.in_axis, out_axis=self.out_axis,
+            batch_axis=self.batch_axis)
+        w = self.param("w", init, self.shape, self.param_dtype)
+        return jnp.einsum(equation, x.astype(self.dtype), w.astype(self.dtype))
+
+
+class Embedder(nn.Module):
+    """The tied embedding table `input_embedding` [V, D].
+
+    `encode` looks tokens up and multiplies by sqrt(D) (so unit-variance rows give unit-scale inputs);
+    `decode` maps hidden states to logits with the same table, accumulated in float32.
+    """
+
+    vocab_size: int
+    embed_dim: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        # std D^-1/2: the inputs (times sqrt(D)) have unit scale and the initial logits of a unit-RMS
+        # hidden state have unit scale too.
+        self.input_embedding = self.param(
+            "input_embedding", nn.initializers.normal(stddev=self.embed_dim**-0.5),
+            (self.vocab_size, self.embed_dim), self.param_dtype)
+
+    def encode(self, tokens_BT):
+        x_BTD = jnp.take(self.input_embedding, tokens_BT, axis=0).astype(self.dtype)
+        # Gemma rounds the scale to the compute dtype before multiplying.
+        return x_BTD * jnp.asarray(self.embed_dim**0.5, self.dtype)
+
+    def decode(self, x_BTD):
+        return jnp.einsum("...D,VD->...V", x_BTD.astype(self.dtype),
+                          self.input_embedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+class FeedForward(nn.Module):
+    """GeGLU: `linear(gelu_tanh(x @ W_gate) * (x @ W_up))`.
+
+    Params: `gating_einsum/w` [2, D, F] (gate, up) and `linear/w` [F, D].
+    """
+
+    embed_dim: int
+    mlp_dim: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        gate_up_2BTF = Einsum((2, self.embed_dim, self.mlp_dim), in_axis=1, out_axis=2,
+                              batch_axis=(0,), dtype=self.dtype, param_dtype=self.param_dtype,
+                              name="gating_einsum")("BTD,CDF->CBTF", x_BTD)
+        hidden_BTF = nn.gelu(gate_up_2BTF[0], approximate=True) * gate_up_2BTF[1]
+        return Einsum((self.mlp_dim, self.embed_dim), in_axis=0, out_axis=1, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="linear")("BTF,FD->BTD", hidden_BTF)
+
+
+def soft_cap(x, cap: float | None):
+    """`cap * tanh(x / cap)`: bounds |x| by cap, identity near 0. `None` leaves x unchanged."""
+    if cap is None:
+        return x
+    return jnp.tanh(x / cap) * cap
