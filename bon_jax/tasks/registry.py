@@ -15,6 +15,10 @@ from bon_jax.tasks.base import Task
 _TASKS: dict[str, str] = {
     "arith": "bon_jax.tasks.arith:ArithTask",
     "sentiment": "bon_jax.tasks.sentiment:SentimentTask",
+    "math": "bon_jax.tasks.math:MathTask",
+    "imdb": "bon_jax.tasks.imdb:ImdbTask",
+    "humaneval": "bon_jax.tasks.code:HumanEvalTask",
+    "mbpp": "bon_jax.tasks.code:MBPPTask",
 }
 
 

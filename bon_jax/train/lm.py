@@ -1,0 +1,67 @@
+"""Teacher-forced language-model quantities: batches of (prompt, completion) and their log-probs.
+
+A training sequence is `[bos] prompt completion [eos]`, right-padded with pad (id 0) to a static width:
+
+    tokens_BT     int32   the sequence
+    valid_BT      bool    real tokens
+    target_BT     bool    tokens whose log-prob is trained: the completion and its eos
+
+    logp_BT[b, t] = log softmax(logits_BTV[b, t-1])[tokens_BT[b, t]]   (0 at t = 0 and where not target)
+
+The supervised loss is the mean over target tokens of -logp; a sequence's log-prob (what the RL
+objectives take) is the sum over its target tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bon_jax.models import causal_mask, positions_from_valid
+
+
+def sequence_batch(tokenizer, prompts: Sequence[str], completions: Sequence[str], width: int) -> dict:
+    """Encodes pairs as `[bos] prompt completion [eos]`, right-padded to `width` (a static bucket).
+
+    Rows longer than `width` lose the end of their completion (and its eos, so they teach no stop);
+    `truncated_B` counts them so callers can report it.
+    """
+    B = len(prompts)
+    tokens = np.zeros((B, width), np.int32)
+    target = np.zeros((B, width), bool)
+    truncated = np.zeros((B,), bool)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        prompt_ids = [tokenizer.bos_id] + tokenizer.encode(p)
+        comp_ids = tokenizer.encode(c) + [tokenizer.eos_id]
+        row = (prompt_ids + comp_ids)[:width]
+        truncated[i] = len(prompt_ids) + len(comp_ids) > width
+        tokens[i, : len(row)] = row
+        target[i, len(prompt_ids) : len(row)] = True
+    return {"tokens_BT": tokens, "valid_BT": tokens != 0, "target_BT": target, "truncated_B": truncated}
+
+
+def token_logprobs(model, params, tokens_BT, valid_BT) -> jax.Array:
+    """[B, T] float32 log-prob of each token given the earlier ones (0 at position 0 and on padding)."""
+    logits_BTV, _ = model.apply(
+        {"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT)
+    )
+    logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
+    next_BT = jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+    logp_BT = jnp.pad(next_BT, ((0, 0), (1, 0)))
+    return jnp.where(valid_BT, logp_BT, 0.0)
+
+
+def sft_loss(model):
+    """Mean next-token NLL over target tokens: `loss(params, batch) -> (loss, metrics)`."""
+
+    def loss(params, batch):
+        logp_BT = token_logprobs(model, params, batch["tokens_BT"], batch["valid_BT"])
+        target_BT = batch["target_BT"].astype(jnp.float32)
+        count = jnp.maximum(target_BT.sum(), 1.0)
+        nll = -(logp_BT * target_BT).sum() / count
+        return nll, {"nll": nll, "target_tokens": count}
+
+    return loss
