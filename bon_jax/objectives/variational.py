@@ -39,10 +39,12 @@ def _cdfs(name, p: C.Prepared, rollout, *, select_by, ref_cdf_BM, ref_cdf_lt_BM,
         f_lt = jnp.asarray(ref_cdf_lt_BM, C.F32)
         if f.shape != p.logp.shape or f_lt.shape != p.logp.shape:
             raise ValueError(f"{name}: ref_cdf_BM and ref_cdf_lt_BM must be [B, M] = {p.logp.shape}")
-        ok = (f > 0) & (f <= 1) & (f_lt >= 0) & (f_lt <= f)
+        # CDFs summed in float32 may exceed 1 or each other by rounding: tolerate 1e-5, then clip.
+        tol = 1e-5
+        ok = (f > 0) & (f <= 1 + tol) & (f_lt >= -tol) & (f_lt <= f + tol)
         n_bad = jnp.sum(p.mask & ~ok).astype(jnp.int32)
-        f = jnp.where(p.mask & ok, f, 1.0)
-        f_lt = jnp.where(p.mask & ok, f_lt, 0.0)
+        f = jnp.where(p.mask & ok, jnp.minimum(f, 1.0), 1.0)
+        f_lt = jnp.where(p.mask & ok, jnp.clip(f_lt, 0.0, f), 0.0)
         return f, f_lt, n_bad
     if not cdf_smoothing > 0:
         raise ValueError(f"{name}: cdf_smoothing must be > 0 (keeps log F finite), got {cdf_smoothing!r}")
