@@ -49,6 +49,7 @@ def base_config() -> ConfigDict:
     c.model.checkpoint_format = "auto"  # auto | orbax | gemma_flax | safetensors | gguf
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (master weights stay float32)
     c.model.max_len = 256  # prompt + completion tokens
+    c.model.overrides = ConfigDict()  # ModelConfig fields to change, e.g. num_layers=2
 
     c.mesh = ConfigDict()
     c.mesh.data = -1
@@ -146,7 +147,7 @@ def check_known_keys(config: ConfigDict, schema: ConfigDict | None = None, prefi
             ]
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(full, f"unknown key.{hint} Known keys here: {sorted(schema.keys())}")
-        if key in ("kwargs", "options"):
+        if key in ("kwargs", "options", "overrides"):
             continue
         if isinstance(schema[key], ConfigDict):
             if not isinstance(config[key], ConfigDict):

@@ -27,6 +27,7 @@ def test_save_restore_roundtrip_keeps_last_k(tmp_path):
         for step in (1, 2, 3):
             ckpt.save(step, _state(step), {"data": {"epoch": step, "index": 10 * step}})
         assert ckpt.all_steps() == [2, 3]
+    with Checkpointer(tmp_path / "ckpt", max_to_keep=2) as ckpt:  # a fresh process resuming
         state, meta = ckpt.restore(jax.tree.map(jnp.zeros_like, _state()))
     want = _state(3)
     jax.tree.map(np.testing.assert_array_equal, state, want)
@@ -51,6 +52,7 @@ def test_restore_onto_sharding(tmp_path):
 def test_mismatched_tree_is_refused_by_name(tmp_path):
     with Checkpointer(tmp_path / "ckpt") as ckpt:
         ckpt.save(1, _state(width=8))
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
         wrong = _state(width=16)
         wrong["params"]["extra"] = jnp.zeros(2)
         with pytest.raises(CheckpointMismatchError) as err:

@@ -64,7 +64,13 @@ class Checkpointer:
             create=True,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        # Handlers named up front: a manager that opens an existing directory (a resumed run) can then
+        # read item metadata before it has saved anything itself.
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        )
 
     @property
     def latest_step(self) -> int | None:
@@ -128,7 +134,7 @@ class Checkpointer:
 
 
 def _as_abstract(x):
+    sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     if isinstance(x, jax.ShapeDtypeStruct):
-        return x
-    sharding = getattr(x, "sharding", None)
+        return x if x.sharding is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)

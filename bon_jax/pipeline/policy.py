@@ -1,0 +1,141 @@
+"""Stages that produce a policy: the tokenizer, and the base policy (supervised from scratch).
+
+Tokenizer: the config's `.model` file, or sentencepiece trained on the task's training corpus.
+Base policy: SFT on the task's reference solutions (`bon_jax.train.lm.sft_loss`), jitted and sharded
+(params over `fsdp`, batch over `data`), checkpointed and resumable; its batches are a function of the
+step (a per-epoch permutation of the training set drawn from the seed), so a resumed run sees exactly
+the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+
+from bon_jax import parallel
+from bon_jax.models import get_config, init_params, make_model
+from bon_jax.pipeline.context import RunContext
+from bon_jax.pipeline.loop import LoopConfig, run_loop
+from bon_jax.pipeline.stage_cache import stage
+from bon_jax.tokenizer import Tokenizer
+from bon_jax.train.checkpoint import Checkpointer
+from bon_jax.train.lm import sequence_batch, sft_loss
+from bon_jax.train.optim import adamw
+from bon_jax.train.step import TrainState, make_update_step
+
+
+def task_corpus(task, split: str = "train"):
+    """Texts to train a tokenizer on: the task's own corpus, else prompt + reference of each example."""
+    if hasattr(task, "corpus"):
+        return task.corpus(split)
+    return (ex.prompt + (ex.reference or "") for ex in task.examples(split))
+
+
+def tokenizer_stage(ctx: RunContext):
+    c = ctx.config
+    st = stage(ctx.cache_root, "tokenizer", c.task, c.tokenizer)
+    if c.tokenizer.path:
+        return Tokenizer.load(c.tokenizer.path), st
+    if not st.done:
+        texts = itertools.islice(task_corpus(ctx.task), c.tokenizer.max_corpus_texts)
+        tok = Tokenizer.train(texts, vocab_size=c.tokenizer.vocab_size, model_type=c.tokenizer.model_type)
+        tok.save(st.file("tokenizer.model"))
+        st.mark_done({"vocab_size": tok.vocab_size})
+    return Tokenizer.load(st.file("tokenizer.model")), st
+
+
+def model_config(ctx: RunContext, tokenizer, name: str | None = None):
+    c = ctx.config
+    overrides = dict(c.model.overrides.to_dict()) if name is None else {}
+    return get_config(name or c.model.name, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype, **overrides)
+
+
+def encode_examples(tokenizer, examples, width: int) -> dict[str, np.ndarray]:
+    """All (prompt, reference) pairs as one right-padded `[num_examples, width]` table."""
+    return sequence_batch(tokenizer, [e.prompt for e in examples], [e.reference for e in examples], width)
+
+
+def epoch_batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of step `step`'s batch: consecutive slices of a seeded permutation per epoch."""
+    per_epoch = num_examples // batch_size
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return perm[k * batch_size : (k + 1) * batch_size]
+
+
+def sharded_step(step_fn, state, mesh, batch_ndims: dict[str, int]):
+    """jit `step_fn` with the state FSDP-sharded, the batch split over the data axes, the state donated."""
+    state_sh = parallel.param_sharding(state, mesh)
+    batch_sh = {k: parallel.batch_sharding(mesh, nd) for k, nd in batch_ndims.items()}
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+    return jitted, jax.device_put(state, state_sh)
+
+
+def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int | None = None):
+    """Returns (model_cfg, params, stage). Trains by SFT unless the stage is cached."""
+    c = ctx.config
+    st = stage(ctx.cache_root, "base_policy", tok_stage.key, c.task, c.model, c.sft, c.seed)
+    cfg = model_config(ctx, tokenizer)
+    params_file = st.file("params")
+    if st.done:
+        return cfg, load_params(params_file, cfg), st
+    examples = ctx.task.examples("train")
+    if not examples or examples[0].reference is None:
+        raise ValueError(f"task {c.task.name!r} has no reference solutions to train a base policy on")
+    table = encode_examples(tokenizer, examples, c.model.max_len)
+    if c.sft.batch_size > len(examples):
+        raise ValueError(f"sft.batch_size={c.sft.batch_size} exceeds the {len(examples)} training examples")
+    model = make_model(cfg)
+    opt = adamw(c.sft.lr, c.sft.steps, warmup=c.sft.warmup, weight_decay=c.sft.weight_decay, decay="cosine")
+    params = parallel.sharded_init(lambda r: init_params(cfg, r), ctx.rng("base_policy"), ctx.mesh)
+    state = TrainState.create(params, opt)
+    step_fn, state = sharded_step(
+        make_update_step(sft_loss(model), opt),
+        state,
+        ctx.mesh,
+        {"tokens_BT": 2, "valid_BT": 2, "target_BT": 2},
+    )
+    width = _trim_width(table["valid_BT"])
+
+    def batch_fn(step):
+        idx = epoch_batch_indices(len(examples), c.sft.batch_size, c.seed, step)
+        return {k: table[k][idx, :width] for k in ("tokens_BT", "valid_BT", "target_BT")}
+
+    loop = LoopConfig(
+        c.sft.steps, c.checkpoint.every, c.checkpoint.keep, c.log_every, c.rl.max_bad_steps, "sft"
+    )
+    state = run_loop(st.path, state, step_fn, batch_fn, loop, stop_after=stop_after)
+    save_params(params_file, state.params)
+    st.mark_done({"steps": c.sft.steps, "truncated": int(table["truncated_B"].sum()), "width": width})
+    return cfg, state.params, st
+
+
+def _trim_width(valid_BT: np.ndarray, multiple: int = 16) -> int:
+    """The static width actually needed: the longest row, rounded up to a multiple of 16."""
+    longest = int(valid_BT.sum(1).max())
+    return min(valid_BT.shape[1], -(-longest // multiple) * multiple)
+
+
+def save_params(path: str, params) -> None:
+    with Checkpointer(path, max_to_keep=1) as ckpt:
+        ckpt.save(0, {"params": params})
+
+
+def load_params(path: str, cfg, *, scalar_head: bool = False, sharding=None):
+    from bon_jax.models import abstract_params
+
+    abstract = abstract_params(cfg, scalar_head=scalar_head)
+    if sharding is not None:
+        place = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+        abstract = jax.tree.map(place, abstract, sharding)
+    abstract = {"params": abstract}
+    with Checkpointer(path, max_to_keep=1) as ckpt:
+        state, _ = ckpt.restore(abstract)
+    return state["params"]
