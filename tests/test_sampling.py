@@ -1,0 +1,243 @@
+"""Best-of-N sampler: log-probs against a full forward pass, prefill-once + tile against repeated prompts,
+greedy / top-k / top-p, stop tokens, RNG layout independence, compile caching, sequence_logprobs."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bon_jax import sampling
+from bon_jax.errors import ConfigError
+from bon_jax.models import (
+    abstract_params,
+    causal_mask,
+    get_config,
+    make_model,
+    positions_from_valid,
+    valid_from_lengths,
+)
+from bon_jax.sampling import SamplingSettings, sample, sample_step, sequence_logprobs
+
+# Tiny Gemma-2-style model (local/global layers, soft-caps) with a window shorter than prompt + output.
+CFG = get_config("tiny", sliding_window_size=4)
+B, N, T, T_NEW = 3, 4, 6, 8
+LENGTHS = np.array([2, 6, 4])
+EOS = 1
+STOPS = tuple(range(2, 20))  # ~15% of the vocabulary: some rows stop early, some run to T_NEW
+SETTINGS = dict(max_new_tokens=T_NEW, temperature=0.8, top_k=50, top_p=0.95, eos_id=EOS,
+                stop_ids=STOPS)
+
+
+@functools.cache
+def _params():
+    rng = np.random.default_rng(0)
+
+    def draw(path, x):
+        name = jax.tree_util.keystr(path)
+        std = 0.3 if "scale" in name else (CFG.embed_dim**-0.5 if "embedding" in name else 0.3)
+        return jnp.asarray(rng.normal(0.0, std, x.shape), x.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_params(CFG))
+
+
+def _prompts(side, seed=0):
+    valid_BT = np.asarray(valid_from_lengths(LENGTHS, T, side))
+    return np.where(valid_BT, np.random.default_rng(seed).integers(20, CFG.vocab_size, (B, T)), 0)
+
+
+@functools.cache
+def _sample(side, rng_seed=0, **overrides):
+    """Cached: several tests look at the same draw."""
+    kwargs = {**SETTINGS, **overrides}
+    out = sample(_params(), CFG, _prompts(side), N, jax.random.key(rng_seed), **kwargs)
+    return jax.tree.map(np.asarray, out)
+
+
+@jax.jit
+def _reference_logprobs(params, tokens_RT, valid_RT):
+    """log softmax of an uncached forward over right-padded rows (all log-probs, [R, T, V])."""
+    logits, _ = make_model(CFG).apply({"params": params}, tokens_RT, positions_from_valid(valid_RT),
+                                      causal_mask(valid_RT))
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def _reference_token_logprobs(out, side):
+    """For every sample: real prompt tokens then its generated tokens, packed to the left of one row,
+    scored by a full forward. Returns (token logprobs [B, N, T_NEW], argmax tokens [B, N, T_NEW])."""
+    prompts = _prompts(side)
+    rows, lp_idx = np.zeros((B * N, T + T_NEW), np.int32), []
+    for b in range(B):
+        real = prompts[b][prompts[b] != 0]
+        for i in range(N):
+            n_gen = out.lengths_BN[b, i]
+            seq = np.concatenate([real, out.tokens_BNT[b, i, :n_gen]])
+            rows[b * N + i, :len(seq)] = seq
+            lp_idx.append(len(real) - 1 + np.arange(T_NEW))
+    valid = np.arange(T + T_NEW)[None] < np.array(
+        [len(prompts[b][prompts[b] != 0]) + out.lengths_BN[b, i] for b in range(B) for i in range(N)]
+    )[:, None]
+    logprobs_RTV = np.asarray(_reference_logprobs(_params(), rows, valid))
+    idx_RT = np.minimum(np.stack(lp_idx), T + T_NEW - 1)
+    pred_RTV = np.take_along_axis(logprobs_RTV, idx_RT[..., None], axis=1)
+    tok_lp = np.take_along_axis(pred_RTV, out.tokens_BNT.reshape(B * N, T_NEW, 1), axis=-1)[..., 0]
+    return tok_lp.reshape(B, N, T_NEW), pred_RTV.argmax(-1).reshape(B, N, T_NEW)
+
+
+def _assert_stops_and_padding(out):
+    stops = set(STOPS) | {EOS}
+    for b in range(B):
+        for i in range(N):
+            toks, n_gen = out.tokens_BNT[b, i], out.lengths_BN[b, i]
+            assert 1 <= n_gen <= T_NEW
+            assert not stops & set(toks[:n_gen - 1].tolist()), "generation went on past a stop"
+            assert toks[n_gen - 1] in stops or n_gen == T_NEW
+            assert (toks[n_gen:] == 0).all() and (out.logprobs_BNT[b, i, n_gen:] == 0).all()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_logprobs_equal_full_forward_and_rows_stop(side):
+    out = _sample(side)
+    assert out.tokens_BNT.shape == out.logprobs_BNT.shape == (B, N, T_NEW)
+    assert out.lengths_BN.shape == (B, N) and out.logprobs_BNT.dtype == np.float32
+    _assert_stops_and_padding(out)
+    assert (out.lengths_BN < T_NEW).any() and (out.lengths_BN == T_NEW).any()
+    ref, _ = _reference_token_logprobs(out, side)
+    valid = np.arange(T_NEW) < out.lengths_BN[..., None]
+    np.testing.assert_allclose(out.logprobs_BNT[valid], ref[valid], atol=1e-4)
+    assert (out.logprobs_BNT[valid] < 0).all()
+
+
+def test_sequence_logprobs_match_sampler_and_are_differentiable():
+    out = _sample("right")
+    prompts = _prompts("right")
+    weights = np.random.default_rng(3).uniform(0.5, 1.5, (B, N, T_NEW)).astype(np.float32)
+
+    @jax.jit
+    @functools.partial(jax.value_and_grad, has_aux=True)
+    def weighted_total(params):
+        lp = sequence_logprobs(params, CFG, prompts, out.tokens_BNT,
+                               completion_lengths_BN=out.lengths_BN)
+        return (lp * weights).sum(), lp
+
+    params = _params()
+    (_, lp), grads = weighted_total(params)
+    np.testing.assert_allclose(lp, out.logprobs_BNT, atol=1e-4)
+
+    # The directional derivative along the gradient is its norm: compare with central differences.
+    grad_norm = float(jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads))))
+    assert np.isfinite(grad_norm) and grad_norm > 0
+    eps = 1e-2
+    shifted = lambda s: jax.tree.map(lambda p, g: p + s * g / grad_norm, params, grads)
+    finite_diff = (weighted_total(shifted(eps))[0][0] - weighted_total(shifted(-eps))[0][0]) / (2 * eps)
+    np.testing.assert_allclose(float(finite_diff), grad_norm, rtol=2e-2)
+
+
+def test_cache_is_donated_to_the_decode_loop():
+    prompts = jnp.asarray(_prompts("right"))
+    settings = SamplingSettings(max_new_tokens=T_NEW, temperature=0.8, top_k=50, top_p=0.95,
+                                stop_ids=tuple(sorted({EOS, *STOPS})))
+    logits_RV, cache = sampling._prefill(_params(), prompts, prompts != 0, cfg=CFG,
+                                         cache_length=T + T_NEW - 1, n=N)
+    assert cache.layers[0].k_BSKH.shape == (B * N, T + T_NEW - 1, CFG.num_kv_heads, CFG.head_dim)
+    _, final_cache = sampling._decode(_params(), cache, logits_RV, prompts != 0, jax.random.key(0),
+                                      jnp.arange(B), cfg=CFG, settings=settings, n=N)
+    assert cache.layers[0].k_BSKH.is_deleted() and cache.positions_BS.is_deleted()
+    assert not final_cache.layers[0].k_BSKH.is_deleted()
+
+
+def test_prefill_once_then_tile_equals_repeated_prompts():
+    tiled = _sample("right")
+    repeated = _sample("right", prefill_once=False)
+    np.testing.assert_array_equal(tiled.tokens_BNT, repeated.tokens_BNT)
+    np.testing.assert_array_equal(tiled.lengths_BN, repeated.lengths_BN)
+    np.testing.assert_allclose(tiled.logprobs_BNT, repeated.logprobs_BNT, atol=1e-5)
+
+
+def test_samples_differ_and_do_not_depend_on_batch_layout():
+    out = _sample("right")
+    for b in range(B):
+        assert len({tuple(out.tokens_BNT[b, i]) for i in range(N)}) > 1, f"prompt {b}"
+    assert (_sample("right", rng_seed=1).tokens_BNT != out.tokens_BNT).any()
+    # Prompt 0 moved to the last row, between new neighbours, keeping its id 0.
+    other = _prompts("right", seed=5)
+    moved = np.stack([other[0], other[1], _prompts("right")[0]])
+    moved_out = sample(_params(), CFG, moved, N, jax.random.key(0), prompt_ids_B=[7, 8, 0],
+                       **SETTINGS)
+    np.testing.assert_array_equal(moved_out.tokens_BNT[2], out.tokens_BNT[0])
+    np.testing.assert_allclose(moved_out.logprobs_BNT[2], out.logprobs_BNT[0], atol=1e-5)
+    assert (moved_out.tokens_BNT[:2] != out.tokens_BNT[:2]).any()
+
+
+def test_second_call_with_same_shapes_does_not_recompile():
+    _sample("right")
+    before = dict(sampling.TRACE_COUNTS)
+    again = sample(_params(), CFG, _prompts("left", seed=9), N, jax.random.key(42), **SETTINGS)
+    jax.block_until_ready(again.tokens_BNT)
+    assert dict(sampling.TRACE_COUNTS) == before
+    assert before["prefill"] >= 1 and before["decode"] >= 1
+
+
+def test_top_k_one_equals_greedy_and_greedy_is_argmax():
+    greedy = _sample("right", greedy=True, temperature=1.0, top_k=None, top_p=None)
+    top1 = _sample("right", top_k=1, top_p=None)
+    np.testing.assert_array_equal(top1.tokens_BNT, greedy.tokens_BNT)
+    np.testing.assert_allclose(top1.logprobs_BNT, greedy.logprobs_BNT, atol=1e-6)
+    assert (greedy.tokens_BNT == greedy.tokens_BNT[:, :1]).all()  # all N samples agree
+    _assert_stops_and_padding(greedy)
+    _, argmax = _reference_token_logprobs(greedy, "right")
+    valid = np.arange(T_NEW) < greedy.lengths_BN[..., None]
+    np.testing.assert_array_equal(greedy.tokens_BNT[valid], argmax[valid])
+
+
+# ----------------------------------------------------------------------------- one step, exactly
+
+
+@functools.partial(jax.jit, static_argnames="kwargs")
+def _many_draws(logits_V, kwargs):
+    """20k draws from one row of logits: tokens, 'sampling' log-probs and 'policy' log-probs."""
+    # Any key implementation works; rbg compiles much faster than threefry on CPU.
+    keys = jax.random.split(jax.random.key(0, impl="rbg"), 20_000)
+    logits_RV = jnp.broadcast_to(logits_V, (20_000, logits_V.shape[0]))
+    settings = dict(kwargs, max_new_tokens=1)
+    tokens, sampling_lp = sample_step(logits_RV, keys, SamplingSettings(**settings,
+                                                                        logprobs="sampling"))
+    same_tokens, policy_lp = sample_step(logits_RV, keys, SamplingSettings(**settings))
+    return tokens, sampling_lp, same_tokens, policy_lp
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(), [0.5, 0.3, 0.15, 0.05]),
+    (dict(top_k=2), [0.625, 0.375, 0, 0]),
+    (dict(top_p=0.7), [0.625, 0.375, 0, 0]),  # mass before token 1 is 0.5 < 0.7; before 2: 0.8
+    (dict(top_k=3, top_p=0.85), [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),
+    (dict(temperature=0.5), np.array([0.25, 0.09, 0.0225, 0.0025]) / 0.365),
+])
+def test_sampling_distribution(kwargs, expected):
+    """Empirical frequencies of 20k draws match the filtered, renormalised distribution (5 standard
+    errors), and 'sampling' log-probs are its log; 'policy' log-probs stay at temperature 1."""
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = jnp.asarray(np.log(probs), jnp.float32)
+    expected = np.asarray(expected)
+    tokens, sampling_lp, same_tokens, policy_lp = (
+        np.asarray(x) for x in _many_draws(logits, tuple(sorted(kwargs.items()))))
+    freq = np.bincount(tokens, minlength=4) / len(tokens)
+    se = np.sqrt(expected * (1 - expected) / len(tokens))
+    assert (np.abs(freq - expected) <= 5 * se + 1e-12).all(), (freq, expected)
+    np.testing.assert_allclose(sampling_lp, np.log(expected[tokens]), atol=1e-5)
+    np.testing.assert_array_equal(same_tokens, tokens)
+    np.testing.assert_allclose(policy_lp, np.log(probs[tokens]), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [dict(top_k=0), dict(top_p=0.0), dict(temperature=-1.0),
+                                 dict(logprobs="other"), dict(max_new_tokens=0)])
+def test_invalid_settings_are_refused(bad):
+    with pytest.raises(ConfigError):
+        sample(_params(), CFG, _prompts("right"), N, jax.random.key(0),
+               **{**SETTINGS, **bad})
+
+
+def test_empty_prompt_is_refused():
+    with pytest.raises(ValueError, match="real"):
+        sample(_params(), CFG, np.zeros((1, 4), np.int32), 2, jax.random.key(0), max_new_tokens=2)
