@@ -379,3 +379,36 @@ def test_sharded_model_loss_and_grads_match_unsharded():
     for (path, ref), got, sh in zip(flat_ref, jax.tree.leaves(grads), jax.tree.leaves(p_sh), strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
         assert got.sharding.is_equivalent_to(sh, got.ndim)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("greedy", [True, False])
+def test_sharded_sampler_matches_unsharded(greedy):
+    from bon_jax.models import abstract_params, get_config
+    from bon_jax.sampling import sample
+
+    cfg = get_config("tiny")
+    r = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: r.normal(0, 0.3, x.shape).astype(x.dtype), abstract_params(cfg))
+    lengths_B = r.integers(2, 9, size=8)
+    prompts_BT = np.where(
+        np.arange(8)[None, :] < lengths_B[:, None], r.integers(4, cfg.vocab_size, size=(8, 8)), 0
+    ).astype(np.int32)
+    rng = jax.random.key(5)
+
+    def run(params, prompts_BT):
+        return sample(params, cfg, prompts_BT, 3, rng, max_new_tokens=6, greedy=greedy, eos_id=1)
+
+    one = jax.devices()[0]
+    ref = run(*jax.device_put((params, prompts_BT), one))
+    mesh = make_mesh(2, 4)
+    out = run(shard_params(params, mesh, 0), jax.device_put(prompts_BT, batch_sharding(mesh, 2)))
+
+    assert out.tokens_BNT.shape == (8, 3, 6)
+    # Prompts split over the devices, each prompt's N samples on its own device.
+    assert out.tokens_BNT.sharding.is_equivalent_to(group_sharding(mesh, 3), 3)
+    np.testing.assert_array_equal(out.tokens_BNT, ref.tokens_BNT)
+    np.testing.assert_array_equal(out.lengths_BN, ref.lengths_BN)
+    np.testing.assert_allclose(out.logprobs_BNT, ref.logprobs_BNT, rtol=1e-5, atol=1e-6)
+    if not greedy:  # the N samples of a prompt differ: the test is not comparing copies
+        assert (ref.tokens_BNT[:, 0] != ref.tokens_BNT[:, 1]).any()
