@@ -45,7 +45,7 @@ def run_loop(
     stage_dir: str,
     state,
     step_fn: Callable[[Any, Any], tuple[Any, dict]],
-    batch_fn: Callable[[int], Any],
+    batch_fn: Callable[[int, Any], Any],
     cfg: LoopConfig,
     *,
     data_state: Callable[[], dict] | None = None,
@@ -78,7 +78,7 @@ def run_loop(
         ):
             step = start
             while step < cfg.num_steps:
-                batch = batch_fn(step)
+                batch = batch_fn(step, state)
                 state, metrics = step_fn(state, batch)
                 step += 1
                 pending.append((step, metrics))

@@ -104,7 +104,7 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
     )
     width = _trim_width(table["valid_BT"])
 
-    def batch_fn(step):
+    def batch_fn(step, state):
         idx = epoch_batch_indices(len(examples), c.sft.batch_size, c.seed, step)
         return {k: table[k][idx, :width] for k in ("tokens_BT", "valid_BT", "target_BT")}
 

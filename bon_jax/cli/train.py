@@ -1,0 +1,47 @@
+"""`make train EXP=name ARGS="--config.rl.n=16"`: run one experiment end to end.
+
+    python -m bon_jax.cli.train --config=experiments/arith_bo32.py [--config.rl.n=16] [--only=eval]
+
+Config errors are reported before any compute; a SIGTERM checkpoints and exits with status 0 so that a
+restarted command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bon_jax.errors import BonJaxError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<name>.py", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "overrides config.workdir (default runs/<name>)")
+
+
+def main(argv):
+    del argv
+    from bon_jax.pipeline.loop import Preempted
+    from bon_jax.pipeline.run import run_experiment
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config=experiments/<name>.py is required")
+    if _WORKDIR.value:
+        config.workdir = _WORKDIR.value
+    try:
+        run_experiment(config)
+    except Preempted as e:
+        print(f"[bon_jax] preempted: {e}", file=sys.stderr)
+    except BonJaxError as e:
+        print(f"[bon_jax] error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,132 @@
+"""From prompts to a graded, scored rollout: sample `[B, N]` completions, decode, grade, score.
+
+Sampling and scoring are jitted device work; decoding and grading are host work on text (ground truth is
+a string comparison, a sandboxed test run or a sentiment scorer), which is why a BoN-RL step is three
+calls (sample -> grade -> update) rather than one: the host round trip per step is inherent to grading
+text, and it moves `[B, N, T]` int32 tokens, not activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bon_jax.sampling import sample, sequence_logprobs
+from bon_jax.tasks.base import Example
+
+# scorer(examples_B, texts_BN, prompt_tokens_BT, prompt_lengths_B, tokens_BNT, lengths_BN, rewards_BN)
+Scorer = Callable[..., np.ndarray]
+
+
+@dataclasses.dataclass
+class GradedSamples:
+    """N samples of each of B prompts, with everything the objectives and metrics need (host arrays)."""
+
+    prompt_tokens_BT: np.ndarray  # left-padded, bos first
+    prompt_lengths_B: np.ndarray
+    tokens_BNT: np.ndarray
+    lengths_BN: np.ndarray
+    logp_BN: np.ndarray  # sequence log-prob under the sampling policy (temperature 1)
+    texts_BN: list[list[str]]
+    rewards_BN: np.ndarray
+    answers_BN: np.ndarray
+    scores_BN: np.ndarray
+    finished_BN: np.ndarray  # ended with eos (not cut at max_new_tokens)
+
+
+def decode_completions(tokenizer, tokens_BNT: np.ndarray, lengths_BN: np.ndarray) -> list[list[str]]:
+    B, N, _ = tokens_BNT.shape
+    return [[tokenizer.decode(tokens_BNT[b, i, : lengths_BN[b, i]]) for i in range(N)] for b in range(B)]
+
+
+def draw_graded(
+    params,
+    model_cfg,
+    tokenizer,
+    task,
+    scorer: Scorer,
+    examples_B: Sequence[Example],
+    prompt_tokens_BT: np.ndarray,
+    prompt_lengths_B: np.ndarray,
+    n: int,
+    rng: jax.Array,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    prompt_ids_B: np.ndarray | None = None,
+) -> GradedSamples:
+    out = sample(
+        params,
+        model_cfg,
+        prompt_tokens_BT,
+        n,
+        rng,
+        max_new_tokens=max_new_tokens,
+        prompt_lengths_B=prompt_lengths_B,
+        padding_side="left",
+        pad_id=tokenizer.pad_id,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p if top_p < 1.0 else None,
+        eos_id=tokenizer.eos_id,
+        prompt_ids_B=prompt_ids_B,
+    )
+    tokens_BNT, logprobs_BNT, lengths_BN = jax.device_get((out.tokens_BNT, out.logprobs_BNT, out.lengths_BN))
+    B, N, T = tokens_BNT.shape
+    last_BN = tokens_BNT[np.arange(B)[:, None], np.arange(N)[None], np.maximum(lengths_BN - 1, 0)]
+    finished_BN = (lengths_BN > 0) & (last_BN == tokenizer.eos_id)
+    # The eos is scored by the objectives (it is part of the sampled sequence) but not shown to graders.
+    text_lengths_BN = lengths_BN - finished_BN
+    texts_BN = decode_completions(tokenizer, tokens_BNT, text_lengths_BN)
+    grades = task.grade_batch(examples_B, texts_BN)
+    scores_BN = scorer(
+        examples_B, texts_BN, prompt_tokens_BT, prompt_lengths_B, tokens_BNT, lengths_BN, grades.rewards_BN
+    )
+    return GradedSamples(
+        prompt_tokens_BT=np.asarray(prompt_tokens_BT),
+        prompt_lengths_B=np.asarray(prompt_lengths_B),
+        tokens_BNT=tokens_BNT,
+        lengths_BN=lengths_BN,
+        logp_BN=logprobs_BNT.sum(-1),
+        texts_BN=texts_BN,
+        rewards_BN=np.asarray(grades.rewards_BN, np.float32),
+        answers_BN=grades.answers_BN,
+        scores_BN=np.asarray(scores_BN, np.float32),
+        finished_BN=finished_BN,
+    )
+
+
+def make_sequence_logp(model_cfg):
+    """jitted `(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN) -> logp_BN` (token sum)."""
+
+    @jax.jit
+    def logp(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN):
+        tok = sequence_logprobs(
+            params,
+            model_cfg,
+            prompts_BT,
+            tokens_BNT,
+            completion_lengths_BN=lengths_BN,
+            prompt_lengths_B=prompt_lengths_B,
+            padding_side="left",
+        )
+        return tok.sum(-1)
+
+    return logp
+
+
+def reward_scorer(
+    examples_B, texts_BN, prompt_tokens_BT, prompt_lengths_B, tokens_BNT, lengths_BN, rewards_BN
+):
+    """Selects by the ground-truth reward itself (BoN-RL-S, pass@N; the oracle verifier)."""
+    return np.asarray(rewards_BN, np.float32)
+
+
+def as_jnp(tree):
+    return jax.tree.map(jnp.asarray, tree)

@@ -1,0 +1,100 @@
+"""The verifier stage: what Best-of-N selects by.
+
+- `oracle`: the task's ground-truth reward (BoN-RL-S setting, pass@N).
+- `sentiment`: the sentiment scorer (the vBoN setting: select by the reward model itself).
+- `learned`: Chow et al.'s verifier: the policy backbone with a scalar head, trained by binary
+  cross-entropy on samples of the base policy graded by the task; a held-out 20% of the prompts gives
+  AUC and calibration (ECE).
+
+Returns a scorer with the `bon_jax.pipeline.rollouts.Scorer` signature and the stage (for cache keys).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bon_jax.models import get_config
+from bon_jax.pipeline.context import RunContext
+from bon_jax.pipeline.rollouts import draw_graded, reward_scorer
+from bon_jax.pipeline.stage_cache import stage
+
+
+def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key: str):
+    c = ctx.config
+    v = c.verifier
+    st = stage(ctx.cache_root, "verifier", base_key, c.verifier, c.seed)
+    if v.kind == "oracle":
+        return reward_scorer, st
+    if v.kind == "sentiment":
+        from bon_jax.verifiers import SentimentVerifier
+
+        sv = SentimentVerifier()
+        return (lambda ex, texts, *_: sv.score(ex, texts)), st
+    from bon_jax.verifiers import LearnedVerifier, load_verifier, save_verifier, train_verifier
+
+    if not st.done:
+        prompts, completions, labels, holdout = _graded_samples(ctx, tokenizer, model_cfg, base_params)
+        vcfg = get_config(v.model, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype)
+        train = ~holdout
+        pick = lambda xs, m: [x for x, keep in zip(xs, m) if keep]
+        params, report = train_verifier(
+            vcfg,
+            tokenizer,
+            pick(prompts, train),
+            pick(completions, train),
+            labels[train],
+            steps=v.steps,
+            batch_size=v.batch_size,
+            lr=v.lr,
+            seed=c.seed,
+            warmup=min(50, v.steps // 10),
+            init_params=base_params if v.model == c.model.name else None,
+            eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout]),
+        )
+        report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
+        save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=report)
+        st.mark_done(report)
+    params, vcfg, _, _ = load_verifier(st.file("verifier"))
+    lv = LearnedVerifier(params, vcfg, tokenizer)
+    return (lambda ex, texts, *_: lv.score(ex, texts)), st
+
+
+def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
+    """(prompts, completions, labels, holdout mask) from base-policy samples on training prompts."""
+    c = ctx.config
+    v = c.verifier
+    examples = list(ctx.task.examples("train"))[: v.num_prompts]
+    key = ctx.rng("verifier")
+    prompts, completions, labels, holdout = [], [], [], []
+    chunk = 16
+    for start in range(0, len(examples), chunk):
+        ex = examples[start : start + chunk]
+        toks, lens = tokenizer.encode_batch(
+            [e.prompt for e in ex],
+            pad_side="left",
+            add_bos=True,
+            max_len=c.model.max_len - c.rl.max_new_tokens,
+            truncate=True,
+        )
+        g = draw_graded(
+            base_params,
+            model_cfg,
+            tokenizer,
+            ctx.task,
+            reward_scorer,
+            ex,
+            toks,
+            lens,
+            v.samples_per_prompt,
+            key,
+            max_new_tokens=c.rl.max_new_tokens,
+            temperature=v.temperature,
+            prompt_ids_B=np.arange(start, start + len(ex)),
+        )
+        for b, e in enumerate(ex):
+            for i in range(v.samples_per_prompt):
+                prompts.append(e.prompt)
+                completions.append(g.texts_BN[b][i])
+                labels.append(float(g.rewards_BN[b, i] > 0.5))
+                holdout.append((start + b) % 5 == 0)
+    return prompts, completions, np.asarray(labels, np.float32), np.asarray(holdout)
