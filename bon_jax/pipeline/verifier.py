@@ -34,7 +34,9 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
 
     if not st.done:
         prompts, completions, labels, holdout = _graded_samples(ctx, tokenizer, model_cfg, base_params)
-        vcfg = get_config(v.model, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype)
+        # Same named model as the policy: the verifier starts from the policy's backbone (Chow et al.).
+        same = v.model == c.model.name
+        vcfg = model_cfg if same else get_config(v.model, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype)
         train = ~holdout
         pick = lambda xs, m: [x for x, keep in zip(xs, m) if keep]
         params, report = train_verifier(
@@ -48,7 +50,7 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
             lr=v.lr,
             seed=c.seed,
             warmup=min(50, v.steps // 10),
-            init_params=base_params if v.model == c.model.name else None,
+            init_params=base_params if same else None,
             eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout]),
         )
         report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
