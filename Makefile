@@ -12,6 +12,9 @@ EXP    ?= arith_bo32
 ARGS   ?=
 SHARD  ?= 0/1
 PYTEST_ARGS ?=
+# Local paths for the paper-scale experiments (nothing is downloaded): CKPT=... DATA=... TOKENIZER=...
+PATH_ARGS := $(if $(CKPT),--config.model.checkpoint=$(CKPT)) $(if $(DATA),--config.task.data_dir=$(DATA)) \
+             $(if $(TOKENIZER),--config.tokenizer.path=$(TOKENIZER))
 
 .PHONY: install test test-fast train sweep eval bench bench-peers lint format lock clean
 
@@ -32,13 +35,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 train: $(STAMP)
-	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py $(ARGS)
+	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py $(PATH_ARGS) $(ARGS)
 
 sweep: $(STAMP)
-	$(PY) -m bon_jax.cli.sweep --config=experiments/$(EXP).py --shard=$(SHARD) $(ARGS)
+	$(PY) -m bon_jax.cli.sweep --config=experiments/$(EXP).py --shard=$(SHARD) $(PATH_ARGS) $(ARGS)
 
 eval: $(STAMP)
-	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py --only=eval $(ARGS)
+	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py --only=eval $(PATH_ARGS) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)

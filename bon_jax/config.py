@@ -31,6 +31,7 @@ def base_config() -> ConfigDict:
     c.workdir = ""  # default: runs/<name>
     c.stages = STAGES
     c.log_every = 10
+    c.requires = ()  # ((key, how to obtain it), ...): paths this experiment cannot run without
 
     c.task = ConfigDict()
     c.task.name = "arith"
@@ -219,17 +220,33 @@ def check_values(c: ConfigDict) -> None:
     _require(c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1")
 
 
+PATH_KEYS = {
+    "tokenizer.path": "a sentencepiece .model file",
+    "model.checkpoint": "a model checkpoint (orbax directory, Gemma release, .safetensors or .gguf)",
+    "task.data_dir": "the task's local data",
+}
+
+
 def check_paths(c: ConfigDict) -> None:
-    """Paths the config names must exist. Messages say what the path should hold."""
-    for key, what in (
-        ("tokenizer.path", "a sentencepiece .model file"),
-        ("model.checkpoint", "a model checkpoint (orbax directory, Gemma release, .safetensors or .gguf)"),
-        ("task.data_dir", "the task's local data"),
-    ):
+    """Paths the config names must exist, and the ones the experiment `requires` must be given.
+
+    Every problem is collected first, so a user who must provide a checkpoint and a data set learns both
+    from one run; each line says what the path should hold and how to obtain it.
+    """
+    required = dict(c.requires)
+    problems = []
+    for key in sorted(set(PATH_KEYS) | set(required)):
         section, field = key.split(".")
         path = c[section][field]
-        if path and not os.path.exists(os.path.expanduser(path)):
-            raise ConfigError(key, f"path {path!r} does not exist; it should hold {what}.")
+        how = f" {required[key]}" if key in required else ""
+        what = PATH_KEYS.get(key, "a local file or directory")
+        if not path and key in required:
+            problems.append(f"config.{key} is not set; it must hold {what}.{how}")
+        elif path and not os.path.exists(os.path.expanduser(path)):
+            problems.append(f"config.{key} = {path!r} does not exist; it must hold {what}.{how}")
+    if problems:
+        keys = ", ".join(p.split(" ")[0].removeprefix("config.") for p in problems)
+        raise ConfigError(keys, "missing paths (nothing was computed):\n  " + "\n  ".join(problems))
 
 
 def validate(config: ConfigDict, extra_rules: tuple[Rule, ...] = ()) -> ConfigDict:

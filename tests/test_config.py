@@ -46,8 +46,18 @@ def test_impossible_values_are_refused(key, value, message):
 def test_missing_path_names_key_and_content(tmp_path):
     c = cfg.base_config()
     c.model.checkpoint = str(tmp_path / "nope")
-    with pytest.raises(ConfigError, match=r"config\.model\.checkpoint: path .*nope.* does not exist"):
+    with pytest.raises(ConfigError, match=r"config\.model\.checkpoint = .*nope.* does not exist"):
         cfg.validate(c)
+
+
+def test_required_paths_are_all_named_at_once():
+    c = cfg.base_config()
+    c.requires = (("model.checkpoint", "Get Gemma 2 2B."), ("task.data_dir", "Get MATH."))
+    with pytest.raises(ConfigError) as err:
+        cfg.validate(c)
+    msg = str(err.value)
+    assert "config.model.checkpoint is not set" in msg and "Get Gemma 2 2B." in msg
+    assert "config.task.data_dir is not set" in msg and "Get MATH." in msg
 
 
 def test_missing_experiment_lists_known_ones():

@@ -17,6 +17,9 @@ from bon_jax.errors import BonJaxError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<name>.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "overrides config.workdir (default runs/<name>)")
+_ONLY = flags.DEFINE_enum(
+    "only", None, ["eval"], "eval: evaluate and report the cached policies, train nothing"
+)
 
 
 def main(argv):
@@ -31,7 +34,7 @@ def main(argv):
     if _WORKDIR.value:
         config.workdir = _WORKDIR.value
     try:
-        run_experiment(config)
+        run_experiment(config, only=_ONLY.value)
     except Preempted as e:
         print(f"[bon_jax] preempted: {e}", file=sys.stderr)
     except BonJaxError as e:

@@ -10,12 +10,25 @@ import jax
 from ml_collections import ConfigDict
 
 from bon_jax import parallel
+from bon_jax.errors import BonJaxError
 from bon_jax.tasks.registry import get_task
+
+
+class StageMissingError(BonJaxError, RuntimeError):
+    """An evaluation-only run found a training stage that was never run."""
 
 
 @dataclasses.dataclass
 class RunContext:
     config: ConfigDict
+    allow_training: bool = True  # False for `make eval`: every training stage must already be cached
+
+    def require_training(self, stage_name: str) -> None:
+        if not self.allow_training:
+            raise StageMissingError(
+                f"stage '{stage_name}' of {self.config.name} has not been run (nothing cached under "
+                f"{self.cache_root}); run `make train EXP={self.config.name}` first"
+            )
 
     @property
     def workdir(self) -> str:

@@ -86,6 +86,7 @@ def finetune_stage(
     st = stage(ctx.cache_root, "finetune", base_key, verifier_key, c.rl, c.seed)
     if st.done:
         return load_params(st.file("params"), model_cfg), st
+    ctx.require_training("finetune")
     options = dict(rl.options.to_dict())
     task = ctx.task
     examples = task.examples("train")

@@ -86,6 +86,7 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
     params_file = st.file("params")
     if st.done:
         return cfg, load_params(params_file, cfg), st
+    ctx.require_training("base_policy")
     examples = ctx.task.examples("train")
     if not examples or examples[0].reference is None:
         raise ValueError(f"task {c.task.name!r} has no reference solutions to train a base policy on")

@@ -15,6 +15,7 @@ import jax
 from ml_collections import ConfigDict
 
 from bon_jax.config import validate
+from bon_jax.errors import ConfigError
 from bon_jax.pipeline import report
 from bon_jax.pipeline.context import RunContext
 from bon_jax.pipeline.evaluate import evaluate_policy
@@ -25,10 +26,23 @@ from bon_jax.pipeline.verifier import verifier_stage
 
 
 def run_experiment(config: ConfigDict, *, only: str | None = None, stop_after: int | None = None) -> dict:
-    """Runs (or resumes) every stage of `config`; returns the summary dict (also in summary.json)."""
+    """Runs (or resumes) every stage of `config`; returns the summary dict (also in summary.json).
+
+    `only="eval"` trains nothing: the training stages must be cached, evaluation and report are (re)done.
+    `stop_after` (tests) stops each training stage after that many steps, as a preemption would.
+    """
+    if only not in (None, "eval"):
+        raise ConfigError("only", f"must be 'eval' or unset, got {only!r}")
     validate(config)
+    if config.model.checkpoint:
+        # Checked before any compute, like every other config problem.
+        raise ConfigError(
+            "model.checkpoint",
+            "loading pretrained weights (Gemma releases, safetensors, GGUF) needs the checkpoint loaders, "
+            "which this version does not have yet; leave it empty to train the base policy from scratch.",
+        )
     t0 = time.time()
-    ctx = RunContext(config)
+    ctx = RunContext(config, allow_training=only != "eval")
     c = config
     print(
         f"[bon_jax] {c.name}: workdir {ctx.workdir}, devices {jax.device_count()} x {jax.devices()[0].platform}"

@@ -33,10 +33,13 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
     from bon_jax.verifiers import LearnedVerifier, load_verifier, save_verifier, train_verifier
 
     if not st.done:
+        ctx.require_training("verifier")
         prompts, completions, labels, holdout = _graded_samples(ctx, tokenizer, model_cfg, base_params)
         # Same named model as the policy: the verifier starts from the policy's backbone (Chow et al.).
         same = v.model == c.model.name
-        vcfg = model_cfg if same else get_config(v.model, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype)
+        vcfg = (
+            model_cfg if same else get_config(v.model, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype)
+        )
         train = ~holdout
         pick = lambda xs, m: [x for x, keep in zip(xs, m) if keep]
         params, report = train_verifier(

