@@ -47,7 +47,7 @@ def make_bandit(seed, k, binary=False):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grad_fn(name, n, static):
     fn = O.get(name)
 
@@ -307,7 +307,7 @@ def test_bon_sft_consistent_with_exact_gradient():
     bandits = [make_bandit(seed, k) for seed, k in BANDITS]
     for n, m in ((4, 4), (2, 6)):
         results = mc_gradients("bon_sft", bandits, n=n, m=m, seed=21 + m)
-        for bd, (mean, se) in zip(bandits, results):
+        for bd, (mean, _) in zip(bandits, results):
             target = exact_grad("bon_sft", bd, n=n)
             assert cosine(mean, target) > 0.85, (n, m, cosine(mean, target))
 

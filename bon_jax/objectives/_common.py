@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from bon_jax.objectives.rollout import Rollout, is_concrete, validate_rollout
+from bon_jax.objectives.weights import check_n
 
 Array = Any
 F32 = jnp.float32
@@ -52,17 +53,24 @@ def prepare(
     rollout: Rollout,
     *,
     need: tuple[str, ...] = (),
+    n=None,
     min_samples: int | None = None,
     binary: bool = False,
+    beta=0.0,
+    anchor_coef=0.0,
 ) -> Prepared:
-    """Checks and cleans the inputs of objective `name`.
+    """Checks and cleans the inputs of objective `name`. Argument errors are raised before any compute.
 
-    need: rollout fields that must be present. min_samples: the static M must be at least this (a
-    ValueError at trace time otherwise). binary: rewards must be 0/1 at valid samples. When the rollout is
-    concrete it is validated on the host (InvalidRolloutError); under jit bad values are counted in n_bad.
+    need: rollout fields that must be present (ref_logp_BM / anchor_logp_BM are added when beta /
+    anchor_coef are nonzero). n: the static BoN size, checked. min_samples: the static M must be at least
+    this (a ValueError at trace time otherwise). binary: rewards must be 0/1 at valid samples. When the
+    rollout is concrete it is validated on the host (InvalidRolloutError); under jit bad values are counted
+    in n_bad.
     """
     if not isinstance(rollout, Rollout):
         raise TypeError(f"{name}: rollout must be a bon_jax.objectives.Rollout, got {type(rollout).__name__}")
+    if n is not None:
+        check_n(n)
     logp_BM = jnp.asarray(logp_BM)
     if logp_BM.ndim != 2:
         raise ValueError(f"{name}: logp_BM must be [B, M], got shape {logp_BM.shape}")
@@ -70,9 +78,15 @@ def prepare(
         raise ValueError(
             f"{name}: rollout.rewards_BM has shape {jnp.shape(rollout.rewards_BM)}, logp_BM {logp_BM.shape}"
         )
+    need = tuple(need)
+    if not is_zero(beta):
+        need += ("ref_logp_BM",)
+    if not is_zero(anchor_coef):
+        need += ("anchor_logp_BM",)
     for field in need:
         if getattr(rollout, field) is None:
-            raise ValueError(f"objective {name!r} needs rollout.{field}")
+            why = {"ref_logp_BM": " (beta != 0)", "anchor_logp_BM": " (anchor_coef != 0)"}.get(field, "")
+            raise ValueError(f"objective {name!r} needs rollout.{field}{why}")
     if min_samples is not None and logp_BM.shape[1] < min_samples:
         raise ValueError(
             f"objective {name!r} needs M >= N samples per prompt; got M = {logp_BM.shape[1]}, "

@@ -29,10 +29,15 @@ from bon_jax.objectives._registry import register
 from bon_jax.objectives.weights import bon_winner_weights, pass_at_k, pass_at_k_weights
 
 
-def _failure_rate(name, p: C.Prepared, *, p_B, p_estimate, p_clip):
-    """[B, M] p used for sample j: the given p_B, or the leave-one-out (or all-sample) estimate; clipped."""
+def _check_p_options(name, p_estimate, p_clip):
     if p_clip is None or len(p_clip) != 2 or not 0.0 < p_clip[0] <= p_clip[1] < 1.0:
         raise ValueError(f"{name}: p_clip must be (lo, hi) with 0 < lo <= hi < 1, got {p_clip!r}")
+    if p_estimate not in ("loo", "all"):
+        raise ValueError(f"{name}: p_estimate must be 'loo' or 'all', got {p_estimate!r}")
+
+
+def _failure_rate(name, p: C.Prepared, *, p_B, p_estimate, p_clip):
+    """[B, M] p used for sample j: the given p_B, or the leave-one-out (or all-sample) estimate; clipped."""
     fail = jnp.where(p.mask, 1.0 - p.rewards, 0.0)
     if p_B is not None:
         p_B = jnp.asarray(p_B, C.F32)
@@ -42,10 +47,8 @@ def _failure_rate(name, p: C.Prepared, *, p_B, p_estimate, p_clip):
     elif p_estimate == "loo":
         # The failure rate of the OTHER valid samples; 0.5 (uninformative) when there is none.
         est = jnp.where(p.m > 1, C.loo_mean(fail, p.mask, p.m), 0.5)
-    elif p_estimate == "all":
+    else:  # "all" (checked by _check_p_options)
         est = jnp.broadcast_to(jnp.sum(fail, -1, keepdims=True) / jnp.maximum(p.m, 1.0), p.logp.shape)
-    else:
-        raise ValueError(f"{name}: p_estimate must be 'loo' or 'all', got {p_estimate!r}")
     return jax.lax.stop_gradient(jnp.clip(est, p_clip[0], p_clip[1]))
 
 
@@ -54,7 +57,8 @@ def _one_minus_pow(p, n):
 
 
 def _lemma3(name, logp_BM, rollout, *, n, beta, anchor_coef, sign, p_B, p_estimate, p_clip, clip_eps):
-    p = C.prepare(name, logp_BM, rollout, min_samples=n, binary=True)
+    _check_p_options(name, p_estimate, p_clip)
+    p = C.prepare(name, logp_BM, rollout, n=n, min_samples=n, binary=True, beta=beta, anchor_coef=anchor_coef)
     q = _failure_rate(name, p, p_B=p_B, p_estimate=p_estimate, p_clip=p_clip)
     u = bon_winner_weights(p.rewards, p.mask, n)
     g_pos = n * q ** (n - 1) / _one_minus_pow(q, n)
@@ -198,7 +202,8 @@ def bon_rlbp(
     """
     name = "bon_rlbp"
     C.check_unused(name, expert_logp_B)
-    p = C.prepare(name, logp_BM, rollout, min_samples=n, binary=True)
+    _check_p_options(name, p_estimate, p_clip)
+    p = C.prepare(name, logp_BM, rollout, n=n, min_samples=n, binary=True, beta=beta, anchor_coef=anchor_coef)
     q = _failure_rate(name, p, p_B=p_B, p_estimate=p_estimate, p_clip=p_clip)
     u = bon_winner_weights(p.rewards, p.mask, n)
     # (1 - p)/(1 - p^N) = 1 / sum_{i<N} p^i, stable for p near 1.
@@ -231,7 +236,7 @@ def pkpo(logp_BM, rollout, *, n, beta=0.0, expert_logp_B=None, anchor_coef=0.0, 
     """
     name = "pkpo"
     C.check_unused(name, expert_logp_B)
-    p = C.prepare(name, logp_BM, rollout, min_samples=n, binary=True)
+    p = C.prepare(name, logp_BM, rollout, n=n, min_samples=n, binary=True, beta=beta, anchor_coef=anchor_coef)
     w, _, _ = pass_at_k_weights(p.rewards, p.mask, n)
     w_kl, metrics = C.kl_regulariser(name, p, beta=beta, anchor_coef=anchor_coef)
     w = w + w_kl

@@ -38,7 +38,9 @@ def bon_rl(
     """
     name = "bon_rl"
     C.check_unused(name, expert_logp_B)
-    p = C.prepare(name, logp_BM, rollout, need=("scores_BM",), min_samples=n)
+    p = C.prepare(
+        name, logp_BM, rollout, need=("scores_BM",), n=n, min_samples=n, beta=beta, anchor_coef=anchor_coef
+    )
     w, _, _ = bon_rl_weights(p.scores, p.rewards, p.mask, n, baseline=baseline)
     u = bon_winner_weights(p.scores, p.mask, n)
     w_kl, metrics = C.kl_regulariser(name, p, beta=beta, anchor_coef=anchor_coef)
@@ -51,7 +53,8 @@ def bon_rl(
 
 
 def _printed(name, logp_BM, rollout, *, n, beta, anchor_coef, select_by_reward, values_B, baseline, clip_eps):
-    p = C.prepare(name, logp_BM, rollout, need=() if select_by_reward else ("scores_BM",), min_samples=n)
+    need = () if select_by_reward else ("scores_BM",)
+    p = C.prepare(name, logp_BM, rollout, need=need, n=n, min_samples=n, beta=beta, anchor_coef=anchor_coef)
     sel = p.rewards if select_by_reward else p.scores
     u = bon_winner_weights(sel, p.mask, n)
     bon_reward_B = jnp.sum(u * p.rewards, axis=-1)

@@ -32,18 +32,19 @@ def sft(logp_BM, rollout, *, n=None, beta=0.0, expert_logp_B=None, anchor_coef=0
     n is unused (common signature). Metrics: nll (mean negative log-likelihood of the demonstrations).
     """
     name = "sft"
-    p = C.prepare(name, logp_BM, rollout)
     if expert_logp_B is None:
         if not (C.is_zero(beta) and C.is_zero(anchor_coef)):
             raise ValueError(
                 "sft without expert_logp_B treats the rollout's samples as demonstrations; the KL "
                 "terms need samples from pi: pass expert_logp_B, or beta = anchor_coef = 0"
             )
+        p = C.prepare(name, logp_BM, rollout)
         w = jnp.where(p.mask, 1.0 / jnp.maximum(p.m, 1.0), 0.0)
         per = -jnp.sum(w * p.logp, axis=-1)
         metrics = {"nll": jnp.mean(per)}
         return C.finish(per, w, p, metrics)
-    expert = C.check_expert(name, expert_logp_B, p.logp.shape[0])
+    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0])
+    p = C.prepare(name, logp_BM, rollout, beta=beta, anchor_coef=anchor_coef)
     w, metrics = C.kl_regulariser(name, p, beta=beta, anchor_coef=anchor_coef)
     per, extra = C.policy_loss(p, w, clip_eps=clip_eps)
     metrics.update(extra)
@@ -87,8 +88,9 @@ def bon_sft(
     the sample terms). Metrics: lambda, expert_win_rate (mean sigma(s_e - s_j)), nll.
     """
     name = "bon_sft"
-    p = C.prepare(name, logp_BM, rollout, need=("scores_BM", "expert_scores_B"), min_samples=n)
-    expert = C.check_expert(name, expert_logp_B, p.logp.shape[0])
+    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0])
+    need = ("scores_BM", "expert_scores_B")
+    p = C.prepare(name, logp_BM, rollout, need=need, n=n, min_samples=n, beta=beta, anchor_coef=anchor_coef)
     lam = bon.bon_lambda(n) if lam is None else lam
     s_e = jnp.asarray(rollout.expert_scores_B, C.F32)
     bad_e = jnp.sum(~jnp.isfinite(s_e)).astype(jnp.int32)
@@ -131,7 +133,8 @@ def bon_distill_sft(logp_BM, rollout, *, n, beta=0.0, expert_logp_B=None, anchor
         )
     if select_by not in ("score", "reward"):
         raise ValueError(f"{name}: select_by must be 'score' or 'reward', got {select_by!r}")
-    p = C.prepare(name, logp_BM, rollout, need=("scores_BM",) if select_by == "score" else (), min_samples=n)
+    need = ("scores_BM",) if select_by == "score" else ()
+    p = C.prepare(name, logp_BM, rollout, need=need, n=n, min_samples=n)
     sel = p.scores if select_by == "score" else p.rewards
     u = bon_winner_weights(sel, p.mask, n)
     per = -jnp.sum(u * p.logp, axis=-1)

@@ -28,7 +28,7 @@ def kl_rl(logp_BM, rollout, *, n=None, beta=0.0, expert_logp_B=None, anchor_coef
     """
     name = "kl_rl"
     C.check_unused(name, expert_logp_B)
-    p = C.prepare(name, logp_BM, rollout)
+    p = C.prepare(name, logp_BM, rollout, beta=beta, anchor_coef=anchor_coef)
     w = C.rloo_weights(p.rewards, p)
     w_kl, metrics = C.kl_regulariser(name, p, beta=beta, anchor_coef=anchor_coef)
     w = w + w_kl

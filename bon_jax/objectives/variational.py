@@ -22,6 +22,20 @@ from bon_jax.objectives import _common as C
 from bon_jax.objectives._registry import register
 
 
+def _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing):
+    """Rollout fields the CDF inputs need; argument errors raised before any compute."""
+    if select_by not in ("reward", "score"):
+        raise ValueError(f"{name}: select_by must be 'reward' or 'score', got {select_by!r}")
+    if (ref_cdf_BM is None) != (ref_cdf_lt_BM is None):
+        raise ValueError(f"{name}: pass both ref_cdf_BM and ref_cdf_lt_BM, or neither")
+    need = () if select_by == "reward" else ("scores_BM",)
+    if ref_cdf_BM is None:
+        if not cdf_smoothing > 0:
+            raise ValueError(f"{name}: cdf_smoothing must be > 0 (keeps log F finite), got {cdf_smoothing!r}")
+        need += ("ref_rewards_BK",) if select_by == "reward" else ("ref_scores_BK",)
+    return need
+
+
 def _cdfs(name, p: C.Prepared, rollout, *, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing):
     """(F_BM, F_lt_BM, n_bad): CDFs under pi_ref of each sample's selection value."""
     if select_by == "reward":
@@ -78,7 +92,8 @@ def vbon(
 ):
     name = "vbon"
     C.check_unused(name, expert_logp_B)
-    p = C.prepare(name, logp_BM, rollout, need=("ref_logp_BM",) if not C.is_zero(beta) else ())
+    need = _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing)
+    p = C.prepare(name, logp_BM, rollout, need=need, n=n, beta=beta, anchor_coef=anchor_coef)
     f, f_lt, n_bad = _cdfs(
         name,
         p,
@@ -135,7 +150,8 @@ def vbon_bound(
 ):
     name = "vbon_bound"
     C.check_unused(name, expert_logp_B)
-    p = C.prepare(name, logp_BM, rollout, need=("ref_logp_BM",) if not C.is_zero(beta) else ())
+    need = _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing)
+    p = C.prepare(name, logp_BM, rollout, need=need, n=n, beta=beta, anchor_coef=anchor_coef)
     f, f_lt, n_bad = _cdfs(
         name,
         p,
@@ -193,10 +209,11 @@ def bond(
     clip_eps=None,
 ):
     name = "bond"
-    p = C.prepare(name, logp_BM, rollout, need=("ref_logp_BM",) if not C.is_zero(beta) else ())
-    expert = C.check_expert(name, expert_logp_B, p.logp.shape[0])
+    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0])
     if not 0.0 <= b <= 1.0:
         raise ValueError(f"{name}: b must be in [0, 1], got {b!r}")
+    need = _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing)
+    p = C.prepare(name, logp_BM, rollout, need=need, n=n, beta=beta, anchor_coef=anchor_coef)
     f, f_lt, n_bad = _cdfs(
         name,
         p,

@@ -33,18 +33,17 @@ __all__ = [
 
 @functools.lru_cache(maxsize=256)
 def _comb_ratio_table(size: int, k: int) -> np.ndarray:
-    """T[a, m] = C(a, k) / C(m, k) for 0 <= a, m <= size, float64; 0 where C(a, k) = 0 or C(m, k) = 0."""
+    """T[a, m] = C(a, k) / C(m, k) for 0 <= a, m <= size, float64; 0 where C(a, k) = 0, C(m, k) = 0 or a > m."""
     a = np.arange(size + 1, dtype=np.float64)
     if k < 0:
         return np.zeros((size + 1, size + 1))
     with np.errstate(invalid="ignore"):
         log_c = np.where(a >= k, gammaln(a + 1) - gammaln(k + 1) - gammaln(np.maximum(a - k, 0) + 1), -np.inf)
     pos = np.isfinite(log_c)
-    table = np.where(
-        pos[:, None] & pos[None, :],
-        np.exp(np.where(pos, log_c, 0.0)[:, None] - np.where(pos, log_c, 0.0)),
-        0.0,
-    )
+    # Only a <= m is ever used (a count among at most m samples); a > m is set to 0 to avoid overflow.
+    used = pos[:, None] & pos[None, :] & (a[:, None] <= a[None, :])
+    diff = np.where(pos, log_c, 0.0)[:, None] - np.where(pos, log_c, 0.0)[None, :]
+    table = np.where(used, np.exp(np.where(used, diff, 0.0)), 0.0)
     # Integers are exact: C(a, k)/C(m, k) with a = m is 1.
     table[np.arange(size + 1), np.arange(size + 1)] = np.where(pos, 1.0, 0.0)
     return table
@@ -53,7 +52,7 @@ def _comb_ratio_table(size: int, k: int) -> np.ndarray:
 def comb_ratio(a, m, k: int, size: int):
     """C(a, k) / C(m, k) elementwise for integer arrays a, m in [-1, size] (C(-1, k) := 0, also at k = 0).
 
-    0 where C(m, k) = 0 (m < k): callers only use it where m >= k.
+    0 where C(m, k) = 0 (m < k) or a > m: callers only use it where a <= m and m >= k.
     """
     table = jnp.asarray(_comb_ratio_table(size, k), jnp.float32)
     a = jnp.asarray(a, jnp.int32)
@@ -87,7 +86,7 @@ def bon_winner_weights(scores_BM, mask_BM, n: int):
       n: Best-of-n size, a Python int >= 1.
     Returns: [B, M] float32.
     """
-    n = _check_n(n)
+    n = check_n(n)
     size = scores_BM.shape[-1]
     mask_BM = jnp.asarray(mask_BM, bool)
     le, lt, *_ = _counts(scores_BM, mask_BM)
@@ -125,7 +124,7 @@ def bon_rl_weights(scores_BM, rewards_BM, mask_BM, n: int, *, baseline: str = "l
       baseline: "loo" (the b_j above) or "none".
     Returns: (w_BM, a_BM, b_BM), float32 [B, M]; all 0 at masked samples and where m < n.
     """
-    n = _check_n(n)
+    n = check_n(n)
     if baseline not in ("loo", "none"):
         raise ValueError(f"baseline must be 'loo' or 'none', got {baseline!r}")
     size = scores_BM.shape[-1]
@@ -192,7 +191,7 @@ def pass_at_k_weights(rewards_BM, mask_BM, k: int):
       k: Python int >= 1.
     Returns: (w_BM, a_BM, b_BM) float32, 0 at masked samples and where m < k.
     """
-    k = _check_n(k)
+    k = check_n(k)
     size = rewards_BM.shape[-1]
     mask_BM = jnp.asarray(mask_BM, bool)
     correct = mask_BM & (rewards_BM > 0.5)
@@ -210,7 +209,8 @@ def pass_at_k_weights(rewards_BM, mask_BM, k: int):
     return jnp.where(ok, w, zero), jnp.where(ok, a, zero), jnp.where(ok, b, zero)
 
 
-def _check_n(n) -> int:
+def check_n(n) -> int:
+    """n as a Python int; ValueError unless it is a static integer >= 1."""
     if isinstance(n, jax.core.Tracer) or int(n) != n or n < 1:
         raise ValueError(f"n must be a static Python int >= 1, got {n!r}")
     return int(n)
