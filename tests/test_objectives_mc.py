@@ -303,13 +303,17 @@ def test_printed_bon_rl_direction_over_random_bandits():
 
 
 def test_bon_sft_consistent_with_exact_gradient():
-    """Chow Lemma 1 / Algorithm 1 is biased by construction; its mean has cosine > 0.85 with grad J."""
+    """Chow Lemma 1 / Algorithm 1 is biased by construction (sigmoid for the indicator, BoN samples for the
+    twisted distribution): its mean is measurably off grad J but has cosine > 0.9 with it."""
     bandits = [make_bandit(seed, k) for seed, k in BANDITS]
+    max_z = 0.0
     for n, m in ((4, 4), (2, 6)):
         results = mc_gradients("bon_sft", bandits, n=n, m=m, seed=21 + m)
-        for bd, (mean, _) in zip(bandits, results):
+        for bd, (mean, se) in zip(bandits, results):
             target = exact_grad("bon_sft", bd, n=n)
-            assert cosine(mean, target) > 0.85, (n, m, cosine(mean, target))
+            assert cosine(mean, target) > 0.9, (n, m, cosine(mean, target))
+            max_z = max(max_z, z_scores(mean, se, target).max())
+    assert max_z > 2 * Z_MAX  # the bias is resolved: the test could tell an unbiased estimator apart
 
 
 def test_vbon_bound_relation_to_vbon():

@@ -96,8 +96,11 @@ _PRINTED_DOC = """
         E_{{y ~ pi_BoN}}[(R(y) - b) grad log pi(y)],
     while grad J = E_{{y ~ pi_BoN}}[R(y) grad log pi_BoN(y)]: it drops the grad log G(y) part of
     grad log pi_BoN = grad log pi + grad log G (Chow's lambda_N grad Q - grad log Z), and since
-    E_{{pi_BoN}}[grad log pi] != 0 even the baseline shifts it. Exact for N = 1. The tests check the
-    expectation above and measure the cosine with the exact gradient (see docs/objectives.md).
+    E_{{pi_BoN}}[grad log pi] != 0 even the baseline shifts it. Exact for N = 1. Measured (exact
+    expectations, 60 random bandits, N in {{2, 8}}): with b = the BoN value (what values_B learns) the
+    cosine with grad J was >= 0.78 (V) / 0.55 (S); with b = 0 BoN-RL-V pointed away from grad J on up to 18%
+    of bandits. For binary R, BoN-RL-S with b = 0 is parallel to grad pass@N, scaled by
+    sum_{{i<N}} p^i / (N p^(N-1)) >= 1. See docs/objectives.md.
 
     Inputs: rollout.rewards_BM{need}; ref_logp_BM if beta != 0; anchor_logp_BM if anchor_coef != 0.
     Options: values_B, baseline, clip_eps (PPO, with rollout.old_logp_BM). Metrics: bon_reward, baseline_mean.
