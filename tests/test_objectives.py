@@ -103,7 +103,7 @@ def _weights(s, r, rb, mask, n):
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
 def test_weights_match_subset_enumeration(n):
     rng = np.random.default_rng(n)
-    b, m = 40, 7
+    b, m = 24, 7
     s = rng.integers(0, 3, (b, m)).astype(np.float32)  # heavy ties
     r = rng.normal(size=(b, m)).round(1).astype(np.float32)
     mask = rng.random((b, m)) < 0.85
@@ -315,7 +315,7 @@ def test_single_sample_objectives_accept_m_1_with_large_n(name):
     assert_all_finite(*loss_and_grads(name, logp, rollout, **kw))
 
 
-@pytest.mark.parametrize("name", ["bon_rl", "pkpo", "vbon", "bon_rlb", "bon_sft"])
+@pytest.mark.parametrize("name", ["bon_rl", "vbon", "bon_rlb", "bon_sft"])
 def test_masked_samples_are_as_if_absent(name):
     """The gradient with masked samples (holding NaN garbage) equals the gradient without them."""
     b, m, keep = 4, 7, 5
