@@ -376,6 +376,20 @@ def test_non_binary_rewards_refused():
     assert np.isnan(float(loss)) and int(metrics["n_nonfinite"]) == rollout.rewards_BM.size
 
 
+@pytest.mark.parametrize("name", sorted(EXPERT))
+def test_expert_logp_through_the_rollout_equals_the_keyword(name):
+    """The documented way is the keyword; a rollout built inside the differentiated function works too."""
+    logp, rollout, kw = make_inputs(name, n=2)
+    expert = kw.pop("expert_logp_B")
+    fn = O.get(name)
+    g_kw = jax.grad(lambda e: fn(logp, rollout, expert_logp_B=e, **kw)[0])(expert)
+    g_ro = jax.grad(lambda e: fn(logp, rollout.replace(expert_logp_B=e), **kw)[0])(expert)
+    np.testing.assert_allclose(g_ro, g_kw, atol=1e-7)
+    assert np.all(np.asarray(g_kw) != 0)
+    with pytest.raises(ValueError, match="both"):
+        fn(logp, rollout.replace(expert_logp_B=expert), expert_logp_B=expert, **kw)
+
+
 def test_argument_errors_are_raised_before_any_compute():
     logp, rollout, kw = make_inputs("bon_rl")
     with pytest.raises(ValueError, match="does not use expert_logp_B"):

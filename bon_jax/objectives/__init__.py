@@ -14,7 +14,8 @@ Contract. `get(name)` returns
   expert_logp_B  [B] log-prob under the policy of each prompt's demonstration, for the imitation objectives
                  (sft, bon_sft, bond). It carries gradients, so it is an explicit keyword computed by the
                  trainer in the same differentiated function as logp_BM; objectives that do not use it
-                 refuse it.
+                 refuse it. (Rollout.expert_logp_B is accepted instead, if the rollout is built inside the
+                 differentiated function; giving both is an error.)
   anchor_coef    (every sample-based objective) coefficient of KL(pi || pi_anchor), Chow's EMA-anchor
                  regulariser; schedule: `regularizers.anchor_kl_coef(step)`.
   loss           scalar, averaged over the B prompts: -grad(loss) is the mean over prompts of per-prompt

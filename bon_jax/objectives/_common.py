@@ -238,7 +238,12 @@ def check_unused(name: str, expert_logp_B):
         raise ValueError(f"objective {name!r} does not use expert_logp_B (imitation objectives do)")
 
 
-def check_expert(name: str, expert_logp_B, batch: int):
+def check_expert(name: str, expert_logp_B, batch: int, rollout: Rollout):
+    """The [B] demonstration log-probs: the keyword (documented way) or rollout.expert_logp_B."""
+    if expert_logp_B is not None and rollout.expert_logp_B is not None:
+        raise ValueError(f"{name}: expert_logp_B given both as a keyword and in the rollout; pass one")
+    if expert_logp_B is None:
+        expert_logp_B = rollout.expert_logp_B
     if expert_logp_B is None:
         raise ValueError(
             f"objective {name!r} needs expert_logp_B: the [B] log-prob under the policy of each "

@@ -25,6 +25,7 @@ def sft(logp_BM, rollout, *, n=None, beta=0.0, expert_logp_B=None, anchor_coef=0
     Two ways to give the demonstrations:
       * `expert_logp_B` ([B], one demonstration per prompt): loss = -mean_b expert_logp_B; the rollout's
         samples (which must then come from pi) are used only for the KL terms (RLOO weights, see kl_rl);
+        (rollout.expert_logp_B is accepted instead of the keyword, see Rollout);
       * no `expert_logp_B`: the rollout's valid samples ARE the demonstrations (e.g. M = 1 dataset answer per
         prompt) and loss = -mean_b (mean over valid j of logp_bj); beta and anchor_coef must then be 0.
     **Unbiased** (the demonstration's log-prob gradient is grad J for one draw from D).
@@ -32,7 +33,7 @@ def sft(logp_BM, rollout, *, n=None, beta=0.0, expert_logp_B=None, anchor_coef=0
     n is unused (common signature). Metrics: nll (mean negative log-likelihood of the demonstrations).
     """
     name = "sft"
-    if expert_logp_B is None:
+    if expert_logp_B is None and rollout.expert_logp_B is None:
         if not (C.is_zero(beta) and C.is_zero(anchor_coef)):
             raise ValueError(
                 "sft without expert_logp_B treats the rollout's samples as demonstrations; the KL "
@@ -43,7 +44,7 @@ def sft(logp_BM, rollout, *, n=None, beta=0.0, expert_logp_B=None, anchor_coef=0
         per = -jnp.sum(w * p.logp, axis=-1)
         metrics = {"nll": jnp.mean(per)}
         return C.finish(per, w, p, metrics)
-    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0])
+    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0], rollout)
     p = C.prepare(name, logp_BM, rollout, beta=beta, anchor_coef=anchor_coef)
     w, metrics = C.kl_regulariser(name, p, beta=beta, anchor_coef=anchor_coef)
     per, extra = C.policy_loss(p, w, clip_eps=clip_eps)
@@ -88,7 +89,7 @@ def bon_sft(
     the sample terms). Metrics: lambda, expert_win_rate (mean sigma(s_e - s_j)), nll.
     """
     name = "bon_sft"
-    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0])
+    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0], rollout)
     need = ("scores_BM", "expert_scores_B")
     p = C.prepare(name, logp_BM, rollout, need=need, n=n, min_samples=n, beta=beta, anchor_coef=anchor_coef)
     lam = bon.bon_lambda(n) if lam is None else lam

@@ -54,6 +54,10 @@ class Rollout:
       anchor_logp_BM: [B, M] log-prob of y_j under the EMA anchor of the policy (Chow's KL regulariser).
       old_logp_BM: [B, M] log-prob of y_j under the behaviour policy that sampled it (PPO ratios for
         several epochs over one batch). None: the samples are on-policy (ratio 1).
+      expert_logp_B: [B] log-prob of each prompt's demonstration under the policy. Accepted here for
+        convenience, but the documented way is the loss function's keyword `expert_logp_B`: a value in the
+        rollout carries gradients only if the rollout is built inside the differentiated function. Giving
+        both is an error; objectives without demonstrations ignore this field.
     """
 
     rewards_BM: Array
@@ -66,6 +70,7 @@ class Rollout:
     expert_scores_B: Array | None = None
     anchor_logp_BM: Array | None = None
     old_logp_BM: Array | None = None
+    expert_logp_B: Array | None = None
 
 
 _BM_FIELDS = ("rewards_BM", "scores_BM", "ref_logp_BM", "anchor_logp_BM", "old_logp_BM")
@@ -152,12 +157,15 @@ def validate_rollout(rollout: Rollout, *, min_samples: int | None = None, binary
                 f"{name} has {int(bad.sum())} non-finite value(s) (NaN or inf) at valid reference samples, "
                 f"first at {_first_bad(bad)}"
             )
-    if rollout.expert_scores_B is not None:
-        value = np.asarray(rollout.expert_scores_B)
+    for name in ("expert_scores_B", "expert_logp_B"):
+        value = getattr(rollout, name)
+        if value is None:
+            continue
+        value = np.asarray(value)
         if value.shape != shape[:1]:
-            raise InvalidRolloutError(f"expert_scores_B must be [B={shape[0]}], got shape {value.shape}")
+            raise InvalidRolloutError(f"{name} must be [B={shape[0]}], got shape {value.shape}")
         bad = ~np.isfinite(value)
         if bad.any():
             raise InvalidRolloutError(
-                f"expert_scores_B has {int(bad.sum())} non-finite value(s), first at {_first_bad(bad)}"
+                f"{name} has {int(bad.sum())} non-finite value(s), first at {_first_bad(bad)}"
             )

@@ -209,7 +209,7 @@ def bond(
     clip_eps=None,
 ):
     name = "bond"
-    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0])
+    expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0], rollout)
     if not 0.0 <= b <= 1.0:
         raise ValueError(f"{name}: b must be in [0, 1], got {b!r}")
     need = _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing)
