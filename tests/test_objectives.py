@@ -300,6 +300,15 @@ def test_known_p_at_the_boundary_is_clipped(name):
         assert float(metrics["p_mean"]) == pytest.approx(0.01 if p == 0 else 0.99)
     with pytest.raises(ValueError, match="p_clip"):
         call_eagerly(name, logp, rollout, p_B=0.0, p_clip=(0.0, 1.0), **kw)
+    # Near the clip bound g- = N p/(1-p) ~ 300: weight_clip bounds each per-sample weight (-B * grad).
+    b = logp.shape[0]
+    _, _, (g, _) = loss_and_grads(name, logp, rollout, dyn={"p_B": np.float32(0.99)}, **kw)
+    _, _, (gc, _) = loss_and_grads(name, logp, rollout, dyn={"p_B": np.float32(0.99)}, weight_clip=2.0, **kw)
+    assert np.abs(np.asarray(gc)).max() * b <= 2.0 + 1e-5
+    if name != "bon_rlbp":
+        assert np.abs(np.asarray(g)).max() * b > 10.0
+    with pytest.raises(ValueError, match="weight_clip"):
+        call_eagerly(name, logp, rollout, weight_clip=0.0, **kw)
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS_M_GE_N))

@@ -29,7 +29,9 @@ from bon_jax.objectives._registry import register
 from bon_jax.objectives.weights import bon_winner_weights, pass_at_k, pass_at_k_weights
 
 
-def _check_p_options(name, p_estimate, p_clip):
+def _check_p_options(name, p_estimate, p_clip, weight_clip):
+    if weight_clip is not None and not weight_clip > 0:
+        raise ValueError(f"{name}: weight_clip must be > 0 or None, got {weight_clip!r}")
     if p_clip is None or len(p_clip) != 2 or not 0.0 < p_clip[0] <= p_clip[1] < 1.0:
         raise ValueError(f"{name}: p_clip must be (lo, hi) with 0 < lo <= hi < 1, got {p_clip!r}")
     if p_estimate not in ("loo", "all"):
@@ -56,14 +58,23 @@ def _one_minus_pow(p, n):
     return -jnp.expm1(n * jnp.log(p))  # 1 - p^n, p in (0, 1)
 
 
-def _lemma3(name, logp_BM, rollout, *, n, beta, anchor_coef, sign, p_B, p_estimate, p_clip, clip_eps):
-    _check_p_options(name, p_estimate, p_clip)
+def _clip_weights(name, w, weight_clip):
+    """Optional |w| <= weight_clip (biased; tames the g- = N p/(1-p) weights near the p clip bound)."""
+    if weight_clip is None:
+        return w
+    return jnp.clip(w, -weight_clip, weight_clip)
+
+
+def _lemma3(
+    name, logp_BM, rollout, *, n, beta, anchor_coef, sign, p_B, p_estimate, p_clip, clip_eps, weight_clip
+):
+    _check_p_options(name, p_estimate, p_clip, weight_clip)
     p = C.prepare(name, logp_BM, rollout, n=n, min_samples=n, binary=True, beta=beta, anchor_coef=anchor_coef)
     q = _failure_rate(name, p, p_B=p_B, p_estimate=p_estimate, p_clip=p_clip)
     u = bon_winner_weights(p.rewards, p.mask, n)
     g_pos = n * q ** (n - 1) / _one_minus_pow(q, n)
     g_neg = n * q / (1.0 - q)
-    w = u * jnp.where(p.rewards > 0.5, g_pos, sign * g_neg)
+    w = _clip_weights(name, u * jnp.where(p.rewards > 0.5, g_pos, sign * g_neg), weight_clip)
     w_kl, metrics = C.kl_regulariser(name, p, beta=beta, anchor_coef=anchor_coef)
     w = w + w_kl
     per, extra = C.policy_loss(p, w, clip_eps=clip_eps)
@@ -89,7 +100,8 @@ _OPTIONS_DOC = """
     Inputs: rollout.rewards_BM in {0, 1} (mask_BM optional); M >= N; ref_logp_BM if beta != 0;
     anchor_logp_BM if anchor_coef != 0. Options: p_B (known failure rate, scalar or [B]); p_estimate "loo"
     (default: failure rate of the other samples) | "all"; p_clip (default (0.01, 0.99), Chow App. B);
-    clip_eps (PPO). Metrics: p_mean, pass_at_n (unbiased estimate), pass_at_1.
+    clip_eps (PPO); weight_clip (|per-sample weight| <= weight_clip before the KL terms; None, the default,
+    keeps the estimator as stated -- clipping biases it). Metrics: p_mean, pass_at_n (unbiased), pass_at_1.
 """
 
 
@@ -106,6 +118,7 @@ def bon_rlb(
     p_estimate="loo",
     p_clip=(0.01, 0.99),
     clip_eps=None,
+    weight_clip=None,
 ):
     C.check_unused("bon_rlb", expert_logp_B)
     return _lemma3(
@@ -120,6 +133,7 @@ def bon_rlb(
         p_estimate=p_estimate,
         p_clip=p_clip,
         clip_eps=clip_eps,
+        weight_clip=weight_clip,
     )
 
 
@@ -150,6 +164,7 @@ def bon_rlb_printed(
     p_estimate="loo",
     p_clip=(0.01, 0.99),
     clip_eps=None,
+    weight_clip=None,
 ):
     C.check_unused("bon_rlb_printed", expert_logp_B)
     return _lemma3(
@@ -164,6 +179,7 @@ def bon_rlb_printed(
         p_estimate=p_estimate,
         p_clip=p_clip,
         clip_eps=clip_eps,
+        weight_clip=weight_clip,
     )
 
 
@@ -192,6 +208,7 @@ def bon_rlbp(
     p_estimate="loo",
     p_clip=(0.01, 0.99),
     clip_eps=None,
+    weight_clip=None,
 ):
     """BoN-RLBP, Chow et al. Corollary 4: positive BoN samples only.
 
@@ -202,13 +219,13 @@ def bon_rlbp(
     """
     name = "bon_rlbp"
     C.check_unused(name, expert_logp_B)
-    _check_p_options(name, p_estimate, p_clip)
+    _check_p_options(name, p_estimate, p_clip, weight_clip)
     p = C.prepare(name, logp_BM, rollout, n=n, min_samples=n, binary=True, beta=beta, anchor_coef=anchor_coef)
     q = _failure_rate(name, p, p_B=p_B, p_estimate=p_estimate, p_clip=p_clip)
     u = bon_winner_weights(p.rewards, p.mask, n)
     # (1 - p)/(1 - p^N) = 1 / sum_{i<N} p^i, stable for p near 1.
     g_pos = n * q ** (n - 1) / jnp.sum(q[..., None] ** jnp.arange(n, dtype=C.F32), axis=-1)
-    w = u * jnp.where(p.rewards > 0.5, g_pos, 0.0)
+    w = _clip_weights(name, u * jnp.where(p.rewards > 0.5, g_pos, 0.0), weight_clip)
     w_kl, metrics = C.kl_regulariser(name, p, beta=beta, anchor_coef=anchor_coef)
     w = w + w_kl
     per, extra = C.policy_loss(p, w, clip_eps=clip_eps)
