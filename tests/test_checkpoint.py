@@ -58,8 +58,8 @@ def test_mismatched_tree_is_refused_by_name(tmp_path):
         with pytest.raises(CheckpointMismatchError) as err:
             ckpt.restore(wrong)
     msg = str(err.value)
-    assert "['params']['w']" in msg and "(8, 4)" in msg and "(16, 4)" in msg
-    assert "missing in checkpoint: ['params']['extra']" in msg
+    assert "params/w" in msg and "(8, 4)" in msg and "(16, 4)" in msg
+    assert "missing in checkpoint: params/extra" in msg
 
 
 def test_restore_without_checkpoint(tmp_path):
@@ -88,3 +88,18 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[0]["loss"] == 0.5 and rows[0]["bad"] == "nan" and rows[1]["vec"] == [0, 1]
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "tb" / "rl"))
+
+
+def test_restore_of_dataclass_and_optax_state_from_a_fresh_manager(tmp_path):
+    import optax
+
+    from bon_jax.train.step import TrainState
+
+    params = {"w": jnp.ones((4, 3))}
+    state = TrainState.create(params, optax.adam(1e-3))
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(1, state)
+    with Checkpointer(tmp_path / "c") as ckpt:
+        restored, _ = ckpt.restore(jax.tree.map(jnp.zeros_like, state))
+    assert isinstance(restored, TrainState)
+    jax.tree.map(np.testing.assert_array_equal, restored, state)

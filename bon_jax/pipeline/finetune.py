@@ -33,6 +33,8 @@ from bon_jax.train.step import TrainState, make_update_step
 
 # Objectives that need K reference samples per prompt (CDF of the reward under pi_ref).
 NEEDS_REF_SAMPLES = ("vbon", "vbon_bound", "bond")
+# Imitation objectives: they also take the log-prob of each prompt's demonstration (reference solution).
+IMITATION = ("sft", "bon_sft")
 # Objectives whose J selects by the ground-truth reward, not the verifier.
 SELECTS_BY_REWARD = ("bon_rl_s", "bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo")
 
@@ -62,6 +64,16 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict):
         )
         logp_BM = tok_logp_BMT.sum(-1)
         extra = {"anchor_coef": batch["anchor_coef"]} if "anchor_coef" in batch else {}
+        if "expert_tokens_BT" in batch:
+            extra["expert_logp_B"] = sequence_logprobs(
+                params,
+                model_cfg,
+                batch["prompt_tokens_BT"],
+                batch["expert_tokens_BT"][:, None],
+                completion_lengths_BN=batch["expert_lengths_B"][:, None],
+                prompt_lengths_B=batch["prompt_lengths_B"],
+                padding_side="left",
+            ).sum(-1)[:, 0]
         value, metrics = loss_fn(logp_BM, batch["rollout"], n=n, beta=beta, **extra, **options)
         metrics = dict(metrics, logp=jnp.mean(logp_BM))
         return value, metrics
@@ -157,6 +169,20 @@ def finetune_stage(
             ref = draw(base_params, rl.ref_samples, k_ref)
             rollout["ref_rewards_BK"] = ref.rewards_BN
             rollout["ref_scores_BK"] = ref.scores_BN
+        expert = {}
+        if rl.objective in IMITATION:
+            expert["expert_tokens_BT"], expert["expert_lengths_B"] = _demonstrations(
+                tokenizer, ex_B, rl.max_new_tokens
+            )
+            rollout["expert_scores_B"] = scorer(
+                ex_B,
+                [[e.reference] for e in ex_B],
+                None,
+                None,
+                None,
+                None,
+                np.ones((len(ex_B), 1), np.float32),
+            )[:, 0]
         rollout = objectives.Rollout(**rollout)
         objectives.validate_rollout(rollout)
         out = {
@@ -165,6 +191,7 @@ def finetune_stage(
             "tokens_BMT": g.tokens_BNT,
             "lengths_BM": g.lengths_BN,
             "rollout": rollout,
+            **expert,
             "host": {
                 "reward": float(g.rewards_BN.mean()),
                 "score": float(g.scores_BN.mean()),
@@ -203,6 +230,17 @@ def finetune_stage(
     save_params(st.file("params"), state.train.params)
     st.mark_done({"steps": rl.steps, "objective": rl.objective, "n": rl.n})
     return state.train.params, st
+
+
+def _demonstrations(tokenizer, examples_B, width: int):
+    """Reference solutions as completion tokens `[B, width]` (+ eos, cut at `width`) and their lengths."""
+    tokens = np.zeros((len(examples_B), width), np.int32)
+    lengths = np.zeros((len(examples_B),), np.int32)
+    for b, ex in enumerate(examples_B):
+        ids = (tokenizer.encode(ex.reference) + [tokenizer.eos_id])[:width]
+        tokens[b, : len(ids)] = ids
+        lengths[b] = len(ids)
+    return tokens, lengths
 
 
 def _bon_reward(scores_BM, rewards_BM):

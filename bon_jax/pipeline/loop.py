@@ -85,10 +85,13 @@ def run_loop(
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.num_steps:
                     for s, m in jax.device_get(pending):
+                        row = writer.write(s, m)  # logged first: the step that stops the run is on record
                         monitor.update(int(m.get("skipped", 0)), s)
-                        row = writer.write(s, m)
                     pending.clear()
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", "reward", "nll")})
+                    shown = ("loss", "reward", "nll", "bon_reward")
+                    bar.set_postfix(
+                        {k: v if isinstance(v, str) else f"{v:.4g}" for k, v in row.items() if k in shown}
+                    )
                 if step % cfg.ckpt_every == 0 or step == cfg.num_steps:
                     save(step)
                 if guard.requested() or (stop_after is not None and step - start >= stop_after):

@@ -35,9 +35,22 @@ def _leaf_signature(x) -> tuple[tuple[int, ...], str] | None:
     return tuple(int(d) for d in shape), str(np.dtype(dtype)) if dtype is not None else "?"
 
 
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _path_str(path) -> str:
+    """'train/opt_state/1/0/mu/w': the same string whether a node is a dict, a dataclass or a tuple, as
+    orbax's saved metadata stores every node as a dict or list."""
+    return "/".join(_key_name(e) for e in path)
+
+
 def _flat_signatures(tree) -> dict[str, Any]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): _leaf_signature(leaf) for path, leaf in flat}
+    return {_path_str(path): _leaf_signature(leaf) for path, leaf in flat}
 
 
 def tree_mismatches(saved, expected, *, check_dtype: bool = False) -> list[str]:
