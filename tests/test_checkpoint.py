@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bon_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
+from bon_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from bon_jax.train.preemption import PreemptionGuard
 
 

@@ -204,3 +204,21 @@ def test_rl_update_on_2x4_mesh_equals_single_device():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), sharded.params, single.params
     )
+
+
+@pytest.mark.slow
+def test_sweep_runs_shards_skips_done_points_and_plots(tmp_path):
+    from bon_jax.pipeline.sweep import pareto_front, run_sweep
+
+    c = _smoke(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 2, "eval.num_prompts": 4})
+    grid = [{"rl.objective": "kl_rl", "rl.beta": 0.1}, {"rl.objective": "bon_rl", "rl.n": 2}]
+    first = run_sweep(c, grid, shard=1, num_shards=2)
+    assert [r["objective"] for r in first] == ["bon_rl"]
+    rows = run_sweep(c, grid, shard=0, num_shards=2)
+    assert {r["objective"] for r in rows} == {"kl_rl", "bon_rl"}
+    root = tmp_path / "run"
+    assert (root / "results.csv").exists() and "| point |" in (root / "results.md").read_text()
+    assert (root / "reward_vs_kl.png").stat().st_size > 1000
+    stages = os.listdir(root / "stages")
+    assert sum(s.startswith("base_policy-") for s in stages) == 1  # shared by both points
+    assert pareto_front([(0.0, 0.1), (1.0, 0.5), (2.0, 0.4), (0.5, 0.1)]) == [0, 1]

@@ -22,6 +22,7 @@ class StageMissingError(BonJaxError, RuntimeError):
 class RunContext:
     config: ConfigDict
     allow_training: bool = True  # False for `make eval`: every training stage must already be cached
+    shared_cache_root: str | None = None  # a sweep's points share one stage cache
 
     def require_training(self, stage_name: str) -> None:
         if not self.allow_training:
@@ -37,7 +38,7 @@ class RunContext:
     @functools.cached_property
     def cache_root(self) -> str:
         """Stage outputs live under <workdir>/stages so that runs of one experiment share them."""
-        return os.path.join(self.workdir, "stages")
+        return self.shared_cache_root or os.path.join(self.workdir, "stages")
 
     @functools.cached_property
     def mesh(self) -> jax.sharding.Mesh:

@@ -25,7 +25,13 @@ from bon_jax.pipeline.stage_cache import stage
 from bon_jax.pipeline.verifier import verifier_stage
 
 
-def run_experiment(config: ConfigDict, *, only: str | None = None, stop_after: int | None = None) -> dict:
+def run_experiment(
+    config: ConfigDict,
+    *,
+    only: str | None = None,
+    stop_after: int | None = None,
+    cache_root: str | None = None,
+) -> dict:
     """Runs (or resumes) every stage of `config`; returns the summary dict (also in summary.json).
 
     `only="eval"` trains nothing: the training stages must be cached, evaluation and report are (re)done.
@@ -42,7 +48,7 @@ def run_experiment(config: ConfigDict, *, only: str | None = None, stop_after: i
             "which this version does not have yet; leave it empty to train the base policy from scratch.",
         )
     t0 = time.time()
-    ctx = RunContext(config, allow_training=only != "eval")
+    ctx = RunContext(config, allow_training=only != "eval", shared_cache_root=cache_root)
     c = config
     print(
         f"[bon_jax] {c.name}: workdir {ctx.workdir}, devices {jax.device_count()} x {jax.devices()[0].platform}"
