@@ -1,0 +1,197 @@
+"""The learned verifier: the policy's backbone with a scalar head, scored at the last real token.
+
+    z(x, y) = values_BT[b, t_last]      values_BT = ScalarHeadTransformer(params)(tokens_BT)
+    P(correct | x, y) = sigmoid(z)
+
+on the sequence `[bos] prompt completion [eos]` (the layout of `bon_jax.train.lm.sequence_batch`), t_last its
+last real token (the eos of a finished completion). It is trained with binary cross-entropy on z
+(`bon_jax.verifiers.train`).
+
+Scores are the logit z, not sigmoid(z). Both order completions identically, so Best-of-N picks the same
+sample, but the logit keeps that order where float32 sigmoid saturates (every z > ~17 maps to 1.0 and would
+tie), and it is the natural input of Chow et al.'s sigma(s(y) - s(y')) win-rate term. `probabilities` gives
+sigmoid(z) where a probability is wanted (calibration, thresholds).
+
+Two paths:
+- `score_tokens(params, cfg, tokens_BT, valid_BT) -> z_B`, jitted, for any padding (positions and the
+  attention mask come from valid_BT);
+- `score_completion_tokens(params, cfg, prompt_tokens_BTp, completion_tokens_BNTc, completion_lengths_BN)
+  -> z_BN`, jitted, straight from a sampler's outputs (`pack_prompt_completion`), for the RL loop.
+`LearnedVerifier` wraps both behind the `Verifier` interface, for text or `CompletionTokens`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bon_jax.models import (
+    ModelConfig,
+    causal_mask,
+    init_params,
+    make_model,
+    positions_from_valid,
+    take_last_valid,
+)
+from bon_jax.tasks.base import Example
+from bon_jax.tokenizer import DEFAULT_BUCKETS
+from bon_jax.verifiers.base import Completions, CompletionTokens, group_shape
+from bon_jax.verifiers.packing import pack_prompt_completion
+
+
+def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT) -> jax.Array:
+    """z_B float32: the value head at each row's last real token (un-jitted; differentiable)."""
+    values_BT, _ = make_model(cfg, scalar_head=True).apply(
+        {"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
+    return take_last_valid(values_BT, valid_BT)
+
+
+def _in_row_chunks(fn, row_chunk: int | None, tokens_MS, valid_MS):
+    """fn over rows in chunks of `row_chunk` (a `lax.map`, bounding activation memory); rows are padded
+    with all-invalid rows to a multiple of the chunk, and their outputs dropped."""
+    M = tokens_MS.shape[0]
+    if row_chunk is None or row_chunk >= M:
+        return fn(tokens_MS, valid_MS)
+    C = -(-M // row_chunk)
+    pad = C * row_chunk - M
+    tokens_CRS = jnp.pad(tokens_MS, ((0, pad), (0, 0))).reshape(C, row_chunk, -1)
+    valid_CRS = jnp.pad(valid_MS, ((0, pad), (0, 0))).reshape(C, row_chunk, -1)
+    out_CR = jax.lax.map(lambda tv: fn(*tv), (tokens_CRS, valid_CRS))
+    return out_CR.reshape(C * row_chunk)[:M]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "row_chunk"))
+def score_tokens(params, cfg: ModelConfig, tokens_BT, valid_BT, row_chunk: int | None = None) -> jax.Array:
+    """z_B float32 for `[B, T]` sequences (any padding). `row_chunk` bounds rows per forward."""
+    tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+    valid_BT = jnp.asarray(valid_BT, bool)
+    return _in_row_chunks(lambda t, v: sequence_logits(params, cfg, t, v), row_chunk, tokens_BT, valid_BT)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "pad_id", "row_chunk"))
+def score_completion_tokens(params, cfg: ModelConfig, prompt_tokens_BT, completion_tokens_BNT,
+                            completion_lengths_BN, pad_id: int = 0, row_chunk: int | None = None) -> jax.Array:
+    """z_BN float32 from a sampler's outputs: prompts [B, Tp] (left-padded, bos first), completions
+    [B, N, Tc] with lengths [B, N]. Packs to [B*N, Tp+Tc] (`pack_prompt_completion`) and scores."""
+    tokens_MS, valid_MS = pack_prompt_completion(prompt_tokens_BT, completion_tokens_BNT, completion_lengths_BN,
+                                                 pad_id)
+    B, N = jnp.shape(completion_lengths_BN)
+    z_M = _in_row_chunks(lambda t, v: sequence_logits(params, cfg, t, v), row_chunk, tokens_MS, valid_MS)
+    return z_M.reshape(B, N)
+
+
+def init_verifier_params(cfg: ModelConfig, rng: jax.Array, init_params_from=None) -> tuple[dict, list[str]]:
+    """Fresh scalar-head params, with every leaf that `init_params_from` also has copied from it.
+
+    Pass a policy's params to start from its backbone (embedder, layers, final norm copied; the value head
+    stays fresh), or a verifier's params to continue training it. A leaf present in both with a different
+    shape is an error. Returns (params, copied leaf paths).
+    """
+    fresh = init_params(cfg, rng, scalar_head=True)
+    if init_params_from is None:
+        return fresh, []
+    copied: list[str] = []
+
+    def merge(target, source, path):
+        if isinstance(target, dict):
+            if not hasattr(source, "keys"):
+                raise ValueError(f"init params: {path or 'root'} is a {type(source).__name__}, expected a dict")
+            return {k: (merge(v, source[k], f"{path}/{k}") if k in source else v) for k, v in target.items()}
+        if np.shape(source) != np.shape(target):
+            raise ValueError(f"init params: {path} has shape {np.shape(source)}, the verifier expects "
+                             f"{np.shape(target)}")
+        copied.append(path)
+        return jnp.array(source, dtype=target.dtype, copy=True)  # never alias: training donates its params
+
+    return merge(fresh, init_params_from, ""), copied
+
+
+def _bucket(length: int, buckets: Sequence[int] | None) -> int:
+    if buckets:
+        for w in sorted(buckets):
+            if w >= length:
+                return int(w)
+    return int(length)
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str], width: int | None = None,
+                 buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> dict:
+    """`sequence_batch`'s `[bos] prompt completion [eos]` rows, right-padded to `width` (default: the
+    smallest bucket that holds the longest row, so nothing is truncated)."""
+    from bon_jax.train.lm import sequence_batch
+
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if width is None:
+        longest = max((len(tokenizer.encode(p)) + len(tokenizer.encode(c)) + 2
+                       for p, c in zip(prompts, completions)), default=1)
+        width = _bucket(longest, buckets)
+    return sequence_batch(tokenizer, prompts, completions, width)
+
+
+class LearnedVerifier:
+    """`Verifier` from scalar-head params: scores are logits z (module docstring).
+
+    Args:
+      params: `ScalarHeadTransformer` params.
+      cfg: its `ModelConfig`.
+      tokenizer: the tokenizer it was trained with.
+      row_chunk: rows per forward pass (None: all B*N at once).
+      buckets: static widths text inputs are padded to (few shapes, few compilations).
+    """
+
+    def __init__(self, params, cfg: ModelConfig, tokenizer, *, row_chunk: int | None = None,
+                 buckets: Sequence[int] | None = DEFAULT_BUCKETS):
+        self.params = params
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.row_chunk = row_chunk
+        self.buckets = buckets
+
+    def score_pairs(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """z [M] float32 of M (prompt, completion) text pairs."""
+        if not prompts:
+            return np.zeros((0,), np.float32)
+        batch = encode_pairs(self.tokenizer, prompts, completions, buckets=self.buckets)
+        z = score_tokens(self.params, self.cfg, batch["tokens_BT"], batch["valid_BT"], self.row_chunk)
+        return np.asarray(z, np.float32)
+
+    def score(self, examples_B: Sequence[Example], completions_BN: Completions) -> np.ndarray:
+        """z_BN float32 for text (`list[list[str]]`) or `CompletionTokens`."""
+        B, N = group_shape(examples_B, completions_BN)
+        if B == 0 or N == 0:
+            return np.zeros((B, N), np.float32)
+        if isinstance(completions_BN, CompletionTokens):
+            prompt_BT = completions_BN.prompt_tokens_BT
+            if prompt_BT is None:
+                prompt_BT, _ = self.tokenizer.encode_batch([ex.prompt for ex in examples_B], add_bos=True,
+                                                           pad_side="left", buckets=self.buckets)
+            z_BN = score_completion_tokens(self.params, self.cfg, prompt_BT, completions_BN.tokens_BNT,
+                                           completions_BN.lengths_BN, self.tokenizer.pad_id, self.row_chunk)
+            return np.asarray(z_BN, np.float32)
+        prompts = [ex.prompt for ex, row in zip(examples_B, completions_BN) for _ in row]
+        flat = [c for row in completions_BN for c in row]
+        return self.score_pairs(prompts, flat).reshape(B, N)
+
+    def probabilities(self, examples_B: Sequence[Example], completions_BN: Completions) -> np.ndarray:
+        """sigmoid(z_BN): the verifier's P(correct), float32 [B, N]."""
+        return np.asarray(jax.nn.sigmoid(self.score(examples_B, completions_BN)), np.float32)
+
+    def save(self, directory, meta: dict | None = None) -> None:
+        """Writes params, config and tokenizer to `directory` (`bon_jax.verifiers.io.save_verifier`)."""
+        from bon_jax.verifiers.io import save_verifier
+
+        save_verifier(directory, self.params, self.cfg, tokenizer=self.tokenizer, meta=meta)
+
+    @classmethod
+    def load(cls, directory, **kwargs) -> LearnedVerifier:
+        from bon_jax.verifiers.io import load_verifier
+
+        params, cfg, tokenizer, _ = load_verifier(directory)
+        if tokenizer is None:
+            raise ValueError(f"{directory}: saved without a tokenizer; use load_verifier and pass one")
+        return cls(params, cfg, tokenizer, **kwargs)

@@ -1,0 +1,444 @@
+"""Verifiers: calibration metrics vs brute force, sampler-output packing, the learned verifier's token path vs
+unpadded full forwards, a tiny arith verifier that beats chance on held-out problems, oracle and sentiment."""
+
+import random
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bon_jax.models import abstract_params, causal_mask, get_config, init_params, make_model, positions_from_valid
+from bon_jax.tasks.arith import ArithTask, check_steps
+from bon_jax.tasks.base import Example
+from bon_jax.tasks.sentiment import SentimentScorer
+from bon_jax.tokenizer import Tokenizer
+from bon_jax.train.checkpoint import CheckpointMismatchError
+from bon_jax.train.lm import sequence_batch
+from bon_jax.verifiers import (
+    CompletionTokens,
+    LearnedVerifier,
+    OracleVerifier,
+    SentimentVerifier,
+    Verifier,
+    auc,
+    bce_loss,
+    binary_metrics,
+    class_weights,
+    encode_pairs,
+    expected_calibration_error,
+    init_verifier_params,
+    load_verifier,
+    pack_prompt_completion,
+    save_verifier,
+    score_completion_tokens,
+    score_tokens,
+    sequence_logits,
+    train_verifier,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Calibration metrics.
+
+
+def brute_force_auc(s, y):
+    pos, neg = s[y == 1], s[y == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_matches_pair_counting_with_ties(seed):
+    r = np.random.default_rng(seed)
+    y = r.integers(0, 2, 60)
+    s = r.integers(0, 5, 60).astype(np.float32)  # 5 levels: many ties within and across classes
+    s[y == 1] += r.integers(0, 2, (y == 1).sum())  # and a real signal
+    assert auc(s, y) == pytest.approx(brute_force_auc(s, y), abs=1e-12)
+    assert auc(-s, y) == pytest.approx(1.0 - brute_force_auc(s, y), abs=1e-12)
+
+
+def test_auc_edge_cases():
+    y = np.array([0, 1, 0, 1])
+    assert auc([3.0, 3.0, 3.0, 3.0], y) == 0.5
+    assert auc([0.0, 1.0, 0.5, 2.0], y) == 1.0
+    assert auc([1.0, 0.0, 2.0, 0.5], y) == 0.0
+    assert np.isnan(auc([1.0, 2.0], [1, 1]))
+    with pytest.raises(ValueError, match="labels"):
+        auc([1.0, 2.0], [0, 2])
+    with pytest.raises(ValueError, match="finite"):
+        auc([np.nan, 2.0], [0, 1])
+
+
+def brute_force_ece(p, y, num_bins):
+    total = 0.0
+    for k in range(num_bins):
+        lo, hi = k / num_bins, (k + 1) / num_bins
+        in_bin = (p >= lo) & ((p < hi) | ((k == num_bins - 1) & (p <= hi)))
+        if in_bin.any():
+            total += in_bin.sum() / len(p) * abs(y[in_bin].mean() - p[in_bin].mean())
+    return total
+
+
+def test_ece_matches_definition_and_bin_edges():
+    r = np.random.default_rng(0)
+    p = r.uniform(size=500)
+    y = (r.uniform(size=500) < p**2).astype(int)  # miscalibrated: P(y=1 | p) = p^2
+    assert expected_calibration_error(p, y, 10) == pytest.approx(brute_force_ece(p, y, 10), abs=1e-12)
+    assert expected_calibration_error(p, y, 10) > 0.1
+    # Dyadic edges are exact: 0.25 opens bin 1, 1.0 closes the last bin.
+    p = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+    y = np.array([0, 1, 1, 0, 1, 1])
+    assert expected_calibration_error(p, y, 4) == pytest.approx(brute_force_ece(p, y, 4), abs=1e-12)
+    # Overconfident by exactly 0.4.
+    assert expected_calibration_error(np.full(10, 0.9), np.arange(10) % 2, 10) == pytest.approx(0.4)
+
+
+def test_ece_of_a_calibrated_set_is_near_zero():
+    r = np.random.default_rng(1)
+    n = 200_000
+    p = r.uniform(size=n)
+    y = r.uniform(size=n) < p
+    # Each of the 10 bins has ~20k points: |gap| has sd ~ 0.0035, so ECE ~ 0.003; 0.01 is ~4 sd.
+    assert expected_calibration_error(p, y, 10) < 0.01
+
+
+def test_binary_metrics_from_logits():
+    z = np.array([-2.0, -0.5, 0.5, 3.0])
+    y = np.array([0, 1, 0, 1])
+    m = binary_metrics(z, y, num_bins=10)
+    prob = 1 / (1 + np.exp(-z))
+    assert m["accuracy"] == 0.5 and m["positive_rate"] == 0.5 and m["count"] == 4
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["bce"] == pytest.approx(np.mean(-(y * np.log(prob) + (1 - y) * np.log(1 - prob))), rel=1e-12)
+    assert m["ece"] == pytest.approx(brute_force_ece(prob, y, 10), abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# Packing and the learned verifier's token path.
+
+
+def test_packing_equals_per_row_construction():
+    r = np.random.default_rng(0)
+    B, N, Tp, Tc = 3, 4, 7, 6
+    prompt_lengths = [7, 3, 1]  # bos + 6, bos + 2, bos only
+    prompts = np.zeros((B, Tp), np.int32)
+    for b, L in enumerate(prompt_lengths):
+        prompts[b, Tp - L:] = [2] + list(r.integers(4, 50, L - 1))
+    completions = r.integers(1, 50, (B, N, Tc)).astype(np.int32)  # garbage past each length too
+    lengths = r.integers(0, Tc + 1, (B, N)).astype(np.int32)
+    lengths[0, 0], lengths[2, 3] = 0, Tc
+    tokens, valid = map(np.asarray, pack_prompt_completion(prompts, completions, lengths))
+    assert tokens.shape == valid.shape == (B * N, Tp + Tc) and tokens.dtype == np.int32
+    for b in range(B):
+        real_prompt = [t for t in prompts[b] if t != 0]
+        for n in range(N):
+            L = int(lengths[b, n])
+            row = [0] * (Tp - len(real_prompt)) + real_prompt + list(completions[b, n, :L]) + [0] * (Tc - L)
+            np.testing.assert_array_equal(tokens[b * N + n], row)
+            np.testing.assert_array_equal(valid[b * N + n], np.array(row) != 0)
+    jitted = jax.jit(pack_prompt_completion, static_argnums=3)(prompts, completions, lengths, 0)
+    np.testing.assert_array_equal(jitted[0], tokens)
+
+
+@pytest.fixture(scope="module")
+def arith_task():
+    return ArithTask(seed=0, num_train=1000, num_validation=0, num_test=200, levels=(1,),
+                     kinds=("expr", "linear"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(arith_task):
+    return Tokenizer.train(list(arith_task.corpus("train")), vocab_size=400, hard_vocab_limit=False)
+
+
+def tiny_config(tokenizer):
+    """The one model config of this file (one init compilation): Gemma 2's options, 3 layers."""
+    return get_config("tiny", vocab_size=tokenizer.vocab_size, num_layers=3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    cfg = tiny_config(tokenizer)
+    params = init_params(cfg, jax.random.key(3), scalar_head=True)
+    # A fresh head has tiny variance across inputs; scale it so that score differences are visible.
+    params = dict(params, value_head=jax.tree.map(lambda x: 10.0 * x, params["value_head"]))
+    return cfg, params
+
+
+def _sampler_outputs(tokenizer, prompts, completions_BN, Tc):
+    """What a sampler returns: left-padded [bos] prompts, completion tokens ending in eos, garbage after."""
+    prompt_BT, _ = tokenizer.encode_batch(prompts, add_bos=True, pad_side="left")
+    B, N = len(completions_BN), len(completions_BN[0])
+    tokens_BNT = np.full((B, N, Tc), 7, np.int32)
+    lengths_BN = np.zeros((B, N), np.int32)
+    for b, row in enumerate(completions_BN):
+        for n, c in enumerate(row):
+            ids = tokenizer.encode(c) + [tokenizer.eos_id]
+            tokens_BNT[b, n, : len(ids)] = ids
+            lengths_BN[b, n] = len(ids)
+    return prompt_BT, tokens_BNT, lengths_BN
+
+
+def test_score_tokens_on_packed_rows_equals_unpadded_full_forward(tiny):
+    cfg, params = tiny
+    r = np.random.default_rng(1)
+    B, N, Tp, Tc = 2, 3, 8, 12
+    prompts = np.zeros((B, Tp), np.int32)
+    prompts[0, 2:] = [2] + list(r.integers(4, cfg.vocab_size, 5))  # bos + 5
+    prompts[1, 5:] = [2] + list(r.integers(4, cfg.vocab_size, 2))  # bos + 2
+    completions = r.integers(1, cfg.vocab_size, (B, N, Tc)).astype(np.int32)
+    lengths = np.array([[1, 4, 7], [4, 7, 10]], np.int32)  # real lengths 7, 10, 13 in both rows
+    z_BN = np.asarray(score_completion_tokens(params, cfg, prompts, completions, lengths))
+    tokens_MS, valid_MS = map(np.asarray, pack_prompt_completion(prompts, completions, lengths))
+    z_chunked = np.asarray(score_tokens(params, cfg, tokens_MS, valid_MS, row_chunk=4))  # 6 rows: 2 chunks
+    # Reference: each row's real tokens alone, unpadded; rows of equal length share one forward.
+    forward = jax.jit(lambda p, t: make_model(cfg, scalar_head=True).apply(
+        {"params": p}, t, positions_from_valid(jnp.ones(t.shape, bool)), causal_mask(jnp.ones(t.shape, bool)))[0])
+    rows = [tokens_MS[m][valid_MS[m]] for m in range(B * N)]
+    for length in {len(row) for row in rows}:
+        ms = [m for m in range(B * N) if len(rows[m]) == length]
+        want = np.asarray(forward(params, np.stack([rows[m] for m in ms])))[:, -1]
+        np.testing.assert_allclose(z_BN.reshape(-1)[ms], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(z_chunked[ms], want, rtol=1e-5, atol=1e-5)
+    assert np.ptp(z_BN) > 1e-2  # the rows really differ
+
+
+def test_packed_sampler_rows_hold_the_training_layout(arith_task, tokenizer):
+    exs = arith_task.examples("train")[:2]
+    completions = [[exs[0].reference, "1+1=2\n\\boxed{2}", ""],
+                   [exs[1].reference, exs[0].reference, "\\boxed{7}"]]
+    prompt_BT, comp_BNT, len_BN = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=24)
+    tokens_MS, valid_MS = map(np.asarray, pack_prompt_completion(prompt_BT, comp_BNT, len_BN))
+    for m in range(6):
+        b, n = divmod(m, 3)
+        real = tokens_MS[m][valid_MS[m]]
+        want = sequence_batch(tokenizer, [exs[b].prompt], [completions[b][n]], len(real))
+        np.testing.assert_array_equal(real, want["tokens_BT"][0])
+        assert want["valid_BT"].all()
+
+
+def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny):
+    cfg, params = tiny
+    verifier = LearnedVerifier(params, cfg, tokenizer, row_chunk=4)
+    assert isinstance(verifier, Verifier)
+    exs = list(arith_task.examples("test")[:3])
+    completions = [[e.reference, e.reference.replace("\\boxed{", "\\boxed{1")] for e in exs]
+    z_text = verifier.score(exs, completions)
+    prompt_BT, comp_BNT, len_BN = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=32)
+    z_tok = verifier.score(exs, CompletionTokens(comp_BNT, len_BN, prompt_BT))
+    z_tok_no_prompt = verifier.score(exs, CompletionTokens(comp_BNT, len_BN))  # prompts encoded by the verifier
+    assert z_text.shape == (3, 2) and z_text.dtype == np.float32
+    np.testing.assert_allclose(z_tok, z_text, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z_tok_no_prompt, z_text, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(verifier.probabilities(exs, completions), 1 / (1 + np.exp(-z_text)), rtol=1e-5)
+    with pytest.raises(ValueError, match="examples"):
+        verifier.score(exs[:2], completions)
+
+
+def test_init_from_policy_copies_the_backbone_and_keeps_a_fresh_head(tokenizer, tiny):
+    cfg, _ = tiny
+    r = np.random.default_rng(0)
+    # A policy's param tree (the language model's, from its abstract shapes), filled with random values.
+    policy = jax.tree.map(lambda a: r.normal(size=a.shape).astype(a.dtype), abstract_params(cfg))
+    fresh = init_params(cfg, jax.random.key(1), scalar_head=True)
+    params, copied = init_verifier_params(cfg, jax.random.key(1), policy)
+    assert len(copied) == len(jax.tree.leaves(policy)) and "value_head" not in " ".join(copied)
+    jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in params.items() if k != "value_head"}, policy)
+    jax.tree.map(np.testing.assert_array_equal, params["value_head"], fresh["value_head"])
+    other = dict(policy, final_norm={"scale": np.zeros(cfg.embed_dim + 1, np.float32)})
+    with pytest.raises(ValueError, match="final_norm/scale has shape"):
+        init_verifier_params(cfg, jax.random.key(1), other)
+
+
+def test_bce_loss_and_class_weights(tokenizer, tiny):
+    cfg, params = tiny
+    assert class_weights(0.25, None) == (1.0, 1.0)
+    w0, w1 = class_weights(0.25, "balanced")
+    assert (w0, w1) == pytest.approx((2 / 3, 2.0))
+    with pytest.raises(ValueError):
+        class_weights(0.0, "balanced")
+    batch = encode_pairs(tokenizer, ["Problem: a\n"] * 4, ["1", "22", "333", "4444"])
+    y = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    inputs = {"tokens_BT": batch["tokens_BT"], "valid_BT": batch["valid_BT"], "label_B": y}
+    (loss, aux), z = jax.jit(lambda p, b: (bce_loss(cfg, (w0, w1))(p, b),
+                                           sequence_logits(p, cfg, b["tokens_BT"], b["valid_BT"])))(params, inputs)
+    z = np.asarray(z, np.float64)
+    p = 1 / (1 + np.exp(-z))
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    # Balanced: the positive carries half the total weight, the three negatives the other half.
+    assert float(loss) == pytest.approx(np.mean(np.where(y > 0, w1, w0) * bce), rel=1e-5)
+    assert float(loss) == pytest.approx(0.5 * bce[0] + 0.5 * bce[1:].mean(), rel=1e-5)
+    assert float(aux["bce"]) == pytest.approx(bce.mean(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# A learned verifier on arith: reference solutions (correct) vs one-digit corruptions (incorrect).
+
+_STEP = re.compile(r"^(-?\d+)(\+|-|\*|/| mod )(\(-\d+\)|\d+)=(-?\d+)$")
+
+
+def _change_one_digit(value: int, r: random.Random) -> int:
+    """Same number of digits and sign, one digit different (no new leading zero)."""
+    s = str(abs(value))
+    i = r.randrange(len(s))
+    allowed = [d for d in "0123456789" if d != s[i] and not (d == "0" and i == 0 and len(s) > 1)]
+    s = s[:i] + r.choice(allowed) + s[i + 1:]
+    return -int(s) if value < 0 else int(s)
+
+
+def _apply(a, op, b):
+    if op == "/":
+        return a // b if b and a % b == 0 else None
+    if op == " mod ":
+        return a % b if b > 0 else None
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+def corrupt(reference: str, r: random.Random, kind: str) -> str:
+    """A wrong worked solution of the same shape as `reference`:
+
+    answer:    one digit of the boxed answer changed; every step still true;
+    step:      one digit of one step's result changed, later lines untouched (they disagree with it);
+    propagate: as `step`, with later steps recomputed from the wrong value and the answer following.
+    """
+    *steps, boxed = reference.split("\n")
+    answer = int(boxed[len("\\boxed{"):-1])
+    if kind == "answer":
+        return "\n".join(steps + ["\\boxed{%d}" % _change_one_digit(answer, r)])
+    i = r.randrange(len(steps))
+    out, changed = list(steps), {}
+    for j in range(i, len(steps)):
+        a, op, b, c = (g for g in _STEP.match(steps[j]).groups())
+        a, b, c = int(a), int(b.strip("()")), int(c)
+        if j == i:
+            new = _change_one_digit(c, r)
+        else:
+            if kind == "step":
+                break
+            a, b = changed.get(a, a), changed.get(b, b)
+            new = _apply(a, op, b)
+            if new is None:  # an inexact division downstream: fall back to the unpropagated error
+                return corrupt(reference, r, "step")
+        out[j] = f"{a}{op}{f'({b})' if b < 0 else b}={new}"
+        if new != c:
+            changed[c] = new
+    if kind == "propagate":
+        answer = changed.get(answer, answer)
+    return "\n".join(out + ["\\boxed{%d}" % answer])
+
+
+def make_triples(examples, seed, kinds):
+    """Per problem: its reference (label 1) and one corruption of a random kind (label 0)."""
+    r = random.Random(seed)
+    prompts, completions, labels, which = [], [], [], []
+    for ex in examples:
+        kind = r.choice(kinds)
+        prompts += [ex.prompt, ex.prompt]
+        completions += [ex.reference, corrupt(ex.reference, r, kind)]
+        labels += [1, 0]
+        which += ["reference", kind]
+    return prompts, completions, np.array(labels), np.array(which)
+
+
+def test_corruptions_are_wrong_and_keep_the_shape(arith_task):
+    task, r = arith_task, random.Random(0)
+    exs = task.examples("train")[:200]
+    for kind in ("answer", "step", "propagate"):
+        for ex in exs:
+            bad = corrupt(ex.reference, r, kind)
+            wrong_answer = task.grade(ex, bad).reward == 0.0
+            n_steps, n_true = check_steps(bad)
+            assert bad != ex.reference and (wrong_answer or n_true < n_steps)
+            assert n_steps == check_steps(ex.reference)[0]
+            if kind == "answer":
+                assert wrong_answer and n_true == n_steps
+            if kind == "propagate":
+                assert n_true == n_steps - 1  # exactly one false step, everything after it consistent
+
+
+@pytest.fixture(scope="module")
+def trained(arith_task, tokenizer):
+    """The verifier of the end-to-end test: 3-layer tiny model, 400 steps of batch 32 at width 48."""
+    kinds = ("answer", "step")
+    train = make_triples(arith_task.examples("train"), 0, kinds)
+    held_out = make_triples(arith_task.examples("test"), 1, kinds)  # disjoint problems (hash split)
+    cfg = tiny_config(tokenizer)
+    params, metrics = train_verifier(cfg, tokenizer, *train[:3], steps=400, batch_size=32, lr=3e-3, seed=0,
+                                     warmup=20, width=48, eval_data=held_out[:3])
+    return cfg, params, metrics, held_out
+
+
+def test_learned_verifier_beats_chance_on_held_out_problems(arith_task, tokenizer, trained):
+    cfg, params, metrics, (prompts, completions, labels, which) = trained
+    assert not set(prompts) & {ex.prompt for ex in arith_task.examples("train")}
+    assert metrics["positive_rate"] == 0.5 and metrics["train_truncated"] == 0 and metrics["skipped_steps"] == 0
+    assert metrics["eval/truncated"] == 0 and metrics["eval/count"] == len(labels)
+    # Length alone says nothing: corrupted solutions are as long as references.
+    lengths = np.array([len(tokenizer.encode(c)) for c in completions])
+    assert abs(auc(lengths, labels) - 0.5) < 0.05
+    assert metrics["train/loss_last"] < metrics["train/loss_first"]
+    print({k: round(v, 4) for k, v in metrics.items()})
+    assert metrics["eval/auc"] > 0.7, metrics
+    assert metrics["eval/bce"] < np.log(2) and metrics["eval/accuracy"] > 0.6
+    # The metrics are those of the verifier's own scores.
+    verifier = LearnedVerifier(params, cfg, tokenizer)
+    exs = [Example(id=str(i), prompt=p) for i, p in enumerate(prompts[::2])]
+    z_BN = verifier.score(exs, [list(completions[i:i + 2]) for i in range(0, len(completions), 2)])
+    assert auc(z_BN.reshape(-1), labels) == pytest.approx(metrics["eval/auc"], abs=1e-9)
+    # Best-of-2 by the verifier picks the reference more often than chance.
+    assert np.mean(z_BN[:, 0] > z_BN[:, 1]) > 0.6
+
+
+def test_save_and_load_round_trip(tmp_path, arith_task, tokenizer, trained):
+    cfg, params, metrics, _ = trained
+    verifier = LearnedVerifier(params, cfg, tokenizer)
+    verifier.save(tmp_path / "v", meta={"metrics": metrics})
+    loaded = LearnedVerifier.load(tmp_path / "v")
+    assert loaded.cfg == cfg
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), loaded.params)
+    exs = list(arith_task.examples("test")[:4])
+    completions = [[e.reference, "\\boxed{0}"] for e in exs]
+    np.testing.assert_array_equal(loaded.score(exs, completions), verifier.score(exs, completions))
+    _, _, _, meta = load_verifier(tmp_path / "v")
+    assert meta["metrics"]["eval/auc"] == metrics["eval/auc"]
+    # Params that do not fit the config are refused with the differing paths named.
+    save_verifier(tmp_path / "bad", params, cfg.replace(mlp_dim=2 * cfg.mlp_dim))
+    with pytest.raises(CheckpointMismatchError, match="mlp"):
+        load_verifier(tmp_path / "bad")
+
+
+# --------------------------------------------------------------------------------------------------
+# Oracle and sentiment verifiers.
+
+
+def test_oracle_verifier_equals_task_rewards(arith_task, tokenizer):
+    exs = list(arith_task.examples("test")[:3])
+    completions = [[e.reference, corrupt(e.reference, random.Random(i), "answer"), "no answer",
+                    f"\\boxed{{{e.answer}}}"] for i, e in enumerate(exs)]
+    oracle = OracleVerifier(arith_task, tokenizer)
+    assert isinstance(oracle, Verifier)
+    scores = oracle.score(exs, completions)
+    np.testing.assert_array_equal(scores, arith_task.grade_batch(exs, completions).rewards_BN)
+    np.testing.assert_array_equal(scores, np.tile([1.0, 0.0, 0.0, 1.0], (3, 1)))
+    assert scores.dtype == np.float32
+    _, comp_BNT, len_BN = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=40)
+    np.testing.assert_array_equal(oracle.score(exs, CompletionTokens(comp_BNT, len_BN)), scores)
+    with pytest.raises(ValueError, match="tokenizer"):
+        OracleVerifier(arith_task).score(exs, CompletionTokens(comp_BNT, len_BN))
+
+
+def test_sentiment_verifier_is_monotone_in_obvious_sentiment():
+    exs = [Example(id="a", prompt="I watched this movie last night."),
+           Example(id="b", prompt="The film follows a nurse.")]
+    row = [" It was wonderful and I loved it, a truly great film.", " It was a film.",
+           " It was terrible and I hated it, an awful boring film."]
+    for score_on in ("full", "completion"):
+        verifier = SentimentVerifier(score_on=score_on)
+        assert isinstance(verifier, Verifier)
+        s = verifier.score(exs, [row, row])
+        assert s.shape == (2, 3) and s.dtype == np.float32
+        assert np.all(s[:, 0] > s[:, 1]) and np.all(s[:, 1] > s[:, 2])
+        assert np.all((s >= 0) & (s <= 1))
+    full = SentimentVerifier().score(exs, [row, row])
+    np.testing.assert_allclose(full[0], SentimentScorer().score_texts([exs[0].prompt + c for c in row]))
