@@ -25,7 +25,7 @@ def get_config():
     c.model.overrides.head_dim = 32
     c.model.overrides.mlp_dim = 512
     c.model.max_len = 128
-    c.sft.steps = 1200
+    c.sft.steps = 600
     c.sft.batch_size = 64
     c.sft.lr = 3e-3
     c.sft.warmup = 50
@@ -33,7 +33,7 @@ def get_config():
     c.verifier.model = "small"
     c.verifier.num_prompts = 256
     c.verifier.samples_per_prompt = 8
-    c.verifier.steps = 300
+    c.verifier.steps = 200
     c.verifier.batch_size = 64
     c.rl.objective = "bon_rl_v"
     c.rl.n = 32
@@ -43,7 +43,7 @@ def get_config():
     c.rl.lr = 3e-4
     c.rl.warmup = 5
     c.rl.max_new_tokens = 64
-    c.eval.num_prompts = 128
+    c.eval.num_prompts = 256
     c.eval.m = 32
     c.eval.max_new_tokens = 64
     c.checkpoint.every = 100
