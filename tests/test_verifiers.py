@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bon_jax.models import abstract_params, causal_mask, get_config, init_params, make_model, positions_from_valid
+from bon_jax.models import (
+    abstract_params,
+    causal_mask,
+    get_config,
+    init_params,
+    make_model,
+    positions_from_valid,
+)
 from bon_jax.tasks.arith import ArithTask, check_steps
 from bon_jax.tasks.base import Example
 from bon_jax.tasks.sentiment import SentimentScorer
@@ -270,6 +277,13 @@ def test_bce_loss_and_class_weights(tokenizer, tiny):
     assert float(loss) == pytest.approx(np.mean(np.where(y > 0, w1, w0) * bce), rel=1e-5)
     assert float(loss) == pytest.approx(0.5 * bce[0] + 0.5 * bce[1:].mean(), rel=1e-5)
     assert float(aux["bce"]) == pytest.approx(bce.mean(), rel=1e-5)
+    # Bad inputs are refused before anything compiles.
+    with pytest.raises(ValueError, match="labels"):
+        train_verifier(cfg, tokenizer, ["a", "b"], ["c", "d"], [1], steps=1, batch_size=1, lr=1e-3)
+    with pytest.raises(ValueError, match="0/1"):
+        train_verifier(cfg, tokenizer, ["a"], ["c"], [0.5], steps=1, batch_size=1, lr=1e-3)
+    with pytest.raises(ValueError, match="only"):
+        train_verifier(cfg.replace(vocab_size=100), tokenizer, ["a"], ["c"], [1], steps=1, batch_size=1, lr=1e-3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,7 +319,7 @@ def corrupt(reference: str, r: random.Random, kind: str) -> str:
     *steps, boxed = reference.split("\n")
     answer = int(boxed[len("\\boxed{"):-1])
     if kind == "answer":
-        return "\n".join(steps + ["\\boxed{%d}" % _change_one_digit(answer, r)])
+        return "\n".join(steps + [f"\\boxed{{{_change_one_digit(answer, r)}}}"])
     i = r.randrange(len(steps))
     out, changed = list(steps), {}
     for j in range(i, len(steps)):
@@ -325,7 +339,7 @@ def corrupt(reference: str, r: random.Random, kind: str) -> str:
             changed[c] = new
     if kind == "propagate":
         answer = changed.get(answer, answer)
-    return "\n".join(out + ["\\boxed{%d}" % answer])
+    return "\n".join(out + [f"\\boxed{{{answer}}}"])
 
 
 def make_triples(examples, seed, kinds):
@@ -378,7 +392,6 @@ def test_learned_verifier_beats_chance_on_held_out_problems(arith_task, tokenize
     lengths = np.array([len(tokenizer.encode(c)) for c in completions])
     assert abs(auc(lengths, labels) - 0.5) < 0.05
     assert metrics["train/loss_last"] < metrics["train/loss_first"]
-    print({k: round(v, 4) for k, v in metrics.items()})
     assert metrics["eval/auc"] > 0.7, metrics
     assert metrics["eval/bce"] < np.log(2) and metrics["eval/accuracy"] > 0.6
     # The metrics are those of the verifier's own scores.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class CompletionTokens:
         return tuple(np.shape(self.lengths_BN))
 
 
-Completions = Union[Sequence[Sequence[str]], CompletionTokens]
+Completions = Sequence[Sequence[str]] | CompletionTokens
 
 
 @runtime_checkable
