@@ -93,7 +93,7 @@ def make_update_step(
             opt_state=keep(new_opt, state.opt_state),
         )
         metrics = dict(
-            aux, loss=loss, grad_norm=optax.global_norm(safe_grads), skipped=1 - ok.astype(jnp.int32)
+            aux, loss=loss, grad_norm=optax.tree.norm(safe_grads), skipped=1 - ok.astype(jnp.int32)
         )
         return new_state, metrics
 
