@@ -75,12 +75,19 @@ class Task(abc.ABC):
 
     def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
         """Grades every completion; the default loops in Python (cheap graders only)."""
-        if len(examples_B) != len(completions_BN):
-            raise ValueError(
-                f"grade_batch: {len(examples_B)} examples but {len(completions_BN)} rows of completions"
-            )
+        batch_shape(examples_B, completions_BN)
         grades = [[self.grade(ex, c) for c in row] for ex, row in zip(examples_B, completions_BN)]
         return stack_grades(grades)
+
+
+def batch_shape(examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> tuple[int, int]:
+    """(B, N) of a grading batch; refuses a row count that differs from the examples, or ragged rows."""
+    if len(examples_B) != len(completions_BN):
+        raise ValueError(f"grade_batch: {len(examples_B)} examples but {len(completions_BN)} rows of completions")
+    widths = sorted({len(row) for row in completions_BN})
+    if len(widths) > 1:
+        raise ValueError(f"grade_batch: rows of different lengths {widths}")
+    return len(examples_B), (widths[0] if widths else 0)
 
 
 def stack_grades(grades_BN: Sequence[Sequence[Grade]]) -> Grades:

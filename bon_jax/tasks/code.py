@@ -51,7 +51,7 @@ from pathlib import Path
 
 from bon_jax import sandbox
 from bon_jax.errors import DataError
-from bon_jax.tasks.base import Example, Grade, Grades, Task, stack_grades
+from bon_jax.tasks.base import Example, Grade, Grades, Task, batch_shape, stack_grades
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,7 @@ class _CodeTask(Task):
 
     def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
         """Runs all B x N programs in parallel (`max_workers`, default os.cpu_count())."""
-        if len(examples_B) != len(completions_BN):
-            raise ValueError(
-                f"grade_batch: {len(examples_B)} examples but {len(completions_BN)} rows of completions"
-            )
-        widths = {len(row) for row in completions_BN}
-        if len(widths) > 1:
-            raise ValueError(f"grade_batch: rows of different lengths {sorted(widths)}")
+        _, n = batch_shape(examples_B, completions_BN)
         programs = [self.program(ex, c) for ex, row in zip(examples_B, completions_BN) for c in row]
         results = sandbox.run_many(
             programs,
@@ -127,7 +121,6 @@ class _CodeTask(Task):
             max_workers=self.max_workers or os.cpu_count(),
             limits=self.limits,
         )
-        n = widths.pop() if widths else 0
         grades = [[_grade_of(r) for r in results[b * n : (b + 1) * n]] for b in range(len(examples_B))]
         return stack_grades(grades)
 

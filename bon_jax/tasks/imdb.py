@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from bon_jax.errors import DataError
-from bon_jax.tasks.base import Example, Grade, Grades, Task
+from bon_jax.tasks.base import Example, Grade, Grades, Task, batch_shape
 
 TFDS_NAME = "imdb_reviews"
 _LABEL_NAMES = ("neg", "pos")  # TFDS ClassLabel order; -1 is unlabelled
@@ -263,14 +263,7 @@ class ImdbTask(Task):
 
     def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
         """One `score_texts` call for the whole `[B, N]` batch."""
-        if len(examples_B) != len(completions_BN):
-            raise ValueError(
-                f"grade_batch: {len(examples_B)} examples but {len(completions_BN)} rows of completions"
-            )
-        B = len(examples_B)
-        N = len(completions_BN[0]) if B else 0
-        if any(len(row) != N for row in completions_BN):
-            raise ValueError("grade_batch: rows of different lengths")
+        B, N = batch_shape(examples_B, completions_BN)
         texts, where = [], []
         reasons = np.empty((B, N), object)
         for b, (ex, row) in enumerate(zip(examples_B, completions_BN)):

@@ -58,7 +58,7 @@ from typing import Any
 
 from bon_jax.errors import DataError
 from bon_jax.tasks.base import Example, Grade, Task
-from bon_jax.tasks.text import last_boxed
+from bon_jax.tasks.text import braced_group, last_boxed
 
 log = logging.getLogger(__name__)
 
@@ -72,31 +72,12 @@ RECORD_FIELDS = ("id", "problem", "solution", "answer", "level", "type")
 # String normalisation (after Hendrycks et al.'s `is_equiv` / `strip_string`, rewritten).
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
-    """`text[start] == '{'`: (content, index after the matching '}'), or None if it never closes."""
-    depth = 0
-    i = start
-    while i < len(text):
-        c = text[i]
-        if c == "\\":  # \{ \} \\ and commands never open or close a group
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-        i += 1
-    return None
-
-
 def _group_or_char(s: str, i: int) -> tuple[str, int] | None:
     """The argument of a macro at `s[i]`: a `{...}` group's content or one character."""
     if i >= len(s):
         return None
     if s[i] == "{":
-        return _braced(s, i)
+        return braced_group(s, i)
     if s[i] == "\\":  # a command argument like \pi: take the whole command name
         m = re.match(r"\\[A-Za-z]+", s[i:])
         if m:
@@ -142,7 +123,7 @@ def _unwrap_whole_text(s: str) -> str:
     """`\\text{Monday}` -> `Monday` when the whole answer is one text macro."""
     for macro in _TEXT_MACROS:
         if s.startswith(macro + "{"):
-            got = _braced(s, len(macro))
+            got = braced_group(s, len(macro))
             if got is not None and got[1] == len(s):
                 return got[0]
     return s
@@ -153,7 +134,7 @@ def _drop_trailing_units(s: str) -> str:
     for macro in _TEXT_MACROS:
         k = s.rfind(macro + "{")
         if k > 0:
-            got = _braced(s, k + len(macro))
+            got = braced_group(s, k + len(macro))
             if got is not None and got[1] == len(s):
                 return s[:k].rstrip()
     return s

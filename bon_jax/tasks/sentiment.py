@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from bon_jax.errors import ConfigError
-from bon_jax.tasks.base import Example, Grade, Grades, Task
+from bon_jax.tasks.base import Example, Grade, Grades, Task, batch_shape
 
 # ------------------------------------------------------------------------------------------------
 # The scorer.
@@ -360,14 +360,7 @@ class SentimentTask(Task):
 
     def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
         """One scorer pass over the [B, N] texts; rewards float32 [B, N], answers and reasons None."""
-        if len(examples_B) != len(completions_BN):
-            raise ValueError(
-                f"grade_batch: {len(examples_B)} examples but {len(completions_BN)} rows of completions"
-            )
-        B = len(examples_B)
-        N = len(completions_BN[0]) if B else 0
-        if any(len(row) != N for row in completions_BN):
-            raise ValueError("grade_batch: rows of different lengths")
+        B, N = batch_shape(examples_B, completions_BN)
         texts = [self.text_to_score(ex, c) for ex, row in zip(examples_B, completions_BN) for c in row]
         rewards = self.scorer.score_texts(texts).reshape(B, N)
         return Grades(rewards, np.full((B, N), None, object), np.full((B, N), None, object))

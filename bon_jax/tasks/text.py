@@ -18,7 +18,7 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 _MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-"})
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
+def braced_group(text: str, start: int) -> tuple[str, int] | None:
     """`text[start]` is '{': returns (content, index after the matching '}'), or None if unclosed."""
     depth = 0
     i = start
@@ -52,7 +52,7 @@ def last_boxed_span(text: str) -> tuple[int, int, str] | None:
     cmd = "\\boxed" if text.startswith("\\boxed", start) else "\\fbox"
     i = start + len(cmd)
     if i < len(text) and text[i] == "{":
-        got = _braced(text, i)
+        got = braced_group(text, i)
         if got is None:
             return None
         content, end = got
