@@ -72,6 +72,7 @@ def base_config() -> ConfigDict:
     c.verifier.batch_size = 64
     c.verifier.lr = 1e-3
     c.verifier.temperature = 1.0
+    c.verifier.class_weight = "balanced"  # balanced | none: weight of correct vs incorrect samples in the BCE
 
     c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
     c.rl.objective = "bon_rl_v"
@@ -209,6 +210,7 @@ def check_values(c: ConfigDict) -> None:
         "verifier.kind",
         "must be one of learned | oracle | sentiment",
     )
+    _require(c.verifier.class_weight in ("balanced", "none"), "verifier.class_weight", "must be balanced | none")
     _require(c.tokenizer.vocab_size >= 64, "tokenizer.vocab_size", "must be >= 64")
     _require(
         all(1 <= k <= c.eval.m for k in c.eval.ks),

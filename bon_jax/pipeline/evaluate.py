@@ -13,6 +13,7 @@ difference between the base and the tuned policy is not blurred by sampling nois
 from __future__ import annotations
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from bon_jax import metrics
 from bon_jax.pipeline.rollouts import draw_graded, make_sequence_logp
@@ -38,7 +39,7 @@ def evaluate_policy(
 ) -> dict:
     seq_logp = make_sequence_logp(model_cfg)
     rewards, scores, answers, logp, ref_logp, lengths = [], [], [], [], [], []
-    for start in range(0, len(examples), prompts_per_call):
+    for start in tqdm(range(0, len(examples), prompts_per_call), desc="eval", dynamic_ncols=True):
         chunk = examples[start : start + prompts_per_call]
         prompts_BT, plen_B = tokenizer.encode_batch(
             [e.prompt for e in chunk], pad_side="left", add_bos=True, max_len=max_prompt_len, truncate=True

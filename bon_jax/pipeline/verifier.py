@@ -12,6 +12,7 @@ Returns a scorer with the `bon_jax.pipeline.rollouts.Scorer` signature and the s
 from __future__ import annotations
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from bon_jax.models import get_config
 from bon_jax.pipeline.context import RunContext
@@ -54,6 +55,7 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
             seed=c.seed,
             warmup=min(50, v.steps // 10),
             init_params=base_params if same else None,
+            class_weight=None if v.class_weight == "none" else v.class_weight,
             eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout]),
         )
         report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
@@ -72,7 +74,7 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
     key = ctx.rng("verifier")
     prompts, completions, labels, holdout = [], [], [], []
     chunk = 16
-    for start in range(0, len(examples), chunk):
+    for start in tqdm(range(0, len(examples), chunk), desc="verifier data", dynamic_ncols=True):
         ex = examples[start : start + chunk]
         toks, lens = tokenizer.encode_batch(
             [e.prompt for e in ex],

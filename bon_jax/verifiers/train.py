@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from bon_jax.models import ModelConfig
 from bon_jax.train.optim import adamw
@@ -101,7 +102,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
                    steps: int, batch_size: int, lr: float, seed: int = 0, init_params=None,
                    class_weight=None, warmup: int = 0, weight_decay: float = 0.0,
                    max_grad_norm: float | None = 1.0, width: int | None = None, eval_data=None,
-                   log_every: int = 50, max_bad_steps: int = 10) -> tuple[dict, dict[str, float]]:
+                   log_every: int = 50, max_bad_steps: int = 10,
+                   progress: bool = True) -> tuple[dict, dict[str, float]]:
     """Fits a scalar-head verifier by (weighted) BCE; returns (params, metrics).
 
     Args:
@@ -152,7 +154,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
             history.append({k: float(v) for k, v in m.items()})
         pending.clear()
 
-    for s in range(steps):
+    for s in tqdm(range(steps), desc="verifier", dynamic_ncols=True, disable=not progress):
         idx = order[s]
         batch = {"tokens_BT": tokens_NT[idx], "valid_BT": valid_NT[idx], "label_B": y[idx]}
         state, m = update(state, batch)
