@@ -43,6 +43,8 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
         )
         train = ~holdout
         pick = lambda xs, m: [x for x, keep in zip(xs, m) if keep]
+        # One static width: the longest (prompt, completion) pair rounded up to 16, not a coarse bucket.
+        longest = max(len(tokenizer.encode(p)) + len(tokenizer.encode(x)) + 2 for p, x in zip(prompts, completions))
         params, report = train_verifier(
             vcfg,
             tokenizer,
@@ -56,6 +58,7 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
             warmup=min(50, v.steps // 10),
             init_params=base_params if same else None,
             class_weight=None if v.class_weight == "none" else v.class_weight,
+            width=-(-longest // 16) * 16,
             eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout]),
         )
         report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
