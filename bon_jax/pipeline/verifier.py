@@ -43,6 +43,13 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
         )
         train = ~holdout
         pick = lambda xs, m: [x for x, keep in zip(xs, m) if keep]
+        class_weight = None if v.class_weight == "none" else v.class_weight
+        rate = float(labels[train].mean()) if train.any() else 0.0
+        if class_weight == "balanced" and not 0.0 < rate < 1.0:
+            # One class only (e.g. a base policy that never solves a problem): nothing to balance, and the
+            # verifier can only learn a constant; the report's positive_rate says so.
+            print(f"[bon_jax] warning: verifier training samples are {rate:.0%} correct; training unweighted")
+            class_weight = None
         # One static width: the longest (prompt, completion) pair rounded up to 16, not a coarse bucket.
         longest = max(len(tokenizer.encode(p)) + len(tokenizer.encode(x)) + 2 for p, x in zip(prompts, completions))
         params, report = train_verifier(
@@ -57,7 +64,7 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
             seed=c.seed,
             warmup=min(50, v.steps // 10),
             init_params=base_params if same else None,
-            class_weight=None if v.class_weight == "none" else v.class_weight,
+            class_weight=class_weight,
             width=-(-longest // 16) * 16,
             eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout]),
         )

@@ -41,6 +41,7 @@ all B x N programs through `sandbox.run_many` in parallel.
 
 from __future__ import annotations
 
+import abc
 import ast
 import builtins
 import json
@@ -101,8 +102,9 @@ class _CodeTask(Task):
         self.limits = limits or sandbox.Limits()
         self.truncate = truncate
 
+    @abc.abstractmethod
     def program(self, example: Example, completion: str) -> str:
-        raise NotImplementedError
+        """The whole Python program that tests `completion` (run in the sandbox)."""
 
     def _clean(self, completion: str) -> str:
         return truncate_at_stop(completion, self.stop) if self.truncate else completion
