@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bon_jax.errors import BonJaxError
+from bon_jax.cli import run_reporting_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<name>.py", lock_config=True)
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/k: run every k-th grid point starting at i")
@@ -24,7 +24,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "overrides config.workdir (defau
 def main(argv):
     del argv
     from bon_jax.config import load_experiment
-    from bon_jax.pipeline.loop import Preempted
     from bon_jax.pipeline.sweep import run_sweep
 
     logging.set_verbosity(logging.WARNING)
@@ -44,13 +43,7 @@ def main(argv):
     except ValueError:
         print(f"[bon_jax] error: --shard must be i/k with 0 <= i < k, got {_SHARD.value!r}", file=sys.stderr)
         sys.exit(2)
-    try:
-        run_sweep(config, module.get_sweep(), shard=shard, num_shards=count)
-    except Preempted as e:
-        print(f"[bon_jax] preempted: {e}", file=sys.stderr)
-    except BonJaxError as e:
-        print(f"[bon_jax] error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_errors(lambda: run_sweep(config, module.get_sweep(), shard=shard, num_shards=count))
 
 
 def run():

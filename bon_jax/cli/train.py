@@ -8,12 +8,10 @@ restarted command resumes where it stopped.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bon_jax.errors import BonJaxError
+from bon_jax.cli import run_reporting_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<name>.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "overrides config.workdir (default runs/<name>)")
@@ -24,7 +22,6 @@ _ONLY = flags.DEFINE_enum(
 
 def main(argv):
     del argv
-    from bon_jax.pipeline.loop import Preempted
     from bon_jax.pipeline.run import run_experiment
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
@@ -33,13 +30,7 @@ def main(argv):
         raise app.UsageError("--config=experiments/<name>.py is required")
     if _WORKDIR.value:
         config.workdir = _WORKDIR.value
-    try:
-        run_experiment(config, only=_ONLY.value)
-    except Preempted as e:
-        print(f"[bon_jax] preempted: {e}", file=sys.stderr)
-    except BonJaxError as e:
-        print(f"[bon_jax] error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_errors(lambda: run_experiment(config, only=_ONLY.value))
 
 
 def run():
