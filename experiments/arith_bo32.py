@@ -40,7 +40,7 @@ def get_config():
     c.rl.m = 32
     c.rl.steps = 40
     c.rl.batch_size = 8
-    c.rl.lr = 5e-4
+    c.rl.lr = 5e-5
     c.rl.warmup = 5
     c.rl.max_new_tokens = 48
     c.eval.num_prompts = 128
