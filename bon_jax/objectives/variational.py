@@ -75,6 +75,24 @@ _CDF_DOC = """
 """
 
 
+def _prepare_with_cdfs(
+    name, logp_BM, rollout, *, n, beta, anchor_coef, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing
+):
+    """The setup vbon, vbon_bound and bond share: checked inputs `p` and each sample's (F, F_) under pi_ref."""
+    need = _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing)
+    p = C.prepare(name, logp_BM, rollout, need=need, n=n, beta=beta, anchor_coef=anchor_coef)
+    f, f_lt, n_bad = _cdfs(
+        name,
+        p,
+        rollout,
+        select_by=select_by,
+        ref_cdf_BM=ref_cdf_BM,
+        ref_cdf_lt_BM=ref_cdf_lt_BM,
+        cdf_smoothing=cdf_smoothing,
+    )
+    return p, f, f_lt, n_bad
+
+
 @register("vbon")
 def vbon(
     logp_BM,
@@ -92,12 +110,13 @@ def vbon(
 ):
     name = "vbon"
     C.check_unused(name, expert_logp_B)
-    need = _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing)
-    p = C.prepare(name, logp_BM, rollout, need=need, n=n, beta=beta, anchor_coef=anchor_coef)
-    f, f_lt, n_bad = _cdfs(
+    p, f, f_lt, n_bad = _prepare_with_cdfs(
         name,
-        p,
+        logp_BM,
         rollout,
+        n=n,
+        beta=beta,
+        anchor_coef=anchor_coef,
         select_by=select_by,
         ref_cdf_BM=ref_cdf_BM,
         ref_cdf_lt_BM=ref_cdf_lt_BM,
@@ -150,12 +169,13 @@ def vbon_bound(
 ):
     name = "vbon_bound"
     C.check_unused(name, expert_logp_B)
-    need = _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing)
-    p = C.prepare(name, logp_BM, rollout, need=need, n=n, beta=beta, anchor_coef=anchor_coef)
-    f, f_lt, n_bad = _cdfs(
+    p, f, f_lt, n_bad = _prepare_with_cdfs(
         name,
-        p,
+        logp_BM,
         rollout,
+        n=n,
+        beta=beta,
+        anchor_coef=anchor_coef,
         select_by=select_by,
         ref_cdf_BM=ref_cdf_BM,
         ref_cdf_lt_BM=ref_cdf_lt_BM,
@@ -212,12 +232,13 @@ def bond(
     expert = C.check_expert(name, expert_logp_B, jnp.shape(logp_BM)[0], rollout)
     if not 0.0 <= b <= 1.0:
         raise ValueError(f"{name}: b must be in [0, 1], got {b!r}")
-    need = _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing)
-    p = C.prepare(name, logp_BM, rollout, need=need, n=n, beta=beta, anchor_coef=anchor_coef)
-    f, f_lt, n_bad = _cdfs(
+    p, f, f_lt, n_bad = _prepare_with_cdfs(
         name,
-        p,
+        logp_BM,
         rollout,
+        n=n,
+        beta=beta,
+        anchor_coef=anchor_coef,
         select_by=select_by,
         ref_cdf_BM=ref_cdf_BM,
         ref_cdf_lt_BM=ref_cdf_lt_BM,
