@@ -6,6 +6,9 @@ import json
 import os
 
 import matplotlib
+import numpy as np
+
+from bon_jax import metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,6 +32,59 @@ def table(evals: dict) -> str:
     for key in ("mean_reward", "kl", "distinct_answers", "length"):
         if key in first:
             lines.append(f"| {key} | " + " | ".join(_fmt(evals[p][key]) for p in policies) + " |")
+    return "\n".join(lines)
+
+
+def paired_differences(evals: dict, baseline: str = "base", bootstrap: int = 1000) -> dict:
+    """For each policy other than `baseline`: (policy - baseline) per metric@k, with a paired bootstrap CI.
+
+    Both policies were evaluated on the same prompts with the same keys, so the difference is taken per
+    prompt and the prompts are resampled jointly: prompt difficulty, shared by both policies, cancels, and
+    the CI of the difference is much narrower than the two marginal CIs side by side would suggest.
+    Returns {policy: {"bon_at_k": {"32": {"mean", "low", "high"}}, ...}}; needs `per_prompt` in evals.
+    """
+    out = {}
+    base = evals.get(baseline, {}).get("per_prompt")
+    if base is None:
+        return out
+    for policy, ev in evals.items():
+        other = ev.get("per_prompt")
+        if policy == baseline or other is None:
+            continue
+        diffs = {}
+        for fam, _ in FAMILIES + (("mean_reward", ""),):
+            for key in sorted(other):
+                f, _, k = key.rpartition("_at_")
+                if not (key == fam or (f and f"{f}_at_k" == fam)) or key not in base:
+                    continue
+                d = np.asarray(other[key], np.float64) - np.asarray(base[key], np.float64)
+                ci = metrics.bootstrap_ci(d, rng=0, num_resamples=bootstrap)
+                entry = {"mean": float(ci.mean), "low": float(ci.low), "high": float(ci.high)}
+                if key == fam:
+                    diffs[fam] = entry
+                else:
+                    diffs.setdefault(fam, {})[k] = entry
+        out[policy] = diffs
+    return out
+
+
+def difference_table(diffs: dict, baseline: str = "base") -> str:
+    """Rows: metric@k; columns: `policy - baseline`, mean [95% paired bootstrap CI]; * marks a CI above 0."""
+    if not diffs:
+        return ""
+    policies = list(diffs)
+    lines = ["| difference | " + " | ".join(f"{p} - {baseline}" for p in policies) + " |",
+             "|---|" + "---|" * len(policies)]
+    first = diffs[policies[0]]
+    for fam, label in FAMILIES:
+        for k in sorted(first.get(fam, {}), key=int):
+            cells = []
+            for p in policies:
+                e = diffs[p].get(fam, {}).get(k)
+                cells.append("-" if e is None else _fmt(e) + (" *" if e["low"] > 0 else ""))
+            lines.append(f"| {label.replace('k', k)} | " + " | ".join(cells) + " |")
+    if all("mean_reward" in diffs[p] for p in policies):
+        lines.append("| mean_reward | " + " | ".join(_fmt(diffs[p]["mean_reward"]) for p in policies) + " |")
     return "\n".join(lines)
 
 

@@ -100,10 +100,14 @@ def run_experiment(
         "stages": {"tokenizer": tok_st.path, "base_policy": base_st.path, "verifier": ver_st.path},
         "verifier": ver_st.result() if ver_st.done else {"kind": c.verifier.kind},
         "eval": evals,
+        "compare": report.paired_differences(evals),
     }
     path = report.write_summary(ctx.workdir, summary)
     if evals:
         print(report.table(evals))
+        if summary["compare"]:
+            print("paired differences over the same prompts (* = 95% CI above 0):")
+            print(report.difference_table(summary["compare"]))
         report.plot_accuracy_vs_n(evals, os.path.join(ctx.workdir, "accuracy_vs_n.png"), c.name)
     print(f"[bon_jax] done in {summary['wall_s']:.0f} s; summary: {path}")
     return summary
