@@ -1,6 +1,6 @@
 # bon_jax: every target sets itself up first, so each works as the first command on a fresh clone.
 #   make train [EXP=arith_bo32] [ARGS="--config.rl.n=16"]   run one experiment end to end
-#   make sweep EXP=sentiment_vbon [SHARD=0/2]               run (a shard of) an experiment's grid
+#   make sweep EXP=sentiment_vbon [SHARD=0/2] [GRID=small]  run (a shard of) an experiment's grid
 #   make eval  EXP=... [ARGS=...]                           evaluate the latest checkpoint of a run
 #   make test | make bench | make lint | make install
 
@@ -11,6 +11,7 @@ STAMP  := $(VENV)/.installed
 EXP    ?= arith_bo32
 ARGS   ?=
 SHARD  ?= 0/1
+GRID   ?= full
 PYTEST_ARGS ?=
 # Local paths for the paper-scale experiments (nothing is downloaded): CKPT=... DATA=... TOKENIZER=...
 PATH_ARGS := $(if $(CKPT),--config.model.checkpoint=$(CKPT)) $(if $(DATA),--config.task.data_dir=$(DATA)) \
@@ -38,7 +39,7 @@ train: $(STAMP)
 	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py $(PATH_ARGS) $(ARGS)
 
 sweep: $(STAMP)
-	$(PY) -m bon_jax.cli.sweep --config=experiments/$(EXP).py --shard=$(SHARD) $(PATH_ARGS) $(ARGS)
+	$(PY) -m bon_jax.cli.sweep --config=experiments/$(EXP).py --shard=$(SHARD) --grid=$(GRID) $(PATH_ARGS) $(ARGS)
 
 eval: $(STAMP)
 	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py --only=eval $(PATH_ARGS) $(ARGS)

@@ -63,3 +63,21 @@ def test_required_paths_are_all_named_at_once():
 def test_missing_experiment_lists_known_ones():
     with pytest.raises(ConfigError, match="no experiment file"):
         cfg.load_experiment("definitely_not_an_experiment")
+
+
+@pytest.mark.parametrize("name", ["arith_pass32", "arith_bon_sft", "sentiment_vbon", "smoke"])
+def test_every_sweep_point_of_the_shipped_grids_is_a_valid_config(name):
+    import inspect
+
+    from bon_jax.pipeline.sweep import point_config
+
+    module = cfg.load_experiment(f"experiments/{name}.py")
+    grids = [module.get_sweep()]
+    if inspect.signature(module.get_sweep).parameters:
+        grids.append(module.get_sweep("small"))
+        assert 0 < len(grids[1]) < len(grids[0])
+    for grid in grids:
+        for overrides in grid:
+            c = point_config(module.get_config(), overrides, "/tmp/unused")
+            if not c.requires:
+                cfg.validate(c)
