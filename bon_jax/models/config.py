@@ -145,6 +145,29 @@ def _gemma2(num_layers, embed_dim, num_heads, num_kv_heads, mlp_dim, query_pre_a
     )
 
 
+def _gemma3(num_layers, embed_dim, num_heads, num_kv_heads, head_dim, mlp_dim, sliding_window_size,
+            query_pre_attn_scalar):
+    # Gemma 3 text decoder: five local layers per global one, query/key RMSNorm, RoPE base 1e4 on local
+    # and 1e6 on global layers, sandwich norms, no soft-capping, vocabulary 262144.
+    return ModelConfig(
+        vocab_size=262_144,
+        num_layers=num_layers,
+        embed_dim=embed_dim,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        mlp_dim=mlp_dim,
+        attention_types=attention_pattern(num_layers, ("local",) * 5 + ("global",)),
+        sliding_window_size=sliding_window_size,
+        query_pre_attn_scalar=query_pre_attn_scalar,
+        use_post_attn_norm=True,
+        use_post_ffw_norm=True,
+        use_qk_norm=True,
+        rope_base_frequency=1_000_000,
+        local_rope_base_frequency=10_000,
+    )
+
+
 def _tiny():
     # Gemma 2's options all switched on, at a size where a test forward takes milliseconds.
     return ModelConfig(
@@ -170,6 +193,9 @@ _CONFIGS = {
     "small": _small,
     "gemma2_2b": lambda: _gemma2(26, 2304, 8, 4, 9216, 256),
     "gemma2_9b": lambda: _gemma2(42, 3584, 16, 8, 14336, 256),
+    # 268M parameters, 170M of them the embedding; window 512; global layers 5, 11, 17.
+    "gemma3_270m": lambda: _gemma3(18, 640, 4, 1, 256, 2048, 512, 256),
+    "gemma3_1b": lambda: _gemma3(26, 1152, 4, 1, 256, 6912, 512, 256),
 }
 
 
