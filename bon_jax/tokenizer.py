@@ -122,6 +122,27 @@ class Tokenizer:
         return cls(serialized, source=str(path))
 
     @classmethod
+    def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
+        """The SentencePiece tokenizer rebuilt from the vocabulary inside a GGUF file (llama.cpp's
+        `tokenizer.ggml.model == 'llama'`, i.e. a SentencePiece model): see `sentencepiece_from_vocab`."""
+        from bon_jax.models.checkpoints.gguf_file import GGUFFile  # the optional `gguf` package
+
+        f = GGUFFile(path)
+        kind = f.field("tokenizer.ggml.model")
+        if kind != "llama":
+            raise DataError(f.path, f"tokenizer.ggml.model is {kind!r}; only SentencePiece ('llama') is supported")
+        pieces = f.field("tokenizer.ggml.tokens")
+        scores = f.field("tokenizer.ggml.scores")
+        types = f.field("tokenizer.ggml.token_type")
+        if pieces is None or scores is None or types is None:
+            raise DataError(f.path, "GGUF lacks tokenizer.ggml.tokens / scores / token_type")
+        specials = {name: f.field(f"tokenizer.ggml.{name}_token_id") for name in ("padding", "eos", "bos", "unknown")}
+        proto = sentencepiece_from_vocab(
+            pieces, scores, types, add_dummy_prefix=bool(f.field("tokenizer.ggml.add_space_prefix", False)),
+            pad_id=specials["padding"], eos_id=specials["eos"], bos_id=specials["bos"], unk_id=specials["unknown"])
+        return cls(proto, source=f"{f.path} (GGUF vocabulary)")
+
+    @classmethod
     def from_bytes(cls, serialized: bytes) -> Tokenizer:
         """Builds a tokenizer from a serialized `ModelProto` (the bytes of a `.model` file)."""
         return cls(serialized)
@@ -290,6 +311,70 @@ class Tokenizer:
             raise DataError(
                 self._source, f"special ids (pad, eos, bos, unk) are {found}, expected {expected}"
             )
+
+
+def sentencepiece_from_vocab(
+    pieces: Sequence[str],
+    scores: Sequence[float],
+    types: Sequence[int],
+    *,
+    add_dummy_prefix: bool = False,
+    pad_id: int | None = PAD_ID,
+    eos_id: int | None = EOS_ID,
+    bos_id: int | None = BOS_ID,
+    unk_id: int | None = UNK_ID,
+) -> bytes:
+    """A serialized SentencePiece BPE `ModelProto` from a vocabulary (Gemma's: pieces, merge scores and
+    piece types as GGUF stores them, whose type codes are SentencePiece's: 1 normal, 2 unknown,
+    3 control, 4 user-defined, 5 unused, 6 byte). The piece at `unk_id` becomes the UNKNOWN piece.
+
+    Encoding settings are Gemma's: identity normalisation (no NFKC), whitespace kept as it is
+    (`remove_extra_whitespaces=False`) and spelled with the meta symbol, no dummy prefix (unless asked),
+    byte fallback; the special ids name `<pad>`, `<eos>`, `<bos>`, `<unk>`. A BPE model merges by piece
+    score, so pieces and scores are all that encoding needs.
+
+    Two adjustments make the rebuilt model encode as Hugging Face's tokenizer of the same GGUF does:
+    control pieces other than pad / eos / bos (`<start_of_turn>`, `<unusedN>`, ...) become user-defined,
+    so that their text in a prompt is one token; user-defined pieces get their spaces back as the meta
+    symbol.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    if not len(pieces) == len(scores) == len(types):
+        raise ValueError(f"{len(pieces)} pieces, {len(scores)} scores, {len(types)} types")
+    m = sp_pb2.ModelProto()
+    known = {int(v) for v in sp_pb2.ModelProto.SentencePiece.Type.values()}
+    Piece = sp_pb2.ModelProto.SentencePiece
+    specials = {int(i) for i in (pad_id, eos_id, bos_id) if i is not None}
+    for i, (piece, score, kind) in enumerate(zip(pieces, scores, types)):
+        kind = int(kind)
+        if kind not in known:
+            raise ValueError(f"piece {i} ({piece!r}) has unknown type {kind}")
+        if unk_id is not None and i == int(unk_id):
+            kind = Piece.UNKNOWN  # llama.cpp marks <unk> as control; SentencePiece needs it UNKNOWN
+        elif kind == Piece.CONTROL and i not in specials:
+            kind = Piece.USER_DEFINED  # <start_of_turn>, <unusedN>, ...: matched in text, as HF does
+        if kind == Piece.USER_DEFINED:
+            # llama.cpp's converter writes user-defined pieces with plain spaces ('    ' for a run of four);
+            # SentencePiece matches them after spaces became the meta symbol.
+            piece = piece.replace(" ", _META_SPACE)
+        m.pieces.add(piece=piece, score=float(score), type=kind)
+    t = m.trainer_spec
+    t.model_type = sp_pb2.TrainerSpec.BPE
+    t.vocab_size = len(pieces)
+    t.byte_fallback = True
+    t.split_digits = True
+    t.allow_whitespace_only_pieces = True
+    for name, value in (("pad", pad_id), ("eos", eos_id), ("bos", bos_id), ("unk", unk_id)):
+        setattr(t, f"{name}_id", -1 if value is None else int(value))
+        if value is not None:
+            setattr(t, f"{name}_piece", pieces[int(value)])
+    n = m.normalizer_spec
+    n.name = "identity"
+    n.add_dummy_prefix = add_dummy_prefix
+    n.remove_extra_whitespaces = False
+    n.escape_whitespaces = True
+    return m.SerializeToString()
 
 
 def _processor_from_bytes(serialized: bytes, source: str) -> spm.SentencePieceProcessor:
