@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from bon_jax.errors import ConfigError
-from bon_jax.models.cache import KVCache, init_cache, tile_cache
+from bon_jax.models.cache import DecodeKV, init_cache
 from bon_jax.models.config import ModelConfig
 from bon_jax.models.masks import (
     causal_mask,
@@ -46,7 +46,7 @@ from bon_jax.models.masks import (
     take_last_valid,
     valid_from_lengths,
 )
-from bon_jax.models.transformer import Transformer
+from bon_jax.models.transformer import Transformer, decode_step, decode_weights
 
 # How often each jitted function was traced (a Python side effect that runs only while tracing): tests
 # and benchmarks read it to check that a second call with the same shapes does not recompile.
@@ -99,14 +99,55 @@ def _nucleus_keep(sorted_logits_RK, top_p: float):
     return mass_before_RK < top_p
 
 
-def sample_step(logits_RV, keys_R, settings: SamplingSettings):
-    """Draws one token per row from float32 logits. Returns (tokens_R int32, logprobs_R float32)."""
-    policy_logprobs_RV = jax.nn.log_softmax(logits_RV, axis=-1)
+def _block_size(V: int) -> int:
+    return 1 << max(0, (V - 1).bit_length() + 1) // 2  # ~sqrt(V), a power of two
+
+
+def inverse_cdf_sample(logits_RV, u_R):
+    """A draw from softmax(logits_RV) (rows; -inf excluded) by inverting its CDF at u_R in [0, 1).
+
+    Exact in distribution like Gumbel-max, but needs ONE uniform per row instead of V noise values
+    (threefry noise over the whole vocabulary was 17% of a decode step). Two levels, O(V) work, no sort:
+    the block of ~sqrt(V) tokens whose cumulative mass crosses u * total, then the token inside it. A
+    token of zero mass is never returned (it covers an empty interval; rounding is clamped to the last
+    token of positive mass). Returns (token index [R] int32, its logit minus log-normaliser [R]).
+    """
+    R, V = logits_RV.shape
+    m_R1 = jnp.max(logits_RV, axis=-1, keepdims=True)
+    e_RV = jnp.exp(logits_RV - m_R1)
+    bs = _block_size(V)
+    nb = -(-V // bs)
+    e_RBS = jnp.pad(e_RV, ((0, 0), (0, nb * bs - V))).reshape(R, nb, bs)
+    cum_RB = jnp.cumsum(e_RBS.sum(-1), axis=-1)
+    total_R = cum_RB[:, -1]
+    target_R = u_R * total_R
+
+    def first_above(cum_RX, mass_RX, target_R):
+        idx_X = jnp.arange(cum_RX.shape[1])
+        count_R = jnp.sum(cum_RX <= target_R[:, None], axis=-1)
+        last_positive_R = jnp.max(jnp.where(mass_RX > 0, idx_X, 0), axis=-1)
+        return jnp.minimum(count_R, last_positive_R)
+
+    block_R = first_above(cum_RB, e_RBS.sum(-1), target_R)
+    before_R = jnp.where(block_R > 0, jnp.take_along_axis(cum_RB, (block_R - 1)[:, None], 1)[:, 0], 0.0)
+    e_RS = jnp.take_along_axis(e_RBS, block_R[:, None, None], axis=1)[:, 0]
+    within_R = first_above(before_R[:, None] + jnp.cumsum(e_RS, axis=-1), e_RS, target_R)
+    token_R = (block_R * bs + within_R).astype(jnp.int32)
+    logp_R = jnp.take_along_axis(logits_RV, token_R[:, None], axis=-1)[:, 0] - m_R1[:, 0] - jnp.log(
+        total_R)
+    return token_R, logp_R
+
+
+def sample_from_uniform(logits_RV, u_R, settings: SamplingSettings):
+    """One token per row from float32 logits, driven by one uniform u_R in [0, 1) per row.
+
+    Returns (tokens_R int32, logprobs_R float32; see the module docstring for which log-prob).
+    """
     if settings.greedy or settings.temperature == 0:
         tokens_R = jnp.argmax(logits_RV, axis=-1).astype(jnp.int32)
         sampling_logprobs_R = jnp.zeros(tokens_R.shape, jnp.float32)
     else:
-        scaled_RV = logits_RV / settings.temperature
+        scaled_RV = logits_RV / settings.temperature if settings.temperature != 1 else logits_RV
         if settings.top_k is not None:
             candidates_RK, token_ids_RK = lax.top_k(scaled_RV, settings.top_k)  # sorted, descending
             if settings.top_p is not None:
@@ -120,32 +161,44 @@ def sample_step(logits_RV, keys_R, settings: SamplingSettings):
                 # The smallest kept logit is the cut-off; compare in vocabulary order, no gather back.
                 cutoff_R1 = jnp.min(jnp.where(keep_RV, sorted_RV, jnp.inf), axis=-1, keepdims=True)
                 candidates_RK = jnp.where(scaled_RV >= cutoff_R1, scaled_RV, -jnp.inf)
-        choice_R = jax.vmap(jax.random.categorical)(keys_R, candidates_RK)
-        sampling_logprobs_R = jnp.take_along_axis(
-            jax.nn.log_softmax(candidates_RK, axis=-1), choice_R[:, None], axis=-1)[:, 0]
+        choice_R, sampling_logprobs_R = inverse_cdf_sample(candidates_RK, u_R)
         tokens_R = choice_R if token_ids_RK is None else jnp.take_along_axis(
-            token_ids_RK, choice_R[:, None], axis=-1)[:, 0]
-        tokens_R = tokens_R.astype(jnp.int32)
+            token_ids_RK, choice_R[:, None], axis=-1)[:, 0].astype(jnp.int32)
     if settings.logprobs == "sampling":
         return tokens_R, sampling_logprobs_R
-    return tokens_R, jnp.take_along_axis(policy_logprobs_RV, tokens_R[:, None], axis=-1)[:, 0]
+    lse_R = jax.nn.logsumexp(logits_RV, axis=-1)
+    return tokens_R, jnp.take_along_axis(logits_RV, tokens_R[:, None], axis=-1)[:, 0] - lse_R
+
+
+def _uniform(key):
+    return jax.random.uniform(key, (), jnp.float32)
+
+
+def sample_step(logits_RV, keys_R, settings: SamplingSettings):
+    """Draws one token per row from float32 logits with one PRNG key per row (the key gives the row's
+    uniform; see `sample_from_uniform`). Returns (tokens_R int32, logprobs_R float32)."""
+    return sample_from_uniform(logits_RV, jax.vmap(_uniform)(keys_R), settings)
 
 
 # ----------------------------------------------------------------------------- prefill
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cache_length", "n"))
-def _prefill(params, tokens_BT, valid_BT, *, cfg: ModelConfig, cache_length: int, n: int):
-    """Prompts -> (next-token logits_RV float32, cache with R = B * n rows)."""
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _prefill(params, tokens_BT, valid_BT, *, cfg: ModelConfig):
+    """Prompts -> (next-token logits_BV float32, the prompts' keys/values `DecodeKV` [B, K, T, H]).
+
+    Once per prompt, whatever N: the N samples of a prompt share its keys and values in the decode
+    step instead of each reading a tiled copy.
+    """
     TRACE_COUNTS["prefill"] += 1
     model = Transformer(cfg)
-    cache = init_cache(cfg, tokens_BT.shape[0], cache_length)
+    cache = init_cache(cfg, tokens_BT.shape[0], tokens_BT.shape[1])
     h_BTD, cache = model.apply(
-        {"params": params}, tokens_BT, positions_from_valid(valid_BT),
-        causal_mask(valid_BT, cache_length), cache, method=Transformer.hidden_states)
+        {"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT), cache,
+        method=Transformer.hidden_states)
     logits_BV = model.apply({"params": params}, take_last_valid(h_BTD, valid_BT),
                             method=Transformer.logits)
-    return jnp.repeat(logits_BV, n, axis=0), tile_cache(cache, n)
+    return logits_BV, DecodeKV.from_cache(cache)
 
 
 # ----------------------------------------------------------------------------- decode
@@ -161,30 +214,39 @@ class _DecodeState:
     lengths_R: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "settings", "n"), donate_argnames=("cache",))
-def _decode(params, cache: KVCache, logits_RV, prompt_valid_BT, rng, prompt_ids_B, *,
-            cfg: ModelConfig, settings: SamplingSettings, n: int):
-    """Samples max_new_tokens (or until every row stopped) from prefilled, tiled logits and cache.
+def row_uniforms(rng, prompt_ids_R, sample_ids_R, steps: int):
+    """u[r, t] = uniform(fold_in(fold_in(fold_in(rng, prompt_id_r), sample_id_r), t)): [R, steps]."""
+    keys_R = jax.vmap(lambda p, i: jax.random.fold_in(jax.random.fold_in(rng, p), i))(
+        prompt_ids_R, sample_ids_R)
+    step_keys = lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, jnp.arange(steps))
+    return jax.vmap(lambda k: jax.vmap(_uniform)(step_keys(k)))(keys_R)
 
-    Returns (tokens_RT, logprobs_RT, lengths_R) and the final cache (returned only so that the donated
-    input buffers are aliased and updated in place).
+
+@functools.partial(jax.jit, static_argnames=("cfg", "settings", "n"))
+def _decode(params, prefix: DecodeKV, logits_BV, prompt_valid_BT, rng, prompt_ids_R, sample_ids_R, *,
+            cfg: ModelConfig, settings: SamplingSettings, n: int):
+    """Samples max_new_tokens (or until every row stopped) for each of the n rows of each prompt.
+
+    Rows r = b * n + i read prompt b's keys/values (`prefix`, read-only) and their own generated
+    keys/values, one slot per step. The generated cache is created inside this jit and carried by a
+    `lax.while_loop`, so XLA updates it in place (no donation needed, no copy per step) and there is no
+    host round trip between steps. Row r's uniforms come from
+    (prompt_ids_R[r], sample_ids_R[r]) (see `row_uniforms`). Returns (tokens_RT, logprobs_RT, lengths_R).
     """
     TRACE_COUNTS["decode"] += 1
-    model = Transformer(cfg)
-    R, T_new, T_prompt = logits_RV.shape[0], settings.max_new_tokens, prompt_valid_BT.shape[1]
-    S = cache.length
-
-    prompt_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, prompt_ids_B)
-    row_keys_R = jax.vmap(jax.random.fold_in)(
-        jnp.repeat(prompt_keys_B, n, axis=0), jnp.tile(jnp.arange(n, dtype=jnp.int32), R // n))
+    B, T_prompt = prompt_valid_BT.shape
+    R, T_new = B * n, settings.max_new_tokens
+    w = decode_weights(params, cfg)  # once per call, outside the loop
+    u_RT = row_uniforms(rng, prompt_ids_R, sample_ids_R, T_new)
     prompt_lengths_R = jnp.repeat(prompt_valid_BT.sum(-1), n).astype(jnp.int32)
-    prompt_valid_RS = jnp.pad(jnp.repeat(prompt_valid_BT, n, axis=0), ((0, 0), (0, S - T_prompt)))
-    slot_S = jnp.arange(S)
+    prompt_positions_BT = positions_from_valid(prompt_valid_BT)
     stop_ids = jnp.asarray(settings.stop_ids, jnp.int32)
+    # Token t (0 <= t < T_new - 1) is fed at step t + 1 into own slot t; the last token is never fed.
+    own = DecodeKV.zeros(cfg, R, max(T_new - 1, 1))
 
     def emit(state: _DecodeState, logits_RV) -> _DecodeState:
-        keys_R = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_R, state.step)
-        tokens_R, logprobs_R = sample_step(logits_RV, keys_R, settings)
+        u_R = lax.dynamic_index_in_dim(u_RT, state.step, axis=1, keepdims=False)
+        tokens_R, logprobs_R = sample_from_uniform(logits_RV, u_R, settings)
         active_R = ~state.done_R
         tokens_R = jnp.where(active_R, tokens_R, settings.pad_id)
         logprobs_R = jnp.where(active_R, logprobs_R, 0.0)
@@ -203,14 +265,11 @@ def _decode(params, cache: KVCache, logits_RV, prompt_valid_BT, rng, prompt_ids_
         return (state.step < T_new) & ~jnp.all(state.done_R)
 
     def body(carry):
-        state, cache = carry
-        # Token step-1 sits in slot T_prompt + step - 1 at position prompt_length + step - 1; a query
-        # reads the real prompt slots and every generated slot up to its own.
-        key_valid_RS = prompt_valid_RS | ((slot_S >= T_prompt) & (slot_S < T_prompt + state.step))
-        logits_R1V, cache = model.apply(
-            {"params": params}, state.last_tokens_R[:, None],
-            (prompt_lengths_R + state.step - 1)[:, None], key_valid_RS[:, None, :], cache)
-        return emit(state, logits_R1V[:, 0]), cache
+        state, own = carry
+        slot = state.step - 1  # token `slot` sits at position prompt_length + slot
+        logits_RV, own = decode_step(w, cfg, state.last_tokens_R, prompt_lengths_R + slot, prefix,
+                                     prompt_valid_BT, prompt_positions_BT, own, slot)
+        return emit(state, logits_RV), own
 
     init = _DecodeState(
         step=jnp.zeros((), jnp.int32),
@@ -219,8 +278,8 @@ def _decode(params, cache: KVCache, logits_RV, prompt_valid_BT, rng, prompt_ids_
         tokens_RT=jnp.full((R, T_new), settings.pad_id, jnp.int32),
         logprobs_RT=jnp.zeros((R, T_new), jnp.float32),
         lengths_R=jnp.zeros((R,), jnp.int32))
-    state, cache = lax.while_loop(cond, body, (emit(init, logits_RV), cache))
-    return (state.tokens_RT, state.logprobs_RT, state.lengths_R), cache
+    state, _ = lax.while_loop(cond, body, (emit(init, jnp.repeat(logits_BV, n, axis=0)), own))
+    return state.tokens_RT, state.logprobs_RT, state.lengths_R
 
 
 # ----------------------------------------------------------------------------- public API
@@ -283,17 +342,16 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
     prompt_ids_B = jnp.arange(B, dtype=jnp.int32) if prompt_ids_B is None else jnp.asarray(
         prompt_ids_B, jnp.int32)
 
-    cache_length = width + settings.max_new_tokens - 1
-    if prefill_once:
-        logits_RV, cache = _prefill(params, prompts_BT, valid_BT, cfg=model_cfg,
-                                    cache_length=cache_length, n=n)
-    else:
-        logits_RV, cache = _prefill(params, jnp.repeat(prompts_BT, n, axis=0),
-                                    jnp.repeat(valid_BT, n, axis=0), cfg=model_cfg,
-                                    cache_length=cache_length, n=1)
-    (tokens_RT, logprobs_RT, lengths_R), _ = _decode(
-        params, cache, logits_RV, valid_BT, rng, prompt_ids_B, cfg=model_cfg, settings=settings,
-        n=n)
+    if prefill_once:  # B prompts, n rows each
+        logits_BV, prefix = _prefill(params, prompts_BT, valid_BT, cfg=model_cfg)
+        rows = n
+    else:  # reference path: each prompt repeated n times, one row each
+        logits_BV, prefix = _prefill(params, jnp.repeat(prompts_BT, n, axis=0),
+                                     jnp.repeat(valid_BT, n, axis=0), cfg=model_cfg)
+        valid_BT, rows = jnp.repeat(valid_BT, n, axis=0), 1
+    tokens_RT, logprobs_RT, lengths_R = _decode(
+        params, prefix, logits_BV, valid_BT, rng, jnp.repeat(prompt_ids_B, n),
+        jnp.tile(jnp.arange(n, dtype=jnp.int32), B), cfg=model_cfg, settings=settings, n=rows)
     return SampleOutput(tokens_BNT=tokens_RT.reshape(B, n, -1),
                         logprobs_BNT=logprobs_RT.reshape(B, n, -1),
                         lengths_BN=lengths_R.reshape(B, n))

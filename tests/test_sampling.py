@@ -134,17 +134,18 @@ def test_sequence_logprobs_match_sampler_and_are_differentiable():
     np.testing.assert_allclose(float(finite_diff), grad_norm, rtol=2e-2)
 
 
-def test_cache_is_donated_to_the_decode_loop():
+def test_prompt_cache_is_shared_by_the_samples():
     prompts = jnp.asarray(_prompts("right"))
     settings = SamplingSettings(max_new_tokens=T_NEW, temperature=0.8, top_k=50, top_p=0.95,
                                 stop_ids=tuple(sorted({EOS, *STOPS})))
-    logits_RV, cache = sampling._prefill(_params(), prompts, prompts != 0, cfg=CFG,
-                                         cache_length=T + T_NEW - 1, n=N)
-    assert cache.layers[0].k_BSKH.shape == (B * N, T + T_NEW - 1, CFG.num_kv_heads, CFG.head_dim)
-    _, final_cache = sampling._decode(_params(), cache, logits_RV, prompts != 0, jax.random.key(0),
-                                      jnp.arange(B), cfg=CFG, settings=settings, n=N)
-    assert cache.layers[0].k_BSKH.is_deleted() and cache.positions_BS.is_deleted()
-    assert not final_cache.layers[0].k_BSKH.is_deleted()
+    logits_BV, prefix = sampling._prefill(_params(), prompts, prompts != 0, cfg=CFG)
+    # One copy of each prompt's keys/values, whatever N: [B, K, T, H].
+    assert prefix.k[0].shape == (B, CFG.num_kv_heads, T, CFG.head_dim)
+    assert logits_BV.shape == (B, CFG.vocab_size)
+    tokens_RT, _, lengths_R = sampling._decode(
+        _params(), prefix, logits_BV, prompts != 0, jax.random.key(0), jnp.repeat(jnp.arange(B), N),
+        jnp.tile(jnp.arange(N), B), cfg=CFG, settings=settings, n=N)
+    assert tokens_RT.shape == (B * N, T_NEW) and lengths_R.shape == (B * N,)
 
 
 def test_prefill_once_then_tile_equals_repeated_prompts():

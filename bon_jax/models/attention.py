@@ -80,3 +80,42 @@ class Attention(nn.Module):
         out_BTD = Einsum((N, H, D), in_axis=(0, 1), out_axis=2, dtype=dt, param_dtype=pdt,
                          name="attn_vec_einsum")("BTNH,NHD->BTD", out_BTNH)
         return out_BTD, cache
+
+
+def shared_prefix_attention(q_RNH, prefix_k_BKPH, prefix_v_BKPH, prefix_mask_BP, own_k_RKSH, own_v_RKSH,
+                            own_mask_S, *, cap: float | None, dtype):
+    """One query token per row against a prompt prefix shared by groups of rows plus each row's own keys.
+
+    Rows r = b * n + i (sample i of prompt b, R = B * n) all read prompt b's P prefix slots, masked by
+    `prefix_mask_BP` (the same for the n samples: they decode in lock-step, so they sit at the same
+    position), and their own S generated slots, masked by `own_mask_S` (the same for every row). With
+    q = q_RNH (RoPE'd and scaled), kv head k = query head // G:
+
+        logits = soft_cap(<q, key>, cap) over the P + S keys, masked;  out = softmax(logits) . values
+
+    computed as one softmax over both parts (shared max, summed normaliser) without concatenating them.
+    The prefix part is a [n * G, H] x [H, P] matmul per (prompt, kv head): its cost and memory traffic do
+    not grow with n the way a prompt cache tiled n times does. Returns out_RNH in `dtype`.
+    """
+    B, K, P, H = prefix_k_BKPH.shape
+    R, N = q_RNH.shape[:2]
+    n, G = R // B, N // K
+    f32 = jnp.float32
+    q_BKQH = q_RNH.reshape(B, n, K, G, H).transpose(0, 2, 1, 3, 4).reshape(B, K, n * G, H)
+    lp_BKnGP = jnp.einsum("BKQH,BKPH->BKQP", q_BKQH, prefix_k_BKPH,
+                          preferred_element_type=f32).reshape(B, K, n, G, P)
+    lp_BKnGP = jnp.where(prefix_mask_BP[:, None, None, None, :], soft_cap(lp_BKnGP, cap), _MASKED)
+    lo_RKGS = jnp.einsum("RKGH,RKSH->RKGS", q_RNH.reshape(R, K, G, H), own_k_RKSH,
+                         preferred_element_type=f32)
+    lo_RKGS = jnp.where(own_mask_S, soft_cap(lo_RKGS, cap), _MASKED)
+    to_R = lambda x_BKnG: x_BKnG.transpose(0, 2, 1, 3).reshape(R, K, G)
+    m_BKnG = jnp.maximum(lp_BKnGP.max(-1), lo_RKGS.max(-1).reshape(B, n, K, G).transpose(0, 2, 1, 3))
+    ep_BKnGP = jnp.exp(lp_BKnGP - m_BKnG[..., None])
+    eo_RKGS = jnp.exp(lo_RKGS - to_R(m_BKnG)[..., None])
+    z_RKG = to_R(ep_BKnGP.sum(-1)) + eo_RKGS.sum(-1)
+    op_BKQH = jnp.einsum("BKQP,BKPH->BKQH", ep_BKnGP.reshape(B, K, n * G, P).astype(dtype),
+                         prefix_v_BKPH, preferred_element_type=f32)
+    op_RKGH = op_BKQH.reshape(B, K, n, G, H).transpose(0, 2, 1, 3, 4).reshape(R, K, G, H)
+    oo_RKGH = jnp.einsum("RKGS,RKSH->RKGH", eo_RKGS.astype(dtype), own_v_RKSH,
+                         preferred_element_type=f32)
+    return ((op_RKGH + oo_RKGH) / z_RKG[..., None]).astype(dtype).reshape(R, N, H)

@@ -21,12 +21,15 @@ a value model can start from a policy's params.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
-from bon_jax.models.attention import Attention
-from bon_jax.models.cache import KVCache, LayerCache
+from bon_jax.models.attention import Attention, shared_prefix_attention
+from bon_jax.models.cache import DecodeKV, KVCache, LayerCache
 from bon_jax.models.config import AttentionType, ModelConfig
 from bon_jax.models.layers import Embedder, FeedForward, RMSNorm, soft_cap
+from bon_jax.models.rope import apply_rope
 
 
 class Block(nn.Module):
@@ -108,3 +111,108 @@ class ScalarHeadTransformer(_Backbone):
     def __call__(self, tokens_BT, positions_BT, attn_mask_BTS, cache: KVCache | None = None):
         h_BTD, cache = self.hidden_states(tokens_BT, positions_BT, attn_mask_BTS, cache)
         return self.value_head(h_BTD)[..., 0].astype(jnp.float32), cache
+
+
+# ----------------------------------------------------------------------------- Best-of-N decode step
+#
+# The sampler's inner loop, written against the params directly rather than through the modules above:
+# its weights are re-laid out ONCE per sampling call (`decode_weights`: fused q/k/v and gate/up
+# projections as plain 2-D matrices in the compute dtype), where the modules' 3-D einsum weights would
+# be transposed by XLA on every step of the loop, and its attention reads a prompt prefix shared by the
+# N samples of each prompt (`attention.shared_prefix_attention`). The maths is the modules' maths; the
+# tests check it against a full uncached forward.
+
+
+def decode_weights(params, cfg: ModelConfig) -> dict:
+    """`Transformer` params -> the decode step's weights (compute dtype; norm scales as stored).
+
+    Per layer: qkv [D, (N + 2K) H] (columns: q heads, then k heads, then v heads), o [N H, D],
+    gate_up [D, 2F] (gate columns first), down [F, D], and the norm scales; plus embedding [V, D].
+    """
+    N, K, D, H, F = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim, cfg.mlp_dim
+    dt = cfg.compute_dtype
+    layers = []
+    for i in range(cfg.num_layers):
+        p = params[f"layer_{i}"]
+        attn, mlp = p["attn"], p["mlp"]
+        q_DX = jnp.transpose(attn["q_einsum"]["w"], (1, 0, 2)).reshape(D, N * H)
+        kv_DX = jnp.transpose(attn["kv_einsum"]["w"], (2, 0, 1, 3)).reshape(D, 2 * K * H)
+        layer = dict(
+            qkv=jnp.concatenate([q_DX, kv_DX], axis=1).astype(dt),
+            o=attn["attn_vec_einsum"]["w"].reshape(N * H, D).astype(dt),
+            gate_up=jnp.transpose(mlp["gating_einsum"]["w"], (1, 0, 2)).reshape(D, 2 * F).astype(dt),
+            down=mlp["linear"]["w"].astype(dt),
+            norms={k: v["scale"] for k, v in p.items() if k.endswith("_norm")},
+            qk_norms={k: v["scale"] for k, v in attn.items() if k.endswith("_norm")})
+        layers.append(layer)
+    return dict(layers=tuple(layers), embedding=params["embedder"]["input_embedding"],
+                final_norm=params["final_norm"]["scale"])
+
+
+def _norm(cfg: ModelConfig, scale, x):
+    return RMSNorm(cfg.norm_eps, cfg.params_dtype).apply({"params": {"scale": scale}}, x)
+
+
+def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: DecodeKV, prefix_valid_BP,
+                prefix_positions_BP, own: DecodeKV, slot):
+    """One token per row through the decoder, reading a shared prompt prefix and the rows' own slots.
+
+    Args:
+      w: `decode_weights(params, cfg)`.
+      tokens_R, positions_R: the token fed to each of the R = B * n rows and its RoPE position; the n
+        rows of a prompt (r = b * n + i) must be at the same position (lock-step decoding).
+      prefix: the B prompts' keys/values (`DecodeKV` [B, K, P, H]); prefix_valid_BP marks real slots,
+        prefix_positions_BP their positions (for the sliding window of local layers).
+      own: the rows' generated keys/values ([R, K, S, H]); this token's are written at slot `slot`, and
+        the row reads its own slots 0 .. slot, which hold positions positions_R - slot .. positions_R.
+    Returns:
+      (logits_RV float32 after the final soft-cap, own with this token's keys/values written).
+    """
+    N, K, H, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
+    dt = cfg.compute_dtype
+    R, B = tokens_R.shape[0], prefix_valid_BP.shape[0]
+    n, S = R // B, own.length
+    q_pos_B = positions_R.reshape(B, n)[:, 0]
+    own_back_S = slot - jnp.arange(S)  # how far behind the query each own slot is (< 0: not written)
+    x_RD = jnp.take(w["embedding"], tokens_R, axis=0).astype(dt) * jnp.asarray(D**0.5, dt)
+    new_k, new_v = [], []
+    for i, (layer, kind) in enumerate(zip(w["layers"], cfg.attention_types)):
+        norms = layer["norms"]
+        h_RD = _norm(cfg, norms["pre_attention_norm"], x_RD)
+        qkv_RX = jnp.dot(h_RD, layer["qkv"])
+        q_R1NH = qkv_RX[:, :N * H].reshape(R, 1, N, H)
+        k_R1KH = qkv_RX[:, N * H:(N + K) * H].reshape(R, 1, K, H)
+        v_RKH = qkv_RX[:, (N + K) * H:].reshape(R, K, H)
+        if cfg.use_qk_norm:
+            q_R1NH = _norm(cfg, layer["qk_norms"]["query_norm"], q_R1NH)
+            k_R1KH = _norm(cfg, layer["qk_norms"]["key_norm"], k_R1KH)
+        local = kind == AttentionType.LOCAL_SLIDING
+        rope = dict(base_frequency=cfg.local_rope_base_frequency, scale_factor=1.0) if local else \
+            dict(base_frequency=cfg.rope_base_frequency, scale_factor=cfg.rope_scale_factor)
+        q_RNH = (apply_rope(q_R1NH, positions_R[:, None], **rope) * jnp.asarray(cfg.query_scale, dt))[:, 0]
+        k_RKH = apply_rope(k_R1KH, positions_R[:, None], **rope)[:, 0]
+        own_k = lax.dynamic_update_slice(own.k[i], k_RKH[:, :, None].astype(own.k[i].dtype), (0, 0, slot, 0))
+        own_v = lax.dynamic_update_slice(own.v[i], v_RKH[:, :, None].astype(own.v[i].dtype), (0, 0, slot, 0))
+        new_k.append(own_k)
+        new_v.append(own_v)
+        prefix_mask_BP, own_mask_S = prefix_valid_BP, own_back_S >= 0
+        if local:
+            window = cfg.sliding_window_size
+            prefix_mask_BP = prefix_mask_BP & (q_pos_B[:, None] - prefix_positions_BP < window)
+            own_mask_S = own_mask_S & (own_back_S < window)
+        out_RNH = shared_prefix_attention(
+            q_RNH, prefix.k[i].astype(dt), prefix.v[i].astype(dt), prefix_mask_BP, own_k.astype(dt),
+            own_v.astype(dt), own_mask_S, cap=cfg.attn_logits_soft_cap, dtype=dt)
+        attn_RD = jnp.dot(out_RNH.reshape(R, N * H), layer["o"])
+        if cfg.use_post_attn_norm:
+            attn_RD = _norm(cfg, norms["post_attention_norm"], attn_RD)
+        x_RD = x_RD + attn_RD
+        gate_up_RX = jnp.dot(_norm(cfg, norms["pre_ffw_norm"], x_RD), layer["gate_up"])
+        F = gate_up_RX.shape[1] // 2
+        ffw_RD = jnp.dot(nn.gelu(gate_up_RX[:, :F], approximate=True) * gate_up_RX[:, F:], layer["down"])
+        if cfg.use_post_ffw_norm:
+            ffw_RD = _norm(cfg, norms["post_ffw_norm"], ffw_RD)
+        x_RD = x_RD + ffw_RD
+    h_RD = _norm(cfg, w["final_norm"], x_RD)
+    logits_RV = jnp.einsum("RD,VD->RV", h_RD, w["embedding"].astype(dt), preferred_element_type=jnp.float32)
+    return soft_cap(logits_RV, cfg.final_logit_soft_cap), DecodeKV(k=tuple(new_k), v=tuple(new_v))
