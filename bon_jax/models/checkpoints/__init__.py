@@ -58,22 +58,23 @@ def _single_file(path, suffix):
     return path
 
 
-def load_checkpoint(path, cfg: ModelConfig, *, format: str = "auto", mesh=None) -> dict:
+def load_checkpoint(path, cfg: ModelConfig, *, format: str = "auto", mesh=None,
+                    min_size_to_shard: int = parallel.DEFAULT_MIN_SIZE_TO_SHARD) -> dict:
     """The params of `cfg` read from `path`; with `mesh`, placed on `parallel.param_sharding` leaf by leaf
-    (orbax: each host restores only its shards)."""
+    (orbax: each host restores only its shards; leaves under `min_size_to_shard` elements replicated)."""
     path = os.fspath(os.path.expanduser(path))
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; known: {FORMATS}")
     fmt = detect_format(path) if format == "auto" else format
     sharding = None
     if mesh is not None and fmt in ("safetensors", "gguf", "orbax"):
-        sharding = parallel.param_sharding(abstract_params(cfg), mesh)
+        sharding = parallel.param_sharding(abstract_params(cfg), mesh, min_size_to_shard)
     if fmt == "gguf":
         return load_gguf(_single_file(path, ".gguf"), cfg, sharding=sharding)[1]
     if fmt == "safetensors":
         return load_safetensors(path, cfg, sharding=sharding)
     if fmt == "gemma_flax":
-        return load_gemma_flax(path, cfg, mesh=mesh)
+        return load_gemma_flax(path, cfg, mesh=mesh, min_size_to_shard=min_size_to_shard)
     from bon_jax.pipeline.policy import load_params  # bon_jax's own params (no cycle at import time)
 
     return load_params(path, cfg, sharding=sharding)

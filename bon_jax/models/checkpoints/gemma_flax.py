@@ -109,7 +109,8 @@ def gemma_plan(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> Plan:
     return plan
 
 
-def load_gemma_flax(path, cfg: ModelConfig, *, mesh=None) -> dict:
+def load_gemma_flax(path, cfg: ModelConfig, *, mesh=None,
+                    min_size_to_shard: int = parallel.DEFAULT_MIN_SIZE_TO_SHARD) -> dict:
     """Params of `cfg` from a Gemma Flax release directory (FLAT or NESTED orbax tree), cast to
     `cfg.param_dtype`. With `mesh` every leaf is restored straight onto its FSDP sharding
     (`parallel.param_sharding`), else onto the first local device."""
@@ -121,7 +122,7 @@ def load_gemma_flax(path, cfg: ModelConfig, *, mesh=None) -> dict:
     dtype = cfg.params_dtype
     if mesh is not None:
         sharding_of = lambda shape: jax.sharding.NamedSharding(
-            mesh, parallel.leaf_spec(shape, mesh.shape[parallel.FSDP], parallel.DEFAULT_MIN_SIZE_TO_SHARD))
+            mesh, parallel.leaf_spec(shape, mesh.shape[parallel.FSDP], min_size_to_shard))
     else:
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         sharding_of = lambda shape: device

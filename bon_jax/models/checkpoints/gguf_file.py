@@ -180,7 +180,8 @@ def gguf_config(path_or_file, **overrides) -> ModelConfig:
         vocab_size=vocab, num_layers=num_layers, embed_dim=embed_dim, num_heads=num_heads,
         num_kv_heads=int(g("attention.head_count_kv", num_heads)), head_dim=head_dim,
         mlp_dim=int(g("feed_forward_length")), sliding_window_size=int(g("attention.sliding_window", 4096)),
-        norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-6)), use_post_attn_norm=True,
+        norm_eps=float(f"{g('attention.layer_norm_rms_epsilon', 1e-6):.7g}"),  # float32 on disk
+        use_post_attn_norm=True,
         use_post_ffw_norm=True,
     )
     if arch == "gemma2":
