@@ -222,3 +222,43 @@ def test_sweep_runs_shards_skips_done_points_and_plots(tmp_path):
     stages = os.listdir(root / "stages")
     assert sum(s.startswith("base_policy-") for s in stages) == 1  # shared by both points
     assert pareto_front([(0.0, 0.1), (1.0, 0.5), (2.0, 0.4), (0.5, 0.1)]) == [0, 1]
+
+
+def test_rl_loss_and_rollout_logps_are_of_the_tempered_policy():
+    """At rl.temperature = tau the trained policy is softmax(logits / tau): the loss's log-probs and the
+    reference's equal a float64 full forward at tau (the sampler's tau log-probs are checked in
+    test_sampling), so the gradient is on-policy at any temperature."""
+    from bon_jax.models import Transformer, get_config, init_params
+    from bon_jax.models.masks import causal_mask, positions_from_valid
+    from bon_jax.objectives import Rollout
+    from bon_jax.pipeline.rollouts import make_sequence_logp
+    tau, B, M, Tp = 0.5, 2, 3, 5
+    cfg = get_config("tiny")
+    params = init_params(cfg, jax.random.key(0))
+    prompts = jax.random.randint(jax.random.key(1), (B, Tp), 3, cfg.vocab_size)
+    plen = jnp.full((B,), Tp, jnp.int32)
+    r = np.random.default_rng(0)
+    lengths = r.integers(1, 7, (B, M))
+    tokens = np.where(np.arange(6) < lengths[..., None], r.integers(3, cfg.vocab_size, (B, M, 6)), 0)
+
+    # Reference: one full forward of every (prompt, completion) row, right-padded; float64 log-softmax.
+    T = tokens.shape[-1]
+    rows = np.concatenate([np.repeat(np.asarray(prompts), M, 0), tokens.reshape(B * M, T)], 1)
+    valid = np.arange(Tp + T)[None] < Tp + lengths.reshape(-1, 1)
+    logits, _ = jax.jit(Transformer(cfg).apply)({"params": params}, jnp.asarray(rows),
+                                                positions_from_valid(valid), causal_mask(valid))
+    z = np.asarray(logits, np.float64) / tau
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    tok_logp = np.take_along_axis(logp[:, Tp - 1 : -1], rows[:, Tp:, None], -1)[..., 0]
+    expected = np.where(valid[:, Tp:], tok_logp, 0.0).sum(-1).reshape(B, M)
+
+    seq = make_sequence_logp(cfg, tau)(params, prompts, plen, tokens, lengths)
+    np.testing.assert_allclose(seq, expected, rtol=1e-4, atol=1e-4)
+    batch = {
+        "prompt_tokens_BT": prompts, "prompt_lengths_B": plen, "tokens_BMT": tokens, "lengths_BM": lengths,
+        "rollout": Rollout(rewards_BM=jnp.zeros((B, M)), scores_BM=jnp.zeros((B, M))),
+    }
+    loss = finetune_mod.rl_loss(cfg, "bon_rl", n=2, beta=0.0, options={}, temperature=tau)
+    _, metrics = jax.jit(loss)(params, batch)
+    np.testing.assert_allclose(metrics["logp"], expected.mean(), rtol=1e-4)

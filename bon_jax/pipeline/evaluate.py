@@ -7,7 +7,8 @@ difference between the base and the tuned policy is not blurred by sampling nois
     BoN@k  = E[R(best-scored of k samples)]    unbiased from M >= k samples (bon_jax.metrics.bon_at_k)
     pass@k = P(some of k samples has R = 1)     (binary rewards only)
     maj@k  = E[R(majority answer of k)]         (tasks with final answers)
-    KL     = mean over samples of log pi(y) - log pi_ref(y)   (k1, sequence level)
+    KL     = mean over samples of log pi(y) - log pi_ref(y)   (k1, sequence level; both at the sampling
+             temperature tau: pi = softmax(logits / tau))
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def evaluate_policy(
     prompts_per_call: int = 8,
     bootstrap: int = 1000,
 ) -> dict:
-    seq_logp = make_sequence_logp(model_cfg)
+    seq_logp = make_sequence_logp(model_cfg, temperature)
     rewards, scores, answers, logp, ref_logp, lengths = [], [], [], [], [], []
     for start in tqdm(range(0, len(examples), prompts_per_call), desc="eval", dynamic_ncols=True):
         chunk = examples[start : start + prompts_per_call]

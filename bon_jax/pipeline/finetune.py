@@ -49,7 +49,9 @@ class RLState:
         return self.train.step
 
 
-def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict):
+def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, temperature: float = 1.0):
+    """`loss(params, batch)`: the objective on log pi_tau of the batch's samples, tau = `temperature`
+    (the policy that is sampled is the one whose log-probs are differentiated: on-policy at any tau)."""
     loss_fn = objectives.get(objective)
 
     def loss(params, batch):
@@ -61,6 +63,7 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict):
             completion_lengths_BN=batch["lengths_BM"],
             prompt_lengths_B=batch["prompt_lengths_B"],
             padding_side="left",
+            temperature=temperature,
         )
         logp_BM = tok_logp_BMT.sum(-1)
         extra = {"anchor_coef": batch["anchor_coef"]} if "anchor_coef" in batch else {}
@@ -73,6 +76,7 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict):
                 completion_lengths_BN=batch["expert_lengths_B"][:, None],
                 prompt_lengths_B=batch["prompt_lengths_B"],
                 padding_side="left",
+                temperature=temperature,
             ).sum(-1)[:, 0]
         value, metrics = loss_fn(logp_BM, batch["rollout"], n=n, beta=beta, **extra, **options)
         metrics = dict(metrics, logp=jnp.mean(logp_BM))
@@ -116,7 +120,9 @@ def finetune_stage(
     opt = adamw(
         rl.lr, rl.steps, warmup=rl.warmup, weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm
     )
-    loss = rl_loss(model_cfg, rl.objective, n=rl.n, beta=rl.beta, options=options)
+    loss = rl_loss(
+        model_cfg, rl.objective, n=rl.n, beta=rl.beta, options=options, temperature=rl.temperature
+    )
     update = make_update_step(loss, opt, accum=rl.grad_accum)
 
     def step_fn(state: RLState, batch):
@@ -131,7 +137,7 @@ def finetune_stage(
     state = RLState(TrainState.create(fresh(), opt), fresh() if use_anchor else None)
     state = jax.device_put(state, parallel.param_sharding(state, ctx.mesh))
     jitted_step = jax.jit(step_fn, donate_argnums=0)
-    seq_logp = make_sequence_logp(model_cfg)
+    seq_logp = make_sequence_logp(model_cfg, rl.temperature)
     key = ctx.rng("finetune")
 
     def batch_fn(step, state: RLState):

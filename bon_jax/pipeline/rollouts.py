@@ -30,7 +30,7 @@ class GradedSamples:
     prompt_lengths_B: np.ndarray
     tokens_BNT: np.ndarray
     lengths_BN: np.ndarray
-    logp_BN: np.ndarray  # sequence log-prob under the sampling policy (temperature 1)
+    logp_BN: np.ndarray  # sequence log-prob under pi_tau = softmax(logits / temperature) (see draw_graded)
     texts_BN: list[list[str]]
     rewards_BN: np.ndarray
     answers_BN: np.ndarray
@@ -61,6 +61,11 @@ def draw_graded(
     top_p: float = 1.0,
     prompt_ids_B: np.ndarray | None = None,
 ) -> GradedSamples:
+    # The policy being sampled (and trained, and compared to the reference) is pi_tau = softmax(l / tau):
+    # its log-probs are the sampler's 'sampling' ones when no top-k / top-p truncation applies. Truncation
+    # is not part of the differentiable policy: with it, logp_BN is the untruncated temperature-1 log-prob
+    # (the sampler's 'policy' mode) and the objectives see samples from a different sampler (off-policy).
+    truncated = bool(top_k) or top_p < 1.0
     out = sample(
         params,
         model_cfg,
@@ -76,6 +81,7 @@ def draw_graded(
         top_p=top_p if top_p < 1.0 else None,
         eos_id=tokenizer.eos_id,
         prompt_ids_B=prompt_ids_B,
+        logprobs="sampling" if temperature != 1.0 and not truncated else "policy",
     )
     tokens_BNT, logprobs_BNT, lengths_BN = jax.device_get((out.tokens_BNT, out.logprobs_BNT, out.lengths_BN))
     B, N, T = tokens_BNT.shape
@@ -102,8 +108,9 @@ def draw_graded(
     )
 
 
-def make_sequence_logp(model_cfg):
-    """jitted `(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN) -> logp_BN` (token sum)."""
+def make_sequence_logp(model_cfg, temperature: float = 1.0):
+    """jitted `(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN) -> logp_BN` (token sum) under
+    pi_tau = softmax(logits / temperature)."""
 
     @jax.jit
     def logp(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN):
@@ -115,6 +122,7 @@ def make_sequence_logp(model_cfg):
             completion_lengths_BN=lengths_BN,
             prompt_lengths_B=prompt_lengths_B,
             padding_side="left",
+            temperature=temperature,
         )
         return tok.sum(-1)
 
