@@ -105,38 +105,44 @@ _OPTIONS_DOC = """
 """
 
 
-@register("bon_rlb")
-def bon_rlb(
-    logp_BM,
-    rollout,
-    *,
-    n,
-    beta=0.0,
-    expert_logp_B=None,
-    anchor_coef=0.0,
-    p_B=None,
-    p_estimate="loo",
-    p_clip=(0.01, 0.99),
-    clip_eps=None,
-    weight_clip=None,
-):
-    C.check_unused("bon_rlb", expert_logp_B)
-    return _lemma3(
-        "bon_rlb",
+def _lemma3_objective(name: str, sign: float):
+    """The registered objective `name`: Lemma 3's estimator with `sign` on its negative term."""
+
+    def objective(
         logp_BM,
         rollout,
-        n=n,
-        beta=beta,
-        anchor_coef=anchor_coef,
-        sign=1.0,
-        p_B=p_B,
-        p_estimate=p_estimate,
-        p_clip=p_clip,
-        clip_eps=clip_eps,
-        weight_clip=weight_clip,
-    )
+        *,
+        n,
+        beta=0.0,
+        expert_logp_B=None,
+        anchor_coef=0.0,
+        p_B=None,
+        p_estimate="loo",
+        p_clip=(0.01, 0.99),
+        clip_eps=None,
+        weight_clip=None,
+    ):
+        C.check_unused(name, expert_logp_B)
+        return _lemma3(
+            name,
+            logp_BM,
+            rollout,
+            n=n,
+            beta=beta,
+            anchor_coef=anchor_coef,
+            sign=sign,
+            p_B=p_B,
+            p_estimate=p_estimate,
+            p_clip=p_clip,
+            clip_eps=clip_eps,
+            weight_clip=weight_clip,
+        )
+
+    objective.__name__ = objective.__qualname__ = name
+    return register(name)(objective)
 
 
+bon_rlb = _lemma3_objective("bon_rlb", sign=1.0)
 bon_rlb.__doc__ = (
     """BoN-RLB, Chow et al. Lemma 3 with the sign of the negative term corrected (exact).
 
@@ -151,38 +157,7 @@ bon_rlb.__doc__ = (
 )
 
 
-@register("bon_rlb_printed")
-def bon_rlb_printed(
-    logp_BM,
-    rollout,
-    *,
-    n,
-    beta=0.0,
-    expert_logp_B=None,
-    anchor_coef=0.0,
-    p_B=None,
-    p_estimate="loo",
-    p_clip=(0.01, 0.99),
-    clip_eps=None,
-    weight_clip=None,
-):
-    C.check_unused("bon_rlb_printed", expert_logp_B)
-    return _lemma3(
-        "bon_rlb_printed",
-        logp_BM,
-        rollout,
-        n=n,
-        beta=beta,
-        anchor_coef=anchor_coef,
-        sign=-1.0,
-        p_B=p_B,
-        p_estimate=p_estimate,
-        p_clip=p_clip,
-        clip_eps=clip_eps,
-        weight_clip=weight_clip,
-    )
-
-
+bon_rlb_printed = _lemma3_objective("bon_rlb_printed", sign=-1.0)
 bon_rlb_printed.__doc__ = (
     """Chow et al. Lemma 3 exactly as printed (MINUS sign on the negative term). For comparison.
 
