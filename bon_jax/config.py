@@ -73,6 +73,9 @@ def base_config() -> ConfigDict:
     c.verifier.lr = 1e-3
     c.verifier.temperature = 1.0
     c.verifier.class_weight = "balanced"  # balanced | none: weight of correct vs incorrect samples in the BCE
+    # Also train on each training prompt's reference solution as a correct example (tasks with references):
+    # positives for free where the policy rarely samples a correct one. Held-out AUC stays on samples only.
+    c.verifier.reference_positives = False
 
     c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
     c.rl.objective = "bon_rl_v"

@@ -262,3 +262,31 @@ def test_rl_loss_and_rollout_logps_are_of_the_tempered_policy():
     loss = finetune_mod.rl_loss(cfg, "bon_rl", n=2, beta=0.0, options={}, temperature=tau)
     _, metrics = jax.jit(loss)(params, batch)
     np.testing.assert_allclose(metrics["logp"], expected.mean(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("reference_positives", [False, True])
+def test_verifier_data_adds_reference_solutions_as_positives_outside_the_holdout(monkeypatch, reference_positives):
+    import types
+
+    from bon_jax.pipeline import verifier as verifier_mod
+
+    c = load_experiment("smoke").get_config()
+    c.verifier.num_prompts, c.verifier.samples_per_prompt = 20, 3
+    c.verifier.reference_positives = reference_positives
+    task = ArithTask(seed=0, num_train=40, num_validation=5, num_test=5)
+    ctx = types.SimpleNamespace(config=c, task=task, rng=lambda name: jax.random.key(0))
+    tokenizer = types.SimpleNamespace(encode_batch=lambda texts, **kw: (np.ones((len(texts), 4)), np.full(len(texts), 4)))
+
+    def fake_draw(params, cfg, tok, task, scorer, ex, toks, lens, n, key, **kw):
+        return types.SimpleNamespace(texts_BN=[["wrong"] * n for _ in ex], rewards_BN=np.zeros((len(ex), n)))
+
+    monkeypatch.setattr(verifier_mod, "draw_graded", fake_draw)
+    prompts, completions, labels, holdout = verifier_mod._graded_samples(ctx, tokenizer, None, None)
+    examples = task.examples("train")[:20]
+    held = {e.prompt for i, e in enumerate(examples) if i % 5 == 0}
+    assert holdout.sum() == 3 * len(held) and labels[holdout].sum() == 0  # AUC is on policy samples only
+    refs = [(p, x) for p, x, y in zip(prompts, completions, labels) if y == 1.0]
+    if not reference_positives:
+        assert refs == []
+    else:
+        assert refs == [(e.prompt, e.reference) for e in examples if e.prompt not in held]

@@ -3,8 +3,9 @@
 - `oracle`: the task's ground-truth reward (BoN-RL-S setting, pass@N).
 - `sentiment`: the sentiment scorer (the vBoN setting: select by the reward model itself).
 - `learned`: Chow et al.'s verifier: the policy backbone with a scalar head, trained by binary
-  cross-entropy on samples of the base policy graded by the task; a held-out 20% of the prompts gives
-  AUC and calibration (ECE).
+  cross-entropy on samples of the base policy graded by the task (optionally also on the training
+  prompts' reference solutions as correct examples, `verifier.reference_positives`); a held-out 20% of
+  the prompts gives AUC and calibration (ECE) on policy samples only.
 
 Returns a scorer with the `bon_jax.pipeline.rollouts.Scorer` signature and the stage (for cache keys).
 """
@@ -114,4 +115,9 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
                 completions.append(g.texts_BN[b][i])
                 labels.append(float(g.rewards_BN[b, i] > 0.5))
                 holdout.append((start + b) % 5 == 0)
+            if v.reference_positives and (start + b) % 5 and e.reference is not None:
+                prompts.append(e.prompt)
+                completions.append(e.reference)
+                labels.append(1.0)
+                holdout.append(False)
     return prompts, completions, np.asarray(labels, np.float32), np.asarray(holdout)
