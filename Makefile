@@ -56,7 +56,8 @@ format: $(STAMP)
 # Regenerates requirements.lock from a fresh resolve of pyproject.toml (CPU jax).
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install --quiet -e ".[dev]"
+	.lockenv/bin/pip install --quiet torch==2.13.0  # the CPU build (found in the machine's wheel folder)
+	.lockenv/bin/pip install --quiet -e ".[dev,gguf,reference]"
 	(echo '# Exact versions for CI and `make install` (CPU jax). Regenerate with `make lock`.'; \
 	 .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e') > requirements.lock
 	rm -rf .lockenv
