@@ -209,6 +209,11 @@ def check_values(c: ConfigDict) -> None:
     )
     _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")
     _require(
+        c.model.checkpoint_format in ("auto", "orbax", "gemma_flax", "safetensors", "gguf"),
+        "model.checkpoint_format",
+        "must be one of auto | orbax | gemma_flax | safetensors | gguf",
+    )
+    _require(
         c.verifier.kind in ("learned", "oracle", "sentiment"),
         "verifier.kind",
         "must be one of learned | oracle | sentiment",
@@ -226,7 +231,7 @@ def check_values(c: ConfigDict) -> None:
 
 
 PATH_KEYS = {
-    "tokenizer.path": "a sentencepiece .model file",
+    "tokenizer.path": "a sentencepiece .model file (or a .gguf, whose vocabulary is used)",
     "model.checkpoint": "a model checkpoint (orbax directory, Gemma release, .safetensors or .gguf)",
     "task.data_dir": "the task's local data",
 }

@@ -37,7 +37,11 @@ def tokenizer_stage(ctx: RunContext):
     c = ctx.config
     st = stage(ctx.cache_root, "tokenizer", c.task, c.tokenizer)
     if c.tokenizer.path:
+        if c.tokenizer.path.endswith(".gguf"):
+            return Tokenizer.from_gguf(c.tokenizer.path), st
         return Tokenizer.load(c.tokenizer.path), st
+    if c.model.checkpoint.endswith(".gguf"):
+        return Tokenizer.from_gguf(c.model.checkpoint), st  # the vocabulary inside the GGUF
     if not st.done:
         texts = itertools.islice(task_corpus(ctx.task), c.tokenizer.max_corpus_texts)
         tok = Tokenizer.train(texts, vocab_size=c.tokenizer.vocab_size, model_type=c.tokenizer.model_type)
@@ -86,6 +90,12 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
     params_file = st.file("params")
     if st.done:
         return cfg, load_params(params_file, cfg), st
+    if c.model.checkpoint:
+        params = pretrained_params(ctx, cfg)
+        if c.sft.steps == 0:
+            return cfg, params, st
+    else:
+        params = None
     ctx.require_training("base_policy")
     examples = ctx.task.examples("train")
     if not examples or examples[0].reference is None:
@@ -95,7 +105,8 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
         raise ValueError(f"sft.batch_size={c.sft.batch_size} exceeds the {len(examples)} training examples")
     model = make_model(cfg)
     opt = adamw(c.sft.lr, c.sft.steps, warmup=c.sft.warmup, weight_decay=c.sft.weight_decay, decay="cosine")
-    params = parallel.sharded_init(lambda r: init_params(cfg, r), ctx.rng("base_policy"), ctx.mesh)
+    if params is None:
+        params = parallel.sharded_init(lambda r: init_params(cfg, r), ctx.rng("base_policy"), ctx.mesh)
     state = TrainState.create(params, opt)
     step_fn, state = sharded_step(
         make_update_step(sft_loss(model), opt),
@@ -119,6 +130,15 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
     save_params(params_file, state.params)
     st.mark_done({"steps": c.sft.steps, "truncated": int(table["truncated_B"].sum()), "width": width})
     return cfg, state.params, st
+
+
+def pretrained_params(ctx: RunContext, cfg):
+    """`model.checkpoint` (a Gemma release, HF safetensors, GGUF or bon_jax params) onto the run's mesh."""
+    from bon_jax.models.checkpoints import load_checkpoint
+
+    c = ctx.config
+    print(f"[bon_jax] loading {c.model.checkpoint} ({c.model.checkpoint_format})")
+    return load_checkpoint(c.model.checkpoint, cfg, format=c.model.checkpoint_format, mesh=ctx.mesh)
 
 
 def _trim_width(valid_BT: np.ndarray, multiple: int = 16) -> int:

@@ -40,13 +40,6 @@ def run_experiment(
     if only not in (None, "eval"):
         raise ConfigError("only", f"must be 'eval' or unset, got {only!r}")
     validate(config)
-    if config.model.checkpoint:
-        # Checked before any compute, like every other config problem.
-        raise ConfigError(
-            "model.checkpoint",
-            "loading pretrained weights (Gemma releases, safetensors, GGUF) needs the checkpoint loaders, "
-            "which this version does not have yet; leave it empty to train the base policy from scratch.",
-        )
     t0 = time.time()
     ctx = RunContext(config, allow_training=only != "eval", shared_cache_root=cache_root)
     c = config
