@@ -47,6 +47,12 @@ eval: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)
 
+# Installs the peers' venvs under benchmarks/.peers-venv (pinned, --no-deps; skipped when up to date), then
+# times bon_jax, tunix, gemma and transformers on the same sampling workload in one run.
+bench-peers: $(STAMP)
+	$(PY) -m benchmarks.peers.install
+	$(PY) -m benchmarks.peers.run $(ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check bon_jax experiments tests benchmarks
 

@@ -16,12 +16,14 @@ call minus the steady-state median (jit caches are cleared before each case, so 
    2 n^3 FLOPs per product; a timed run repeats the product back to back until it lasts
    `--matmul-min-run-s`, so dispatch overhead is amortised. The float32 peak (the best median FLOP/s over
    the sizes) is the roofline every other FLOP/s figure is a fraction of.
-2. sampler: `bon_jax.sampling.sample` (prefill once, tile the cache N times, while_loop decode) at
+2. sampler: `bon_jax.sampling.sample` (prefill once per prompt, N samples sharing its keys/values,
+   while_loop decode) at
    temperature 1 with eos_id=None, so every row runs all T_new steps. Model "bench" is
    `get_config('small', vocab_size=4096, num_layers=4, embed_dim=256, num_heads=4, num_kv_heads=1,
    head_dim=64, mlp_dim=1024)` (its param shapes are checked); cases: B=8 prompts of T_p=64 tokens x N=32
-   samples x T_new=64 new tokens; the same at T_p = 8 and 512; at N = 1, 4, 32, 128; and the named
-   `small` config (vocab 1024). tokens/s = generated tokens B * N * T_new / time.
+   samples x T_new=64 new tokens; the same at T_p = 8 and 512; at N = 1, 4, 32, 128; the named `small`
+   config (vocab 1024); and the base case in bfloat16 (model "bench-bf16": bfloat16 activations and KV
+   cache, float32 logits; the float32 params are cast once per call). tokens/s = generated tokens B * N * T_new / time.
 3. train: one BoN-RL step on `small` (B=8 prompts of 64 tokens, M=32 samples of 64 tokens, objective
    bon_rl with N = M, beta 0.1), timed by phase as `pipeline.finetune` runs it:
      sample        the sampler (the policy's current params);
@@ -41,11 +43,12 @@ RoPE, soft-caps, softmaxes, sampling and the optimiser's elementwise work are no
     fwd(S)   = 2 * P + attn(S)         one token through the layers
     unemb    = 2 * D * V               one position through the tied unembedding
 
-  sampler, R = B * N rows, S = T_p + T_new - 1 cache slots:
-    FLOPs = B * T_p * fwd(S) + B * unemb            prefill (queries are scored against all S cache slots,
-                                                    masked; only each prompt's last token is unembedded)
-          + R * (T_new - 1) * (fwd(S) + unemb)      decode (token 0 comes from the prefill logits; each step
-                                                    scores all S slots, masked, as the implementation does)
+  sampler, R = B * N rows (prefill once per prompt; the N samples share its keys and values):
+    FLOPs = B * T_p * fwd(T_p) + B * unemb                   prefill (each prompt token scored against all T_p
+                                                             prompt slots, masked; only the last is unembedded)
+          + R * (T_new - 1) * (fwd(T_p + T_new - 1) + unemb)  decode (token 0 comes from the prefill logits;
+                                                             each step scores the T_p shared prompt slots and
+                                                             all T_new - 1 own slots, masked, as implemented)
   train, R = B * M rows of T = T_p + T_new tokens (sequence_logprobs: causal attention over T keys,
   unembedding only the T_new predicting positions):
     forward      = R * T * fwd(T) + R * T_new * unemb      (ref_logprobs)
@@ -189,7 +192,7 @@ def _unemb_flops(cfg: ModelConfig) -> int:
 
 def sampler_flops(cfg: ModelConfig, p_ne: int, B: int, T_p: int, N: int, T_new: int) -> int:
     S = T_p + T_new - 1
-    prefill = B * T_p * _fwd_flops(cfg, p_ne, S) + B * _unemb_flops(cfg)
+    prefill = B * T_p * _fwd_flops(cfg, p_ne, T_p) + B * _unemb_flops(cfg)
     decode = B * N * (T_new - 1) * (_fwd_flops(cfg, p_ne, S) + _unemb_flops(cfg))
     return prefill + decode
 
@@ -325,6 +328,7 @@ def sampler_cases(a) -> list[SamplerCase]:
     wanted += [(f"prompt_len={t}", "bench", dict(base, prompt_len=t)) for t in a.prompt_lens]
     wanted += [(f"N={n}", "bench", dict(base, n=n)) for n in a.ns]
     wanted += [("small config", "small", base)]
+    wanted += [("bfloat16", "bench-bf16", base)]
     cases: dict[tuple, SamplerCase] = {}
     for label, model, sizes in wanted:
         case = SamplerCase([label], model, **sizes)
@@ -882,7 +886,11 @@ def main(argv=None) -> dict:
             if name == "bench":
                 check_params(cfg, params)  # the shapes the brief asks for: D 256, 4 q heads, 1 kv head, ...
             models[name] = (cfg, params, non_embedding_params(cfg, params))
-        res["models"] = {n: model_summary(n, cfg, params) for n, (cfg, params, _) in models.items()}
+        # bfloat16 compute and KV cache, float32 logits; the same float32 params (cast once per call).
+        cfg, params, p_ne = models["bench"]
+        models["bench-bf16"] = (cfg.replace(dtype="bfloat16"), params, p_ne)
+        res["models"] = {n: model_summary(n, cfg, params) for n, (cfg, params, _) in models.items()
+                         if n != "bench-bf16"}
     if "sampler" in a.only:
         print("sampler ...", flush=True)
         res["sampler"] = bench_sampler(a, models, peak)

@@ -1,29 +1,34 @@
-"""Best-of-N sampling: prefill each prompt once, decode N continuations from a KV cache tiled N times.
+"""Best-of-N sampling: prefill each prompt once; its N samples share its keys and values while they decode.
 
     sample(params, cfg, prompts_BT, n, rng, max_new_tokens=...) -> SampleOutput(tokens_BNT,
                                                                             logprobs_BNT, lengths_BN)
 
 Pipeline (two jitted functions, compiled once per shape bucket and static settings):
-1. `_prefill` runs the prompts [B, T] through the model into a cache of S = T + max_new_tokens - 1
-   slots, unembeds only each row's last real token, and tiles logits and cache to R = B * N rows
-   (row b * N + i is sample i of prompt b).
-2. `_decode` samples token 0 from those logits, then a `lax.while_loop` feeds each sampled token back
-   (one cache slot per step) and samples the next, until every row has stopped or max_new_tokens tokens
-   exist. The cache is donated to it and returned, so XLA updates it in place.
+1. `_prefill` runs the B prompts [B, T] through the model once (cost independent of N), unembeds only
+   each row's last real token, and returns the prompts' keys/values (`DecodeKV` [B, K, T, H]).
+2. `_decode` samples token 0 of every row r = b * N + i (sample i of prompt b; R = B * N rows) from its
+   prompt's logits, then a `lax.while_loop` feeds each sampled token back and samples the next, until
+   every row has stopped or max_new_tokens tokens exist. Each step (`transformer.decode_step`) attends
+   over the prompt's keys, shared by its N rows (a [N * G, H] x [H, T] matmul per prompt and kv head,
+   `attention.shared_prefix_attention`), and over the row's own generated keys, a cache of
+   max_new_tokens - 1 slots created inside the jit and updated in place by the loop. The weights are
+   re-laid out for the step once per call, outside the loop; nothing leaves the device between steps.
 
 Sampling distribution at each step, from the policy logits l (float32, after the final soft-cap):
 temperature l / tau, then top-k (the k largest, `lax.top_k`, no full sort), then top-p (the smallest
-prefix of the sorted candidates whose mass reaches p; ties at the cut-off are kept), then a categorical
-draw. `greedy` (or temperature 0) takes argmax l.
+prefix of the sorted candidates whose mass reaches p; ties at the cut-off are kept; without top-k this
+sorts the vocabulary), then a categorical draw by inverting the CDF at one uniform per row
+(`inverse_cdf_sample`: O(V), no sort, no per-token noise). `greedy` (or temperature 0) takes argmax l.
 
 Log-probs: by default `log softmax(l)[token]`, the policy at temperature 1 whatever the sampling settings
 (what the objectives need); `logprobs='sampling'` gives the log-prob under the distribution actually
 sampled from (0 for greedy). Positions after a row has stopped hold `pad_id` and log-prob 0.
 
-RNG: the key of sample i of prompt b at step t is
-    fold_in(fold_in(fold_in(rng, prompt_id_b), i), t)
+RNG: the uniform of sample i of prompt b at step t is `uniform(key)` with
+    key = fold_in(fold_in(fold_in(rng, prompt_id_b), i), t)
 with `prompt_ids_B` defaulting to arange(B): a prompt's samples do not depend on its batch position or
-neighbours, and prefill-once + tile draws exactly what decoding N copies of the prompt would.
+neighbours, and sharing the prompt draws exactly what decoding N copies of the prompt would
+(`prefill_once=False`, the reference path).
 """
 
 from __future__ import annotations
@@ -314,8 +319,9 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
       prompt_ids_B: int ids that seed each prompt's samples (default arange(B)).
       pad_prompts_to_multiple: pads the prompt width up to a multiple of this (shape buckets: fewer
         compilations when prompt widths vary between calls).
-      prefill_once: False repeats each prompt n times before the prefill instead of tiling the cache;
-        the same samples, n times the prefill work (a reference path for tests and benchmarks).
+      prefill_once: False repeats each prompt n times before the prefill instead of sharing its keys
+        and values; the same samples, n times the prefill and prompt-attention work (a reference path
+        for tests and benchmarks).
 
     Returns:
       SampleOutput with tokens_BNT, logprobs_BNT [B, N, T_new] and lengths_BN [B, N].

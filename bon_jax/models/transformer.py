@@ -21,7 +21,6 @@ a value model can start from a policy's params.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
