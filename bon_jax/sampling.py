@@ -5,7 +5,7 @@
 
 Pipeline (two jitted functions, compiled once per shape bucket and static settings):
 1. `_prefill` runs the B prompts [B, T] through the model once (cost independent of N), unembeds only
-   each row's last real token, and returns the prompts' keys/values (`DecodeKV` [B, K, T, H]).
+   each row's last real token, and returns the prompts' keys/values (`DecodeKV` [B * K, T, H]).
 2. `_decode` samples token 0 of every row r = b * N + i (sample i of prompt b; R = B * N rows) from its
    prompt's logits, then a `lax.while_loop` feeds each sampled token back and samples the next, until
    every row has stopped or max_new_tokens tokens exist. Each step (`transformer.decode_step`) attends
@@ -190,7 +190,7 @@ def sample_step(logits_RV, keys_R, settings: SamplingSettings):
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _prefill(params, tokens_BT, valid_BT, *, cfg: ModelConfig):
-    """Prompts -> (next-token logits_BV float32, the prompts' keys/values `DecodeKV` [B, K, T, H]).
+    """Prompts -> (next-token logits_BV float32, the prompts' keys/values `DecodeKV` [B * K, T, H]).
 
     Once per prompt, whatever N: the N samples of a prompt share its keys and values in the decode
     step instead of each reading a tiled copy.

@@ -139,8 +139,8 @@ def test_prompt_cache_is_shared_by_the_samples():
     settings = SamplingSettings(max_new_tokens=T_NEW, temperature=0.8, top_k=50, top_p=0.95,
                                 stop_ids=tuple(sorted({EOS, *STOPS})))
     logits_BV, prefix = sampling._prefill(_params(), prompts, prompts != 0, cfg=CFG)
-    # One copy of each prompt's keys/values, whatever N: [B, K, T, H].
-    assert prefix.k[0].shape == (B, CFG.num_kv_heads, T, CFG.head_dim)
+    # One copy of each prompt's keys/values, whatever N: [B * K, T, H].
+    assert prefix.k[0].shape == (B * CFG.num_kv_heads, T, CFG.head_dim)
     assert logits_BV.shape == (B, CFG.vocab_size)
     tokens_RT, _, lengths_R = sampling._decode(
         _params(), prefix, logits_BV, prompts != 0, jax.random.key(0), jnp.repeat(jnp.arange(B), N),

@@ -82,10 +82,11 @@ class Attention(nn.Module):
         return out_BTD, cache
 
 
-def shared_prefix_attention(q_RNH, prefix_k_BKPH, prefix_v_BKPH, prefix_mask_BP, own_k_RKSH, own_v_RKSH,
+def shared_prefix_attention(q_RNH, prefix_k_XPH, prefix_v_XPH, prefix_mask_BP, own_k_YSH, own_v_YSH,
                             own_mask_S, *, cap: float | None, dtype):
     """One query token per row against a prompt prefix shared by groups of rows plus each row's own keys.
 
+    Keys/values are `DecodeKV` arrays: prefix [B * K, P, H], own [R * K, S, H] (K kv heads).
     Rows r = b * n + i (sample i of prompt b, R = B * n) all read prompt b's P prefix slots, masked by
     `prefix_mask_BP` (the same for the n samples: they decode in lock-step, so they sit at the same
     position), and their own S generated slots, masked by `own_mask_S` (the same for every row). With
@@ -97,9 +98,12 @@ def shared_prefix_attention(q_RNH, prefix_k_BKPH, prefix_v_BKPH, prefix_mask_BP,
     The prefix part is a [n * G, H] x [H, P] matmul per (prompt, kv head): its cost and memory traffic do
     not grow with n the way a prompt cache tiled n times does. Returns out_RNH in `dtype`.
     """
-    B, K, P, H = prefix_k_BKPH.shape
-    R, N = q_RNH.shape[:2]
+    B = prefix_mask_BP.shape[0]
+    R, N, H = q_RNH.shape
+    K, P, S = prefix_k_XPH.shape[0] // B, prefix_k_XPH.shape[1], own_k_YSH.shape[1]
     n, G = R // B, N // K
+    prefix_k_BKPH, prefix_v_BKPH = (x.reshape(B, K, P, H) for x in (prefix_k_XPH, prefix_v_XPH))
+    own_k_RKSH, own_v_RKSH = (x.reshape(R, K, S, H) for x in (own_k_YSH, own_v_YSH))
     f32 = jnp.float32
     q_BKQH = q_RNH.reshape(B, n, K, G, H).transpose(0, 2, 1, 3, 4).reshape(B, K, n * G, H)
     lp_BKnGP = jnp.einsum("BKQH,BKPH->BKQP", q_BKQH, prefix_k_BKPH,

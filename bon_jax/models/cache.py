@@ -79,11 +79,13 @@ def tile_cache(cache: KVCache, n: int) -> KVCache:
 class DecodeKV:
     """Keys and values of every layer for the Best-of-N decode step (`transformer.decode_step`).
 
-        k[l], v[l]: [X, K, S, H]  (X = B prompt rows for the shared prompt part, R = B * N sample rows for
-                                   the generated part; S slots)
+        k[l], v[l]: [X * K, S, H]  (X = B prompt rows for the shared prompt part, R = B * N sample rows
+                                    for the generated part; K kv heads, row-major; S slots)
 
     Kv-head-major so that the decode step's dots read a contiguous [S, H] block per (row, kv head) with
-    no transpose. The prompt part is written once by the prefill and read by all N samples of its
+    no transpose, and 3-D so that a write of one slot inside the decode loop is a plain in-place
+    dynamic-update-slice (with a size-1 kv-head axis XLA fused a reshape into it and copied the whole
+    cache several times per step: 10% of a step). The prompt part is written once by the prefill and read by all N samples of its
     prompt; the generated part is written one slot per step (`write`).
     """
 
@@ -92,22 +94,18 @@ class DecodeKV:
 
     @property
     def length(self) -> int:
-        return self.k[0].shape[2]
+        return self.k[0].shape[1]
 
     @classmethod
     def from_cache(cls, cache: KVCache) -> DecodeKV:
         """A prefilled `KVCache` ([B, S, K, H] per layer) in the decode layout."""
-        t = lambda x: jnp.swapaxes(x, 1, 2)
+        t = lambda x: jnp.swapaxes(x, 1, 2).reshape(-1, x.shape[1], x.shape[3])
         return cls(k=tuple(t(c.k_BSKH) for c in cache.layers), v=tuple(t(c.v_BSKH) for c in cache.layers))
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, rows: int, length: int, dtype=None) -> DecodeKV:
         dtype = cfg.compute_dtype if dtype is None else dtype
-        shape = (rows, cfg.num_kv_heads, length, cfg.head_dim)
+        shape = (rows * cfg.num_kv_heads, length, cfg.head_dim)
         return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
                    v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
 
-    def repeat(self, n: int) -> DecodeKV:
-        """Each row n times (row x becomes rows x*n .. x*n + n - 1)."""
-        rep = lambda x: jnp.repeat(x, n, axis=0)
-        return DecodeKV(k=tuple(rep(x) for x in self.k), v=tuple(rep(x) for x in self.v))

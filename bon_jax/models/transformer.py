@@ -160,9 +160,9 @@ def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: Decode
       w: `decode_weights(params, cfg)`.
       tokens_R, positions_R: the token fed to each of the R = B * n rows and its RoPE position; the n
         rows of a prompt (r = b * n + i) must be at the same position (lock-step decoding).
-      prefix: the B prompts' keys/values (`DecodeKV` [B, K, P, H]); prefix_valid_BP marks real slots,
+      prefix: the B prompts' keys/values (`DecodeKV` [B * K, P, H]); prefix_valid_BP marks real slots,
         prefix_positions_BP their positions (for the sliding window of local layers).
-      own: the rows' generated keys/values ([R, K, S, H]); this token's are written at slot `slot`, and
+      own: the rows' generated keys/values ([R * K, S, H]); this token's are written at slot `slot`, and
         the row reads its own slots 0 .. slot, which hold positions positions_R - slot .. positions_R.
     Returns:
       (logits_RV float32 after the final soft-cap, own with this token's keys/values written).
@@ -190,8 +190,8 @@ def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: Decode
             dict(base_frequency=cfg.rope_base_frequency, scale_factor=cfg.rope_scale_factor)
         q_RNH = (apply_rope(q_R1NH, positions_R[:, None], **rope) * jnp.asarray(cfg.query_scale, dt))[:, 0]
         k_RKH = apply_rope(k_R1KH, positions_R[:, None], **rope)[:, 0]
-        own_k = lax.dynamic_update_slice(own.k[i], k_RKH[:, :, None].astype(own.k[i].dtype), (0, 0, slot, 0))
-        own_v = lax.dynamic_update_slice(own.v[i], v_RKH[:, :, None].astype(own.v[i].dtype), (0, 0, slot, 0))
+        write = lambda c, x: lax.dynamic_update_slice(c, x.reshape(R * K, 1, H).astype(c.dtype), (0, slot, 0))
+        own_k, own_v = write(own.k[i], k_RKH), write(own.v[i], v_RKH)
         new_k.append(own_k)
         new_v.append(own_v)
         prefix_mask_BP, own_mask_S = prefix_valid_BP, own_back_S >= 0
