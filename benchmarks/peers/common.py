@@ -11,7 +11,9 @@ temperature 1, no top-k / top-p, EOS never stops a row (every row generates T_ne
 
 Timing (`measure`): the first call (compiles / warms caches) is timed on its own; then `warmup` untimed
 calls, then `repeats` timed calls; each call ends when the generated tokens are on the host (as a user
-of the library would get them). tokens/s = B * N * T_new / time.
+of the library would get them). tokens/s = B * N * T_new / time. A peer whose first call takes more than
+budget_s / repeats (HF transformers on CPU: minutes per call) gets fewer timed calls, at least one, and
+no warm-up when its first call takes over 20 s (nothing to compile); `repeats_run` says how many.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import traceback
 MODEL = dict(vocab_size=4096, num_layers=4, embed_dim=256, num_heads=4, num_kv_heads=1, head_dim=64,
              mlp_dim=1024, sliding_window=128, attn_logit_softcap=50.0, final_logit_softcap=30.0,
              pattern=("local", "global"))
-WORKLOAD = dict(batch=8, prompt_len=64, n=32, new_tokens=64, repeats=5, warmup=1, seed=0)
+WORKLOAD = dict(batch=8, prompt_len=64, n=32, new_tokens=64, repeats=5, warmup=1, seed=0, budget_s=150)
 
 
 def workload_from_argv() -> dict:
@@ -55,10 +57,12 @@ def measure(call, w: dict, check=None) -> dict:
     first = time.perf_counter() - t0
     if check:
         check(out)
-    for i in range(w["warmup"]):
+    warmup = w["warmup"] if first <= 20 else 0
+    repeats = max(1, min(w["repeats"], int(w.get("budget_s", 1e9) // max(first, 1e-9))))
+    for i in range(warmup):
         call(1 + i)
     times = []
-    for i in range(w["repeats"]):
+    for i in range(repeats):
         t0 = time.perf_counter()
         out = call(100 + i)
         times.append(time.perf_counter() - t0)
@@ -66,7 +70,7 @@ def measure(call, w: dict, check=None) -> dict:
         check(out)
     tokens = w["batch"] * w["n"] * w["new_tokens"]
     med = statistics.median(times)
-    return dict(status="ok", first_call_s=first, median_s=med, min_s=min(times), max_s=max(times),
+    return dict(status="ok", repeats_run=repeats, warmup_run=warmup, first_call_s=first, median_s=med, min_s=min(times), max_s=max(times),
                 times_s=times, tokens=tokens, tokens_per_s=tokens / med,
                 tokens_per_s_min=tokens / max(times), tokens_per_s_max=tokens / min(times))
 

@@ -7,7 +7,8 @@ Each peer runs in its own subprocess and venv (bon_jax in the project's .venv; t
 benchmarks/.peers-venv/jax; transformers in benchmarks/.peers-venv/torch), builds the same architecture with
 random weights and samples the same workload (see common.py: the tiny Gemma-2-style model, B=8 prompts of 64
 tokens x N=32 samples x 64 new tokens, temperature 1, EOS ignored), timed by the same harness (median of
-`--repeats` calls after the compiling first call and one warm-up). A peer that is not installed, cannot take
+`--repeats` calls after the compiling first call and one warm-up; fewer for a peer whose calls take
+minutes, see common.py). A peer that is not installed, cannot take
 the config, fails or times out is reported in the table with the reason, never dropped.
 
 Prints the table (tokens/s and bon_jax's tokens/s as a multiple of each peer's) and writes
@@ -74,13 +75,14 @@ def _fmt(x, spec=".3g"):
 
 def table(results: dict, ref: str = "bon_jax") -> str:
     ref_tps = results.get(ref, {}).get("tokens_per_s")
-    head = ["peer", "version", "status", "median s", "min s", "max s", "tok/s", "first call s",
+    head = ["peer", "version", "status", "runs", "median s", "min s", "max s", "tok/s", "first call s",
             f"{ref} x"]
     rows = []
     for name, r in results.items():
         ok = r.get("status") == "ok"
         tps = r.get("tokens_per_s") if ok else None
-        rows.append([name, str(r.get("version", "")), r.get("status", "?"), _fmt(r.get("median_s")),
+        rows.append([name, str(r.get("version", "")), r.get("status", "?"), str(r.get("repeats_run", "")),
+                     _fmt(r.get("median_s")),
                      _fmt(r.get("min_s")), _fmt(r.get("max_s")), _fmt(tps, ".0f"),
                      _fmt(r.get("first_call_s"), ".1f"),
                      _fmt(ref_tps / tps, ".2f") if ref_tps and tps else ""])
