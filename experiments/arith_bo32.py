@@ -17,7 +17,9 @@ def get_config():
     c.task.kwargs.num_train = 20000
     c.task.kwargs.num_validation = 200
     c.task.kwargs.num_test = 500
-    c.task.kwargs.levels = (1, 2)
+    # Level 1 only: after 300 SFT steps pass@1 is 6% and pass@32 62% (levels 1-2: 3% and 51%), and the
+    # learned verifier reaches AUC 0.68 (0.60): Best-of-N matters more, and there is more signal to learn from.
+    c.task.kwargs.levels = (1,)
     c.task.kwargs.kinds = ("expr", "linear")
     c.tokenizer.vocab_size = 320
     c.model.name = "small"
@@ -40,8 +42,9 @@ def get_config():
     c.rl.m = 32
     c.rl.steps = 40
     c.rl.batch_size = 8
-    c.rl.lr = 5e-5
+    c.rl.lr = 1e-4
     c.rl.warmup = 5
+    c.rl.anchor_ema = 0.01  # Chow et al.'s EMA anchor, KL coefficient 1.0 -> 0.075
     c.rl.max_new_tokens = 48
     c.eval.num_prompts = 128
     c.eval.m = 32
