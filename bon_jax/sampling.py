@@ -16,8 +16,8 @@ Pipeline (two jitted functions, compiled once per shape bucket and static settin
 
 Sampling distribution at each step, from the policy logits l (float32, after the final soft-cap):
 temperature l / tau, then top-k (the k largest, `lax.top_k`, no full sort), then top-p (the smallest
-prefix of the sorted candidates whose mass reaches p; ties at the cut-off are kept; without top-k this
-sorts the vocabulary), then a categorical draw by inverting the CDF at one uniform per row
+prefix of the sorted candidates whose mass reaches p; ties at the cut-off are kept; without top-k the
+cut-off is found by bisection, `nucleus_threshold`, not a sort), then a categorical draw by inverting the CDF at one uniform per row
 (`inverse_cdf_sample`: O(V), no sort, no per-token noise). `greedy` (or temperature 0) takes argmax l.
 
 Log-probs: by default `log softmax(l)[token]`, the policy at temperature 1 whatever the sampling settings
@@ -104,6 +104,29 @@ def _nucleus_keep(sorted_logits_RK, top_p: float):
     return mass_before_RK < top_p
 
 
+def nucleus_threshold(probs_RV, top_p: float):
+    """[R, 1]: the probability t* of the top-p cut-off token, found by bisection instead of a sort.
+
+    t* = max {t : sum of the probabilities >= t is >= top_p}; keeping the tokens with p >= t* is the
+    smallest sorted prefix whose mass reaches top_p, ties at the cut-off kept. Non-negative float32 values
+    order like their bit patterns, so 31 halvings of the int32 range [0, bits(max p) + 1) find t* exactly:
+    31 fused passes over the vocabulary, no O(V log V) sort.
+    """
+    bits = lambda x: lax.bitcast_convert_type(x, jnp.int32)
+    lo_R1 = jnp.zeros((probs_RV.shape[0], 1), jnp.int32)  # mass(lo) >= top_p always (mass(0) = 1)
+    hi_R1 = bits(jnp.max(probs_RV, axis=-1, keepdims=True)) + 1  # mass(hi) < top_p or hi is past max
+
+    def halve(_, lo_hi):
+        lo_R1, hi_R1 = lo_hi
+        mid_R1 = lo_R1 + (hi_R1 - lo_R1) // 2
+        t_R1 = lax.bitcast_convert_type(mid_R1, jnp.float32)
+        ok_R1 = jnp.sum(jnp.where(probs_RV >= t_R1, probs_RV, 0.0), axis=-1, keepdims=True) >= top_p
+        return jnp.where(ok_R1, mid_R1, lo_R1), jnp.where(ok_R1, hi_R1, mid_R1)
+
+    lo_R1, _ = lax.fori_loop(0, 31, halve, (lo_R1, hi_R1))
+    return lax.bitcast_convert_type(lo_R1, jnp.float32)
+
+
 def _block_size(V: int) -> int:
     return 1 << max(0, (V - 1).bit_length() + 1) // 2  # ~sqrt(V), a power of two
 
@@ -153,19 +176,18 @@ def sample_from_uniform(logits_RV, u_R, settings: SamplingSettings):
         sampling_logprobs_R = jnp.zeros(tokens_R.shape, jnp.float32)
     else:
         scaled_RV = logits_RV / settings.temperature if settings.temperature != 1 else logits_RV
+        nucleus = settings.top_p is not None and settings.top_p < 1  # top_p = 1 keeps every token
         if settings.top_k is not None:
             candidates_RK, token_ids_RK = lax.top_k(scaled_RV, settings.top_k)  # sorted, descending
-            if settings.top_p is not None:
+            if nucleus:
                 keep_RK = _nucleus_keep(candidates_RK, settings.top_p)
                 candidates_RK = jnp.where(keep_RK, candidates_RK, -jnp.inf)
         else:
             candidates_RK, token_ids_RK = scaled_RV, None
-            if settings.top_p is not None:
-                sorted_RV = -jnp.sort(-scaled_RV, axis=-1)
-                keep_RV = _nucleus_keep(sorted_RV, settings.top_p)
-                # The smallest kept logit is the cut-off; compare in vocabulary order, no gather back.
-                cutoff_R1 = jnp.min(jnp.where(keep_RV, sorted_RV, jnp.inf), axis=-1, keepdims=True)
-                candidates_RK = jnp.where(scaled_RV >= cutoff_R1, scaled_RV, -jnp.inf)
+            if nucleus:
+                probs_RV = jax.nn.softmax(scaled_RV, axis=-1)
+                candidates_RK = jnp.where(probs_RV >= nucleus_threshold(probs_RV, settings.top_p),
+                                          scaled_RV, -jnp.inf)
         choice_R, sampling_logprobs_R = inverse_cdf_sample(candidates_RK, u_R)
         tokens_R = choice_R if token_ids_RK is None else jnp.take_along_axis(
             token_ids_RK, choice_R[:, None], axis=-1)[:, 0].astype(jnp.int32)

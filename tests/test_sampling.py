@@ -242,3 +242,17 @@ def test_invalid_settings_are_refused(bad):
 def test_empty_prompt_is_refused():
     with pytest.raises(ValueError, match="real"):
         sample(_params(), CFG, np.zeros((1, 4), np.int32), 2, jax.random.key(0), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_nucleus_threshold_keeps_the_smallest_sorted_prefix(top_p):
+    """Bisection cut-off == the sorted-prefix definition (float64 numpy reference), row by row."""
+    logits = np.random.default_rng(7).normal(0, 3, (64, 1000)).astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+    keep = np.asarray(probs >= np.asarray(sampling.nucleus_threshold(jnp.asarray(probs), top_p)))
+    order = np.argsort(-probs, axis=-1)
+    p_sorted = np.take_along_axis(probs.astype(np.float64), order, -1)
+    keep_sorted = np.cumsum(p_sorted, -1) - p_sorted < top_p
+    ref = np.zeros_like(keep)
+    np.put_along_axis(ref, order, keep_sorted, -1)
+    np.testing.assert_array_equal(keep, ref)
