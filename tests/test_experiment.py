@@ -201,8 +201,11 @@ def test_rl_update_on_2x4_mesh_equals_single_device():
     sharded_step = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None))
     sharded, m8 = sharded_step(jax.device_put(state, state_sh), jax.device_put(batch, batch_sh))
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5, atol=1e-6)
+    # Adam divides by sqrt(v): on coordinates whose gradient is near zero the sharded reductions' different
+    # summation order moves the update by up to ~1e-6 (measured 2.7e-6 on 1 of 4096), hence atol 1e-5 =
+    # 1e-3 x lr; a wrong sharding moves updates by O(lr).
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), sharded.params, single.params
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), sharded.params, single.params
     )
 
 
