@@ -201,6 +201,10 @@ def check_values(c: ConfigDict) -> None:
     _require(c.rl.top_k >= 0, "rl.top_k", "must be >= 0 (0 disables top-k)")
     _require(c.rl.beta >= 0, "rl.beta", "KL coefficient must be >= 0")
     _require(0 <= c.rl.anchor_ema < 1, "rl.anchor_ema", "EMA rate must be in [0, 1)")
+    if c.rl.objective == "bon_distill_sft":
+        # Its samples come from the reference policy: a KL term on them would not be a KL of pi.
+        for key in ("beta", "anchor_ema"):
+            _require(c.rl[key] == 0, f"rl.{key}", "must be 0 for bon_distill_sft (its samples are the reference's)")
     _require(c.rl.max_new_tokens >= 1, "rl.max_new_tokens", "must be >= 1")
     _require(
         c.rl.max_new_tokens < c.model.max_len,

@@ -48,11 +48,11 @@ def get_sweep(grid="full"):
             {"rl.objective": "vbon_bound", "rl.n": 8},
             {"rl.objective": "kl_rl", "rl.beta": 0.1},
             {"rl.objective": "kl_rl", "rl.beta": 1.0},
-            {"rl.objective": "bon_distill_sft", "rl.n": 4},
+            {"rl.objective": "bon_distill_sft", "rl.n": 4, "rl.beta": 0.0},
         ]
     # M = max(N, 8) policy samples per prompt: Best-of-N objectives need at least N of them.
     points = [{"rl.objective": o, "rl.n": n, "rl.m": max(n, 8)} for o in ("vbon", "vbon_bound")
               for n in (2, 4, 8, 16)]
     points += [{"rl.objective": "kl_rl", "rl.beta": b} for b in (0.05, 0.1, 0.3, 1.0)]
-    points += [{"rl.objective": "bon_distill_sft", "rl.n": n, "rl.m": max(n, 8)} for n in (4, 16)]
+    points += [{"rl.objective": "bon_distill_sft", "rl.n": n, "rl.m": max(n, 8), "rl.beta": 0.0} for n in (4, 16)]
     return points

@@ -81,3 +81,13 @@ def test_every_sweep_point_of_the_shipped_grids_is_a_valid_config(name):
             c = point_config(module.get_config(), overrides, "/tmp/unused")
             if not c.requires:
                 cfg.validate(c)
+
+
+@pytest.mark.parametrize("key", ["beta", "anchor_ema"])
+def test_bon_distill_sft_with_a_kl_term_is_refused_before_compute(key):
+    c = cfg.base_config()
+    c.rl.objective = "bon_distill_sft"
+    c.rl.beta = 0.0
+    c.rl[key] = 0.1
+    with pytest.raises(ConfigError, match=rf"rl\.{key}: must be 0 for bon_distill_sft"):
+        cfg.validate(c)
