@@ -10,7 +10,8 @@ Pipeline (two jitted functions, compiled once per shape bucket and static settin
    prompt's logits, then a `lax.while_loop` feeds each sampled token back and samples the next, until
    every row has stopped or max_new_tokens tokens exist. Each step (`transformer.decode_step`) attends
    over the prompt's keys, shared by its N rows (a [N * G, H] x [H, T] matmul per prompt and kv head,
-   `attention.shared_prefix_attention`), and over the row's own generated keys, a cache of
+   `attention.shared_prefix_attention`; local layers read only each prompt's last `window` slots,
+   `transformer.prefix_window`), and over the row's own generated keys, a cache of
    max_new_tokens - 1 slots created inside the jit and updated in place by the loop. The weights are
    re-laid out for the step once per call, outside the loop; nothing leaves the device between steps.
 
@@ -51,7 +52,7 @@ from bon_jax.models.masks import (
     take_last_valid,
     valid_from_lengths,
 )
-from bon_jax.models.transformer import Transformer, decode_step, decode_weights
+from bon_jax.models.transformer import Transformer, decode_step, decode_weights, prefix_window
 
 # How often each jitted function was traced (a Python side effect that runs only while tracing): tests
 # and benchmarks read it to check that a second call with the same shapes does not recompile.
@@ -249,16 +250,18 @@ def row_uniforms(rng, prompt_ids_R, sample_ids_R, steps: int):
     return jax.vmap(lambda k: jax.vmap(_uniform)(step_keys(k)))(keys_R)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "settings", "n"))
+@functools.partial(jax.jit, static_argnames=("cfg", "settings", "n", "use_window"))
 def _decode(params, prefix: DecodeKV, logits_BV, prompt_valid_BT, rng, prompt_ids_R, sample_ids_R, *,
-            cfg: ModelConfig, settings: SamplingSettings, n: int):
+            cfg: ModelConfig, settings: SamplingSettings, n: int, use_window: bool = True):
     """Samples max_new_tokens (or until every row stopped) for each of the n rows of each prompt.
 
     Rows r = b * n + i read prompt b's keys/values (`prefix`, read-only) and their own generated
     keys/values, one slot per step. The generated cache is created inside this jit and carried by a
     `lax.while_loop`, so XLA updates it in place (no donation needed, no copy per step) and there is no
     host round trip between steps. Row r's uniforms come from
-    (prompt_ids_R[r], sample_ids_R[r]) (see `row_uniforms`). Returns (tokens_RT, logprobs_RT, lengths_R).
+    (prompt_ids_R[r], sample_ids_R[r]) (see `row_uniforms`). `use_window=False` makes local layers read
+    every prompt slot (masked) instead of the last `window` ones: the same result, a reference for tests
+    and benchmarks. Returns (tokens_RT, logprobs_RT, lengths_R).
     """
     TRACE_COUNTS["decode"] += 1
     B, T_prompt = prompt_valid_BT.shape
@@ -267,6 +270,8 @@ def _decode(params, prefix: DecodeKV, logits_BV, prompt_valid_BT, rng, prompt_id
     u_RT = row_uniforms(rng, prompt_ids_R, sample_ids_R, T_new)
     prompt_lengths_R = jnp.repeat(prompt_valid_BT.sum(-1), n).astype(jnp.int32)
     prompt_positions_BT = positions_from_valid(prompt_valid_BT)
+    # Local layers read only each prompt's last `window` slots, gathered once here, outside the loop.
+    window = prefix_window(cfg, prefix, prompt_valid_BT, prompt_positions_BT) if use_window else None
     stop_ids = jnp.asarray(settings.stop_ids, jnp.int32)
     # Token t (0 <= t < T_new - 1) is fed at step t + 1 into own slot t; the last token is never fed.
     own = DecodeKV.zeros(cfg, R, max(T_new - 1, 1))
@@ -295,7 +300,7 @@ def _decode(params, prefix: DecodeKV, logits_BV, prompt_valid_BT, rng, prompt_id
         state, own = carry
         slot = state.step - 1  # token `slot` sits at position prompt_length + slot
         logits_RV, own = decode_step(w, cfg, state.last_tokens_R, prompt_lengths_R + slot, prefix,
-                                     prompt_valid_BT, prompt_positions_BT, own, slot)
+                                     prompt_valid_BT, prompt_positions_BT, own, slot, window)
         return emit(state, logits_RV), own
 
     init = _DecodeState(

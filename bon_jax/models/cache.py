@@ -109,3 +109,11 @@ class DecodeKV:
         return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
                    v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
 
+    def take_slots(self, slots_BW, layers) -> DecodeKV:
+        """Slots `slots_BW[b]` of prompt b ([B, W] int) of the layers in `layers`: [B * K, W, H] each, in
+        the order of slots_BW; None for the other layers. One gather, e.g. once per sampling call."""
+        K = self.k[0].shape[0] // slots_BW.shape[0]
+        idx_XW1 = jnp.repeat(slots_BW, K, axis=0)[:, :, None]
+        take = lambda i, x: jnp.take_along_axis(x, idx_XW1, axis=1) if i in layers else None
+        return DecodeKV(k=tuple(take(i, x) for i, x in enumerate(self.k)),
+                        v=tuple(take(i, x) for i, x in enumerate(self.v)))

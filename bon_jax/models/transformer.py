@@ -21,6 +21,8 @@ a value model can start from a policy's params.
 from __future__ import annotations
 
 import flax.linen as nn
+import flax.struct
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -148,12 +150,48 @@ def decode_weights(params, cfg: ModelConfig) -> dict:
                 final_norm=params["final_norm"]["scale"])
 
 
+@flax.struct.dataclass
+class PrefixWindow:
+    """What the local (sliding-window) layers of the decode step read of the prompts: the slots of each
+    prompt's last W = min(window, P) real tokens, gathered once per sampling call (`prefix_window`).
+
+    A decode query sits at a position >= the prompt length L, so a local layer can only see prompt
+    positions > L - window: all of them are among these W slots, and the rest of the prompt is masked
+    anyway. Attending over W slots instead of P gives the same softmax (the dropped slots contribute
+    exp(-inf) = 0) at W / P of the cost.
+
+        kv: `DecodeKV` [B * K, W, H] for the local layers (None for the global ones)
+        valid_BW: the slot holds a real token (False for prompts shorter than W)
+        positions_BW: its position (L - W + w)
+    """
+
+    kv: DecodeKV
+    valid_BW: jax.Array
+    positions_BW: jax.Array
+
+
+def prefix_window(cfg: ModelConfig, prefix: DecodeKV, prefix_valid_BP, prefix_positions_BP):
+    """The `PrefixWindow` of the prompts, or None when no layer is local or the window is not shorter
+    than the prompt width P (nothing to save). Any padding (left, right, both, or inside the prompt):
+    the w-th slot is the one holding the real token at position L - W + w."""
+    local = tuple(i for i, t in enumerate(cfg.attention_types) if t == AttentionType.LOCAL_SLIDING)
+    P = prefix_valid_BP.shape[1]
+    if not local or cfg.sliding_window_size is None or cfg.sliding_window_size >= P:
+        return None
+    W = cfg.sliding_window_size
+    want_BW = prefix_valid_BP.sum(-1).astype(jnp.int32)[:, None] - W + jnp.arange(W, dtype=jnp.int32)
+    hit_BWP = prefix_valid_BP[:, None, :] & (prefix_positions_BP[:, None, :] == want_BW[:, :, None])
+    slots_BW = jnp.argmax(hit_BWP, axis=-1).astype(jnp.int32)
+    return PrefixWindow(kv=prefix.take_slots(slots_BW, local), valid_BW=want_BW >= 0,
+                        positions_BW=jnp.maximum(want_BW, 0))
+
+
 def _norm(cfg: ModelConfig, scale, x):
     return RMSNorm(cfg.norm_eps, cfg.params_dtype).apply({"params": {"scale": scale}}, x)
 
 
 def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: DecodeKV, prefix_valid_BP,
-                prefix_positions_BP, own: DecodeKV, slot):
+                prefix_positions_BP, own: DecodeKV, slot, window: PrefixWindow | None = None):
     """One token per row through the decoder, reading a shared prompt prefix and the rows' own slots.
 
     Args:
@@ -164,6 +202,8 @@ def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: Decode
         prefix_positions_BP their positions (for the sliding window of local layers).
       own: the rows' generated keys/values ([R * K, S, H]); this token's are written at slot `slot`, and
         the row reads its own slots 0 .. slot, which hold positions positions_R - slot .. positions_R.
+      window: `prefix_window(cfg, prefix, prefix_valid_BP, prefix_positions_BP)`: local layers then read
+        only the prompts' last W slots (same result, less work); None: every layer reads all P slots.
     Returns:
       (logits_RV float32 after the final soft-cap, own with this token's keys/values written).
     """
@@ -194,13 +234,17 @@ def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: Decode
         own_k, own_v = write(own.k[i], k_RKH), write(own.v[i], v_RKH)
         new_k.append(own_k)
         new_v.append(own_v)
+        prefix_k, prefix_v = prefix.k[i], prefix.v[i]
         prefix_mask_BP, own_mask_S = prefix_valid_BP, own_back_S >= 0
         if local:
-            window = cfg.sliding_window_size
-            prefix_mask_BP = prefix_mask_BP & (q_pos_B[:, None] - prefix_positions_BP < window)
-            own_mask_S = own_mask_S & (own_back_S < window)
+            W, positions_BP = cfg.sliding_window_size, prefix_positions_BP
+            if window is not None:  # the prompts' last W slots only
+                prefix_k, prefix_v = window.kv.k[i], window.kv.v[i]
+                prefix_mask_BP, positions_BP = window.valid_BW, window.positions_BW
+            prefix_mask_BP = prefix_mask_BP & (q_pos_B[:, None] - positions_BP < W)
+            own_mask_S = own_mask_S & (own_back_S < W)
         out_RNH = shared_prefix_attention(
-            q_RNH, prefix.k[i].astype(dt), prefix.v[i].astype(dt), prefix_mask_BP, own_k.astype(dt),
+            q_RNH, prefix_k.astype(dt), prefix_v.astype(dt), prefix_mask_BP, own_k.astype(dt),
             own_v.astype(dt), own_mask_S, cap=cfg.attn_logits_soft_cap, dtype=dt)
         attn_RD = jnp.dot(out_RNH.reshape(R, N * H), layer["o"])
         if cfg.use_post_attn_norm:
