@@ -52,7 +52,13 @@ from bon_jax.models.masks import (
     take_last_valid,
     valid_from_lengths,
 )
-from bon_jax.models.transformer import Transformer, decode_step, decode_weights, prefix_window
+from bon_jax.models.transformer import (
+    Transformer,
+    decode_step,
+    decode_weights,
+    prefill,
+    prefix_window,
+)
 
 # How often each jitted function was traced (a Python side effect that runs only while tracing): tests
 # and benchmarks read it to check that a second call with the same shapes does not recompile.
@@ -211,14 +217,16 @@ def sample_step(logits_RV, keys_R, settings: SamplingSettings):
 # ----------------------------------------------------------------------------- prefill
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _prefill(params, tokens_BT, valid_BT, *, cfg: ModelConfig):
+@functools.partial(jax.jit, static_argnames=("cfg", "fast"))
+def _prefill(params, tokens_BT, valid_BT, *, cfg: ModelConfig, fast: bool = True):
     """Prompts -> (next-token logits_BV float32, the prompts' keys/values `DecodeKV` [B * K, T, H]).
 
     Once per prompt, whatever N: the N samples of a prompt share its keys and values in the decode
     step instead of each reading a tiled copy.
     """
     TRACE_COUNTS["prefill"] += 1
+    if fast:  # 2-D weights, causal attention chunked (`transformer.prefill`); False: the modules
+        return prefill(decode_weights(params, cfg), cfg, tokens_BT, valid_BT)
     model = Transformer(cfg)
     cache = init_cache(cfg, tokens_BT.shape[0], tokens_BT.shape[1])
     h_BTD, cache = model.apply(

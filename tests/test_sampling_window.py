@@ -12,6 +12,7 @@ import pytest
 from bon_jax import sampling
 from bon_jax.models import abstract_params, causal_mask, get_config, make_model, positions_from_valid
 from bon_jax.models.masks import valid_from_lengths
+from bon_jax.models import transformer
 from bon_jax.models.transformer import prefix_window
 
 CFG = get_config("tiny", sliding_window_size=16)
@@ -93,3 +94,20 @@ def test_window_holds_the_last_real_tokens():
         np.testing.assert_array_equal(np.asarray(win.positions_BW[b])[got],
                                       np.asarray(pos[b])[real_slots])
     assert prefix_window(CFG, prefix, jnp.asarray(valid[:, :16]), pos[:, :16]) is None  # P <= window
+
+
+@pytest.mark.parametrize("side", ["left", "right", "inner"])
+def test_chunked_prefill_equals_module_prefill(side):
+    """`transformer.prefill` (2-D weights, causal query chunks) against the modules' prefill: the same
+    next-token logits and the same keys/values on every real slot (padding slots are never read)."""
+    prompts, valid = _prompts(side)
+    tokens, valid_j = jnp.asarray(prompts), jnp.asarray(valid)
+    new = sampling._prefill(_params(), tokens, valid_j, cfg=CFG, fast=True)
+    old = sampling._prefill(_params(), tokens, valid_j, cfg=CFG, fast=False)
+    chunked = jax.jit(lambda p: transformer.prefill(transformer.decode_weights(p, CFG), CFG, tokens,
+                                                    valid_j, chunk=7))(_params())  # 40 = 5 * 7 + 5
+    valid_X = np.repeat(valid, CFG.num_kv_heads, axis=0)
+    for got in (new, chunked):
+        np.testing.assert_allclose(got[0], old[0], atol=1e-4)
+        for a, b in zip(got[1].k + got[1].v, old[1].k + old[1].v):
+            np.testing.assert_allclose(np.asarray(a)[valid_X], np.asarray(b)[valid_X], atol=1e-4)

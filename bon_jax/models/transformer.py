@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bon_jax.models.attention import Attention, shared_prefix_attention
+from bon_jax.models.attention import _MASKED, Attention, shared_prefix_attention
 from bon_jax.models.cache import DecodeKV, KVCache, LayerCache
 from bon_jax.models.config import AttentionType, ModelConfig
 from bon_jax.models.layers import Embedder, FeedForward, RMSNorm, soft_cap
+from bon_jax.models.masks import positions_from_valid, take_last_valid
 from bon_jax.models.rope import apply_rope
 
 
@@ -188,6 +189,71 @@ def prefix_window(cfg: ModelConfig, prefix: DecodeKV, prefix_valid_BP, prefix_po
 
 def _norm(cfg: ModelConfig, scale, x):
     return RMSNorm(cfg.norm_eps, cfg.params_dtype).apply({"params": {"scale": scale}}, x)
+
+
+def prefill(w: dict, cfg: ModelConfig, tokens_BT, valid_BT, *, chunk: int = 128):
+    """The sampler's prefill: prompts -> (last real token's logits_BV float32, `DecodeKV` [B * K, T, H]).
+
+    The maths of `Transformer` with `masks.causal_mask(valid_BT)` and `positions_from_valid(valid_BT)`,
+    written against `decode_weights` (plain 2-D matmuls; the modules' 3-D einsum weights cost a
+    transpose per call) and with causal attention in query chunks of `chunk` slots: chunk [t0, t1) reads
+    key slots [0, t1) only (a key after the query is masked whatever the padding), about half the
+    attention work of a full [T, T] score matrix at T = 4 chunks. Only the last real token is unembedded.
+    """
+    N, K, G, H, D = cfg.num_heads, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim, cfg.embed_dim
+    dt = cfg.compute_dtype
+    B, T = tokens_BT.shape
+    valid_BT = valid_BT.astype(bool)
+    positions_BT = positions_from_valid(valid_BT)
+    x_BTD = jnp.take(w["embedding"], tokens_BT, axis=0).astype(dt) * jnp.asarray(D**0.5, dt)
+    ks, vs = [], []
+    for layer, kind in zip(w["layers"], cfg.attention_types):
+        norms = layer["norms"]
+        qkv_BTX = jnp.dot(_norm(cfg, norms["pre_attention_norm"], x_BTD), layer["qkv"])
+        q_BTNH = qkv_BTX[..., :N * H].reshape(B, T, N, H)
+        k_BTKH = qkv_BTX[..., N * H:(N + K) * H].reshape(B, T, K, H)
+        v_BTKH = qkv_BTX[..., (N + K) * H:].reshape(B, T, K, H)
+        if cfg.use_qk_norm:
+            q_BTNH = _norm(cfg, layer["qk_norms"]["query_norm"], q_BTNH)
+            k_BTKH = _norm(cfg, layer["qk_norms"]["key_norm"], k_BTKH)
+        local = kind == AttentionType.LOCAL_SLIDING
+        rope = dict(base_frequency=cfg.local_rope_base_frequency, scale_factor=1.0) if local else \
+            dict(base_frequency=cfg.rope_base_frequency, scale_factor=cfg.rope_scale_factor)
+        q_BTNH = apply_rope(q_BTNH, positions_BT, **rope) * jnp.asarray(cfg.query_scale, dt)
+        k_BTKH = apply_rope(k_BTKH, positions_BT, **rope)
+        ks.append(jnp.swapaxes(k_BTKH, 1, 2).reshape(B * K, T, H))
+        vs.append(jnp.swapaxes(v_BTKH, 1, 2).reshape(B * K, T, H))
+        outs = []
+        for t0 in range(0, T, chunk):
+            t1 = min(T, t0 + chunk)
+            q_BCKGH = q_BTNH[:, t0:t1].reshape(B, t1 - t0, K, G, H)
+            logits_BCKGS = soft_cap(jnp.einsum("BCKGH,BSKH->BCKGS", q_BCKGH, k_BTKH[:, :t1],
+                                               preferred_element_type=jnp.float32),
+                                    cfg.attn_logits_soft_cap)
+            mask_BCS = (jnp.arange(t1)[None, :] <= jnp.arange(t0, t1)[:, None])[None] & \
+                valid_BT[:, None, :t1]
+            if local:
+                mask_BCS = mask_BCS & (positions_BT[:, t0:t1, None] - positions_BT[:, None, :t1]
+                                       < cfg.sliding_window_size)
+            logits_BCKGS = jnp.where(mask_BCS[:, :, None, None, :], logits_BCKGS, _MASKED)
+            probs_BCKGS = nn.softmax(logits_BCKGS, axis=-1).astype(dt)
+            outs.append(jnp.einsum("BCKGS,BSKH->BCKGH", probs_BCKGS, v_BTKH[:, :t1]))
+        out_BTX = jnp.concatenate(outs, axis=1).reshape(B, T, N * H)
+        attn_BTD = jnp.dot(out_BTX, layer["o"])
+        if cfg.use_post_attn_norm:
+            attn_BTD = _norm(cfg, norms["post_attention_norm"], attn_BTD)
+        x_BTD = x_BTD + attn_BTD
+        gate_up_BTX = jnp.dot(_norm(cfg, norms["pre_ffw_norm"], x_BTD), layer["gate_up"])
+        F = gate_up_BTX.shape[-1] // 2
+        ffw_BTD = jnp.dot(nn.gelu(gate_up_BTX[..., :F], approximate=True) * gate_up_BTX[..., F:],
+                          layer["down"])
+        if cfg.use_post_ffw_norm:
+            ffw_BTD = _norm(cfg, norms["post_ffw_norm"], ffw_BTD)
+        x_BTD = x_BTD + ffw_BTD
+    h_BD = _norm(cfg, w["final_norm"], take_last_valid(x_BTD, valid_BT))
+    logits_BV = jnp.einsum("BD,VD->BV", h_BD, w["embedding"].astype(dt),
+                           preferred_element_type=jnp.float32)
+    return soft_cap(logits_BV, cfg.final_logit_soft_cap), DecodeKV(k=tuple(ks), v=tuple(vs))
 
 
 def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: DecodeKV, prefix_valid_BP,
