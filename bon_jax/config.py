@@ -76,6 +76,13 @@ def base_config() -> ConfigDict:
     # Also train on each training prompt's reference solution as a correct example (tasks with references):
     # positives for free where the policy rarely samples a correct one. Held-out AUC stays on samples only.
     c.verifier.reference_positives = False
+    # lambda of the within-prompt Bradley-Terry ranking term added to the BCE (bon_jax.verifiers.train);
+    # 0 = Chow et al.'s plain BCE.
+    c.verifier.ranking_weight = 0.0
+    # Per training prompt, this many corruptions of its reference (e.g. one slipped step carried through to
+    # the answer) as incorrect examples, with the reference as a correct one: hard negatives that differ from
+    # a correct solution only in its arithmetic. Tasks with a `corrupt(reference, rng)` method (arith).
+    c.verifier.corrupted_references = 0
 
     c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
     c.rl.objective = "bon_rl_v"
@@ -223,6 +230,24 @@ def check_values(c: ConfigDict) -> None:
         "must be one of learned | oracle | sentiment",
     )
     _require(c.verifier.class_weight in ("balanced", "none"), "verifier.class_weight", "must be balanced | none")
+    _require(
+        c.verifier.corrupted_references >= 0,
+        "verifier.corrupted_references",
+        f"must be >= 0, got {c.verifier.corrupted_references}",
+    )
+    if c.verifier.corrupted_references and c.verifier.kind == "learned":
+        from bon_jax.tasks.registry import get_task_class
+
+        _require(
+            hasattr(get_task_class(c.task.name), "corrupt"),
+            "verifier.corrupted_references",
+            f"task {c.task.name!r} cannot corrupt its references (no `corrupt` method); set it to 0",
+        )
+    _require(
+        c.verifier.ranking_weight >= 0,
+        "verifier.ranking_weight",
+        f"must be >= 0 (0 = plain BCE), got {c.verifier.ranking_weight}",
+    )
     _require(c.tokenizer.vocab_size >= 64, "tokenizer.vocab_size", "must be >= 64")
     _require(
         all(1 <= k <= c.eval.m for k in c.eval.ks),

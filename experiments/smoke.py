@@ -24,6 +24,8 @@ def get_config():
     c.verifier.samples_per_prompt = 4
     c.verifier.steps = 10
     c.verifier.batch_size = 16
+    c.verifier.ranking_weight = 1.0  # exercised end to end, as in the default
+    c.verifier.corrupted_references = 1
     c.rl.objective = "bon_rl_v"
     c.rl.n = 4
     c.rl.m = 4

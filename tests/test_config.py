@@ -31,6 +31,8 @@ def test_free_form_sections_accept_any_key():
         ("rl.grad_accum", 3, "must divide rl.batch_size"),
         ("model.dtype", "float16", "float32' or 'bfloat16"),
         ("verifier.kind", "magic", "learned | oracle | sentiment"),
+        ("verifier.ranking_weight", -1.0, "must be >= 0"),
+        ("verifier.corrupted_references", -1, "must be >= 0"),
         ("rl.max_new_tokens", 400, "must be < model.max_len"),
     ],
 )
@@ -90,4 +92,13 @@ def test_bon_distill_sft_with_a_kl_term_is_refused_before_compute(key):
     c.rl.beta = 0.0
     c.rl[key] = 0.1
     with pytest.raises(ConfigError, match=rf"rl\.{key}: must be 0 for bon_distill_sft"):
+        cfg.validate(c)
+
+
+def test_corrupted_references_need_a_task_that_can_corrupt():
+    c = cfg.base_config()
+    c.verifier.corrupted_references = 2
+    cfg.validate(c)  # arith can
+    c.task.name = "sentiment"
+    with pytest.raises(ConfigError, match=r"verifier\.corrupted_references: task 'sentiment' cannot corrupt"):
         cfg.validate(c)

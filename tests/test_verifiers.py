@@ -2,7 +2,6 @@
 unpadded full forwards, a tiny arith verifier that beats chance on held-out problems, oracle and sentiment."""
 
 import random
-import re
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ from bon_jax.models import (
     positions_from_valid,
 )
 from bon_jax.tasks.arith import ArithTask, check_steps
+from bon_jax.tasks.arith import corrupt_solution as corrupt
 from bon_jax.tasks.base import Example
 from bon_jax.tasks.sentiment import SentimentScorer
 from bon_jax.tokenizer import Tokenizer
@@ -38,6 +38,8 @@ from bon_jax.verifiers import (
     init_verifier_params,
     load_verifier,
     pack_prompt_completion,
+    pairwise_accuracy,
+    ranking_loss,
     save_verifier,
     score_completion_tokens,
     score_tokens,
@@ -287,60 +289,74 @@ def test_bce_loss_and_class_weights(tokenizer, tiny):
 
 
 # --------------------------------------------------------------------------------------------------
+# Within-prompt ranking: loss, minibatches by prompt, pairwise accuracy.
+
+
+def brute_force_ranking(z, y, g):
+    """float64 loops over all ordered pairs: (mean softplus(z_j - z_i) over same-group (pos i, neg j), pairs)."""
+    terms = [np.log1p(np.exp(z[j] - z[i])) for i in range(len(z)) for j in range(len(z))
+             if g[i] == g[j] and y[i] == 1 and y[j] == 0]
+    return (float(np.mean(terms)) if terms else 0.0), len(terms)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ranking_loss_matches_pair_enumeration(seed):
+    r = np.random.default_rng(seed)
+    z = r.normal(size=24) * 3
+    y = (r.random(24) < 0.3).astype(np.float32)
+    g = r.integers(0, 5, 24)
+    value, count = ranking_loss(jnp.asarray(z, jnp.float32), jnp.asarray(y), jnp.asarray(g))
+    want, pairs = brute_force_ranking(z, y, g)
+    assert int(count) == pairs
+    assert float(value) == pytest.approx(want, rel=1e-5)
+    # A per-group shift of the scores changes nothing: only a prompt's own completions are compared.
+    shifted = z + 10.0 * g
+    assert float(ranking_loss(jnp.asarray(shifted, jnp.float32), jnp.asarray(y), jnp.asarray(g))[0]) == (
+        pytest.approx(want, rel=1e-4))
+    # No same-prompt (correct, incorrect) pair: the term is 0, not NaN.
+    value, count = ranking_loss(jnp.zeros(4), jnp.array([1.0, 0.0, 1.0, 0.0]), jnp.arange(4))
+    assert int(count) == 0 and float(value) == 0.0
+
+
+def test_pairwise_accuracy_is_within_group_auc():
+    r = np.random.default_rng(3)
+    z = np.round(r.normal(size=60), 1)  # ties happen
+    y = (r.random(60) < 0.4).astype(float)
+    g = r.integers(0, 6, 60)
+    acc, pairs = pairwise_accuracy(z, y, g)
+    wins = [1.0 if z[i] > z[j] else 0.5 if z[i] == z[j] else 0.0 for i in range(60) for j in range(60)
+            if g[i] == g[j] and y[i] == 1 and y[j] == 0]
+    assert pairs == len(wins) and acc == pytest.approx(np.mean(wins))
+    # One group: the plain AUC. Scores that only say which group (prompt) a row is in: chance.
+    assert pairwise_accuracy(z, y, np.zeros(60))[0] == pytest.approx(auc(z, y))
+    assert pairwise_accuracy(g.astype(float), y, g)[0] == 0.5
+
+
+def test_grouped_minibatches_keep_each_prompt_together():
+    from bon_jax.verifiers.train import _epoch_batches
+
+    groups = np.repeat(np.arange(10), 4)
+    r = np.random.default_rng(0)
+    order = _epoch_batches(40, 8, 10, r, groups)  # two passes
+    for one_pass in order.reshape(2, 40):
+        assert sorted(one_pass) == list(range(40))
+        g = groups[one_pass]
+        assert all(len(set(g[k:k + 4])) == 1 for k in range(0, 40, 4))  # contiguous, whole groups
+    assert not np.array_equal(order[:5], order[5:])  # reshuffled between passes
+
+
+def test_ranking_needs_prompt_ids(tokenizer, tiny):
+    cfg, _ = tiny
+    with pytest.raises(ValueError, match="groups"):
+        train_verifier(cfg, tokenizer, ["a", "b"], ["c", "d"], [1, 0], steps=1, batch_size=2, lr=1e-3,
+                       ranking_weight=1.0)
+    with pytest.raises(ValueError, match="group ids"):
+        train_verifier(cfg, tokenizer, ["a", "b"], ["c", "d"], [1, 0], steps=1, batch_size=2, lr=1e-3,
+                       groups=[0], ranking_weight=1.0)
+
+
+# --------------------------------------------------------------------------------------------------
 # A learned verifier on arith: reference solutions (correct) vs one-digit corruptions (incorrect).
-
-_STEP = re.compile(r"^(-?\d+)(\+|-|\*|/| mod )(\(-\d+\)|\d+)=(-?\d+)$")
-
-
-def _change_one_digit(value: int, r: random.Random) -> int:
-    """Same number of digits and sign, one digit different (no new leading zero)."""
-    s = str(abs(value))
-    i = r.randrange(len(s))
-    allowed = [d for d in "0123456789" if d != s[i] and not (d == "0" and i == 0 and len(s) > 1)]
-    s = s[:i] + r.choice(allowed) + s[i + 1:]
-    return -int(s) if value < 0 else int(s)
-
-
-def _apply(a, op, b):
-    if op == "/":
-        return a // b if b and a % b == 0 else None
-    if op == " mod ":
-        return a % b if b > 0 else None
-    return {"+": a + b, "-": a - b, "*": a * b}[op]
-
-
-def corrupt(reference: str, r: random.Random, kind: str) -> str:
-    """A wrong worked solution of the same shape as `reference`:
-
-    answer:    one digit of the boxed answer changed; every step still true;
-    step:      one digit of one step's result changed, later lines untouched (they disagree with it);
-    propagate: as `step`, with later steps recomputed from the wrong value and the answer following.
-    """
-    *steps, boxed = reference.split("\n")
-    answer = int(boxed[len("\\boxed{"):-1])
-    if kind == "answer":
-        return "\n".join(steps + [f"\\boxed{{{_change_one_digit(answer, r)}}}"])
-    i = r.randrange(len(steps))
-    out, changed = list(steps), {}
-    for j in range(i, len(steps)):
-        a, op, b, c = (g for g in _STEP.match(steps[j]).groups())
-        a, b, c = int(a), int(b.strip("()")), int(c)
-        if j == i:
-            new = _change_one_digit(c, r)
-        else:
-            if kind == "step":
-                break
-            a, b = changed.get(a, a), changed.get(b, b)
-            new = _apply(a, op, b)
-            if new is None:  # an inexact division downstream: fall back to the unpropagated error
-                return corrupt(reference, r, "step")
-        out[j] = f"{a}{op}{f'({b})' if b < 0 else b}={new}"
-        if new != c:
-            changed[c] = new
-    if kind == "propagate":
-        answer = changed.get(answer, answer)
-    return "\n".join(out + [f"\\boxed{{{answer}}}"])
-
 
 def make_triples(examples, seed, kinds):
     """Per problem: its reference (label 1) and one corruption of a random kind (label 0)."""
@@ -369,6 +385,10 @@ def test_corruptions_are_wrong_and_keep_the_shape(arith_task):
                 assert wrong_answer and n_true == n_steps
             if kind == "propagate":
                 assert n_true == n_steps - 1  # exactly one false step, everything after it consistent
+    # The task's hard negatives (the verifier's `corrupted_references`) always have a wrong answer.
+    for ex in exs:
+        bad = task.corrupt(ex.reference, r)
+        assert task.grade(ex, bad).reward == 0.0 and check_steps(bad)[0] == check_steps(ex.reference)[0]
 
 
 @pytest.fixture(scope="module")
@@ -378,8 +398,9 @@ def trained(arith_task, tokenizer):
     train = make_triples(arith_task.examples("train"), 0, kinds)
     held_out = make_triples(arith_task.examples("test"), 1, kinds)  # disjoint problems (hash split)
     cfg = tiny_config(tokenizer)
+    held_out_prompt_ids = np.arange(len(held_out[0])) // 2  # (reference, corruption) of one problem
     params, metrics = train_verifier(cfg, tokenizer, *train[:3], steps=400, batch_size=32, lr=3e-3, seed=0,
-                                     warmup=20, width=48, eval_data=held_out[:3])
+                                     warmup=20, width=48, eval_data=(*held_out[:3], held_out_prompt_ids))
     return cfg, params, metrics, held_out
 
 
@@ -399,8 +420,20 @@ def test_learned_verifier_beats_chance_on_held_out_problems(arith_task, tokenize
     exs = [Example(id=str(i), prompt=p) for i, p in enumerate(prompts[::2])]
     z_BN = verifier.score(exs, [list(completions[i:i + 2]) for i in range(0, len(completions), 2)])
     assert auc(z_BN.reshape(-1), labels) == pytest.approx(metrics["eval/auc"], abs=1e-9)
-    # Best-of-2 by the verifier picks the reference more often than chance.
+    # Best-of-2 by the verifier picks the reference more often than chance; pairwise accuracy says so.
     assert np.mean(z_BN[:, 0] > z_BN[:, 1]) > 0.6
+    assert metrics["eval/pairs"] == len(prompts) // 2
+    assert metrics["eval/pairwise_accuracy"] == pytest.approx(np.mean(z_BN[:, 0] > z_BN[:, 1]), abs=1e-9)
+
+
+def test_training_with_the_ranking_term_reports_it(arith_task, tokenizer):
+    prompts, completions, labels, _ = make_triples(arith_task.examples("train")[:16], 0, ("answer",))
+    groups = np.arange(len(prompts)) // 2
+    _, metrics = train_verifier(tiny_config(tokenizer), tokenizer, prompts, completions, labels, steps=3,
+                                batch_size=8, lr=1e-3, width=48, groups=groups, ranking_weight=1.0,
+                                eval_data=(prompts, completions, labels, groups), progress=False)
+    assert np.isfinite(metrics["train/rank_last"]) and metrics["train/rank_last"] > 0
+    assert metrics["eval/pairs"] == 16 and 0 <= metrics["eval/pairwise_accuracy"] <= 1
 
 
 def test_save_and_load_round_trip(tmp_path, arith_task, tokenizer, trained):

@@ -4,13 +4,17 @@
 - `sentiment`: the sentiment scorer (the vBoN setting: select by the reward model itself).
 - `learned`: Chow et al.'s verifier: the policy backbone with a scalar head, trained by binary
   cross-entropy on samples of the base policy graded by the task (optionally also on the training
-  prompts' reference solutions as correct examples, `verifier.reference_positives`); a held-out 20% of
-  the prompts gives AUC and calibration (ECE) on policy samples only.
+  prompts' reference solutions as correct examples, `verifier.reference_positives`, and on corrupted
+  references as hard negatives, `verifier.corrupted_references`, for tasks that can corrupt), optionally plus
+  a within-prompt ranking term (`verifier.ranking_weight`, see `bon_jax.verifiers.train`); a held-out
+  20% of the prompts gives AUC, within-prompt pairwise accuracy and calibration (ECE) on policy samples.
 
 Returns a scorer with the `bon_jax.pipeline.rollouts.Scorer` signature and the stage (for cache keys).
 """
 
 from __future__ import annotations
+
+import random
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -36,7 +40,7 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
 
     if not st.done:
         ctx.require_training("verifier")
-        prompts, completions, labels, holdout = _graded_samples(ctx, tokenizer, model_cfg, base_params)
+        prompts, completions, labels, groups, holdout = _graded_samples(ctx, tokenizer, model_cfg, base_params)
         # Same named model as the policy: the verifier starts from the policy's backbone (Chow et al.).
         same = v.model == c.model.name
         vcfg = (
@@ -67,7 +71,9 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
             init_params=base_params if same else None,
             class_weight=class_weight,
             width=-(-longest // 16) * 16,
-            eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout]),
+            eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout], groups[holdout]),
+            groups=groups[train] if v.ranking_weight else None,
+            ranking_weight=v.ranking_weight,
         )
         report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
         save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=report)
@@ -78,12 +84,13 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
 
 
 def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
-    """(prompts, completions, labels, holdout mask) from base-policy samples on training prompts."""
+    """(prompts, completions, labels, prompt ids, holdout mask) from base-policy samples on training prompts."""
     c = ctx.config
     v = c.verifier
     examples = list(ctx.task.examples("train"))[: v.num_prompts]
     key = ctx.rng("verifier")
-    prompts, completions, labels, holdout = [], [], [], []
+    corrupt_rng = random.Random(c.seed)
+    prompts, completions, labels, groups, holdout = [], [], [], [], []
     chunk = 16
     for start in tqdm(range(0, len(examples), chunk), desc="verifier data", dynamic_ncols=True):
         ex = examples[start : start + chunk]
@@ -114,10 +121,17 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
                 prompts.append(e.prompt)
                 completions.append(g.texts_BN[b][i])
                 labels.append(float(g.rewards_BN[b, i] > 0.5))
+                groups.append(start + b)
                 holdout.append((start + b) % 5 == 0)
-            if v.reference_positives and (start + b) % 5 and e.reference is not None:
-                prompts.append(e.prompt)
-                completions.append(e.reference)
-                labels.append(1.0)
-                holdout.append(False)
-    return prompts, completions, np.asarray(labels, np.float32), np.asarray(holdout)
+            if (start + b) % 5 and e.reference is not None:
+                # Training prompts only: the reference as a correct example, and/or hard negatives made
+                # from it (same prompt, so the ranking term pairs them with the reference and the samples).
+                extra = [(e.reference, 1.0)] if v.reference_positives or v.corrupted_references else []
+                extra += [(ctx.task.corrupt(e.reference, corrupt_rng), 0.0) for _ in range(v.corrupted_references)]
+                for text, label in extra:
+                    prompts.append(e.prompt)
+                    completions.append(text)
+                    labels.append(label)
+                    groups.append(start + b)
+                    holdout.append(False)
+    return prompts, completions, np.asarray(labels, np.float32), np.asarray(groups), np.asarray(holdout)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Iterator, Sequence
 
 from bon_jax.errors import ConfigError
@@ -497,6 +498,67 @@ def check_steps(completion: str) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Corrupting worked solutions: wrong solutions of the reference's shape (hard negatives for a verifier).
+
+CORRUPTIONS = ("answer", "step", "propagate")
+_STEP_LINE = re.compile(r"^(-?\d+)(\+|-|\*|/| mod )(\(-\d+\)|\d+)=(-?\d+)$")
+
+
+def _change_one_digit(value: int, r: random.Random) -> int:
+    """Same number of digits and sign, one digit different (no new leading zero)."""
+    s = str(abs(value))
+    i = r.randrange(len(s))
+    allowed = [d for d in "0123456789" if d != s[i] and not (d == "0" and i == 0 and len(s) > 1)]
+    s = s[:i] + r.choice(allowed) + s[i + 1 :]
+    return -int(s) if value < 0 else int(s)
+
+
+def _apply(a: int, op: str, b: int) -> int | None:
+    if op == "/":
+        return a // b if b and a % b == 0 else None
+    if op == " mod ":
+        return a % b if b > 0 else None
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+def corrupt_solution(reference: str, r: random.Random, kind: str = "propagate") -> str:
+    """A wrong worked solution of the same shape as `reference` (a solution in this module's format):
+
+    answer:    one digit of the boxed answer changed; every step still true;
+    step:      one digit of one step's result changed, later lines untouched (they disagree with it);
+    propagate: as `step`, with later steps recomputed from the wrong value and the answer following it,
+               the way a policy's slip carries through a solution.
+    `answer` and (almost always) `propagate` grade 0; `step` keeps the right answer with a wrong process.
+    """
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
+    *steps, boxed = reference.split("\n")
+    answer = int(boxed[len("\\boxed{") : -1])
+    if kind == "answer" or not steps:
+        return "\n".join(steps + [f"\\boxed{{{_change_one_digit(answer, r)}}}"])
+    i = r.randrange(len(steps))
+    out, changed = list(steps), {}
+    for j in range(i, len(steps)):
+        a, op, b, c = _STEP_LINE.match(steps[j]).groups()
+        a, b, c = int(a), int(b.strip("()")), int(c)
+        if j == i:
+            new = _change_one_digit(c, r)
+        else:
+            if kind == "step":
+                break
+            a, b = changed.get(a, a), changed.get(b, b)
+            new = _apply(a, op, b)
+            if new is None:  # an inexact division downstream: fall back to the unpropagated error
+                return corrupt_solution(reference, r, "step")
+        out[j] = f"{a}{op}{f'({b})' if b < 0 else b}={new}"
+        if new != c:
+            changed[c] = new
+    if kind == "propagate":
+        answer = changed.get(answer, answer)
+    return "\n".join(out + [f"\\boxed{{{answer}}}"])
+
+
+# ------------------------------------------------------------------------------------------------
 # The task.
 
 
@@ -624,6 +686,17 @@ class ArithTask(Task):
 
     def grade(self, example: Example, completion: str) -> Grade:
         return grade_answer(completion, example.answer)
+
+    @staticmethod
+    def corrupt(reference: str, r: random.Random) -> str:
+        """A solution of the reference's shape with a wrong final answer: a `propagate` or an `answer`
+        corruption (`corrupt_solution`), equally likely; a slip that does not reach the answer falls
+        back to an `answer` corruption."""
+        kind = ("answer", "propagate")[r.randrange(2)]
+        bad = corrupt_solution(reference, r, kind)
+        if last_boxed(bad) == last_boxed(reference):
+            bad = corrupt_solution(reference, r, "answer")
+        return bad
 
     @staticmethod
     def check_steps(completion: str) -> tuple[int, int]:

@@ -25,12 +25,20 @@ from bon_jax.verifiers.learned import (
     sequence_logits,
 )
 from bon_jax.verifiers.packing import pack_prompt_completion
-from bon_jax.verifiers.train import bce_loss, class_weights, evaluate_verifier, train_verifier
+from bon_jax.verifiers.train import (
+    bce_loss,
+    class_weights,
+    evaluate_verifier,
+    pairwise_accuracy,
+    ranking_loss,
+    train_verifier,
+)
 
 __all__ = [
     "CompletionTokens", "LearnedVerifier", "OracleVerifier", "SentimentVerifier", "Verifier", "auc",
     "bce_loss", "binary_cross_entropy", "binary_metrics", "calibration_bins", "class_weights",
     "completion_texts", "encode_pairs", "evaluate_verifier", "expected_calibration_error",
-    "init_verifier_params", "load_verifier", "pack_prompt_completion", "save_verifier",
+    "init_verifier_params", "load_verifier", "pack_prompt_completion", "pairwise_accuracy", "ranking_loss",
+    "save_verifier",
     "score_completion_tokens", "score_tokens", "sequence_logits", "train_verifier",
 ]

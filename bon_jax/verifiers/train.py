@@ -11,6 +11,21 @@ w_0 = 1 / (2 (1 - pi)), so each class carries half the expected loss: useful whe
 at the price of probabilities calibrated to a 50% prior (their logits are shifted by log(pi / (1 - pi))).
 A pair `(w_0, w_1)` sets them directly. The positive rate is always reported.
 
+Within-prompt ranking (optional, `ranking_weight` lambda > 0 with prompt `groups`). Best-of-N only ever
+compares completions *of the same prompt*, but BCE alone can be minimised by scoring the prompt (how hard it
+looks) rather than the completion: AUC over all triples is then high while the verifier's top pick among
+one prompt's samples is no better than chance. The ranking term is a Bradley-Terry loss over the pairs of a
+correct and an incorrect completion of the same prompt in the minibatch, P = {(i, j): g_i = g_j, c_i = 1,
+c_j = 0}:
+
+    rank = (1 / |P|) sum_{(i, j) in P} softplus(z_j - z_i) = -(1 / |P|) sum log sigmoid(z_i - z_j)
+    loss = bce_weighted + lambda rank                            (rank = 0 when P is empty)
+
+It is invariant to a per-prompt shift of z, so it only rewards telling a prompt's completions apart. To
+put such pairs in a minibatch, the minibatches are then slices of the triples ordered by prompt, the prompt
+order reshuffled every pass. `pairwise_accuracy` (held-out) is the fraction of such pairs ranked the right
+way (ties count 1/2): the within-prompt AUC, which is what selection by Best-of-N depends on.
+
 Minibatches are drawn without replacement within each pass over the shuffled triples (seeded), all at one
 static width, so the jitted update (`bon_jax.train.step.make_update_step`, non-finite steps skipped on device)
 compiles once.
@@ -57,8 +72,20 @@ def class_weights(positive_rate: float, class_weight) -> tuple[float, float]:
     return w0, w1
 
 
-def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0)):
-    """`loss(params, batch) -> (loss, metrics)` on batch {tokens_BT, valid_BT, label_B} (module docstring)."""
+def ranking_loss(z_B: jax.Array, y_B: jax.Array, group_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean over same-group (correct, incorrect) pairs of softplus(z_j - z_i), number of pairs)."""
+    pair_BB = (group_B[:, None] == group_B[None, :]) & (y_B[:, None] > 0.5) & (y_B[None, :] < 0.5)
+    count = jnp.sum(pair_BB)
+    terms_BB = jax.nn.softplus(z_B[None, :] - z_B[:, None])
+    return jnp.sum(jnp.where(pair_BB, terms_BB, 0.0)) / jnp.maximum(count, 1), count
+
+
+def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0), ranking_weight: float = 0.0):
+    """`loss(params, batch) -> (loss, metrics)` on batch {tokens_BT, valid_BT, label_B[, group_B]}.
+
+    With `ranking_weight` > 0 the batch needs `group_B` (prompt ids) and the loss adds the within-prompt
+    ranking term (module docstring).
+    """
     w0, w1 = weights
 
     def loss(params, batch):
@@ -72,22 +99,55 @@ def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0)):
             "accuracy": jnp.mean(((z_B > 0) == (y_B > 0.5)).astype(jnp.float32)),
             "mean_prob": jnp.mean(jax.nn.sigmoid(z_B)),
         }
+        if ranking_weight:
+            rank, pairs = ranking_loss(z_B, y_B, batch["group_B"])
+            value = value + ranking_weight * rank
+            metrics.update(rank=rank, pairs=pairs.astype(jnp.float32))
         return value, metrics
 
     return loss
 
 
-def _epoch_batches(n: int, batch_size: int, steps: int, rng: np.random.Generator) -> np.ndarray:
-    """[steps, batch_size] indices: consecutive slices of concatenated random permutations of range(n)."""
+def _epoch_batches(n: int, batch_size: int, steps: int, rng: np.random.Generator,
+                   groups: np.ndarray | None = None) -> np.ndarray:
+    """[steps, batch_size] indices: consecutive slices of concatenated random permutations of range(n).
+
+    With `groups` ([n] ids), each pass orders the rows group by group (groups in a random order, rows
+    shuffled within their group), so a minibatch holds whole groups but for the two at its edges.
+    """
     need = steps * batch_size
-    perms = [rng.permutation(n) for _ in range(-(-need // n))]
-    return np.concatenate(perms)[:need].reshape(steps, batch_size)
+    passes = []
+    for _ in range(-(-need // n)):
+        perm = rng.permutation(n)
+        if groups is not None:
+            ids, inverse = np.unique(groups, return_inverse=True)
+            group_rank = rng.permutation(len(ids))[inverse]
+            perm = perm[np.argsort(group_rank[perm], kind="stable")]
+        passes.append(perm)
+    return np.concatenate(passes)[:need].reshape(steps, batch_size)
+
+
+def pairwise_accuracy(z, labels, groups) -> tuple[float, int]:
+    """(fraction of same-group (correct, incorrect) pairs with z_correct > z_incorrect, ties 1/2; pairs)."""
+    z = np.asarray(z, np.float64)
+    y = np.asarray(labels) > 0.5
+    groups = np.asarray(groups)
+    wins, pairs = 0.0, 0
+    for g in np.unique(groups):
+        m = groups == g
+        pos, neg = z[m & y], z[m & ~y]
+        if pos.size and neg.size:
+            d = pos[:, None] - neg[None, :]
+            wins += float(np.sum(d > 0) + 0.5 * np.sum(d == 0))
+            pairs += d.size
+    return (wins / pairs if pairs else float("nan")), pairs
 
 
 def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str], completions: Sequence[str],
                       labels, *, width: int | None = None, row_chunk: int | None = 256,
-                      num_bins: int = 10) -> dict[str, float]:
-    """Held-out report on triples: auc, ece, accuracy, bce, positive_rate, mean_prob, count, truncated."""
+                      num_bins: int = 10, groups=None) -> dict[str, float]:
+    """Held-out report on triples: auc, ece, accuracy, bce, positive_rate, mean_prob, count, truncated;
+    with `groups` (prompt ids) also pairwise_accuracy and pairs (within-prompt AUC, module docstring)."""
     y = _labels(labels, len(prompts))
     if not len(prompts):
         return binary_metrics(np.zeros(0), y, num_bins=num_bins)
@@ -95,6 +155,9 @@ def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str
     z = np.asarray(score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], row_chunk), np.float64)
     out = binary_metrics(z, y, num_bins=num_bins)
     out["truncated"] = float(batch["truncated_B"].sum())
+    if groups is not None:
+        acc, pairs = pairwise_accuracy(z, y, groups)
+        out.update(pairwise_accuracy=acc, pairs=float(pairs))
     return out
 
 
@@ -102,8 +165,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
                    steps: int, batch_size: int, lr: float, seed: int = 0, init_params=None,
                    class_weight=None, warmup: int = 0, weight_decay: float = 0.0,
                    max_grad_norm: float | None = 1.0, width: int | None = None, eval_data=None,
-                   log_every: int = 50, max_bad_steps: int = 10,
-                   progress: bool = True) -> tuple[dict, dict[str, float]]:
+                   log_every: int = 50, max_bad_steps: int = 10, groups=None,
+                   ranking_weight: float = 0.0, progress: bool = True) -> tuple[dict, dict[str, float]]:
     """Fits a scalar-head verifier by (weighted) BCE; returns (params, metrics).
 
     Args:
@@ -115,7 +178,9 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         value head fresh) or a verifier's (resume). See `init_verifier_params`.
       class_weight: None, 'balanced' or (w_0, w_1) (module docstring).
       width: static sequence width; default: smallest tokenizer bucket that holds every training row.
-      eval_data: optional held-out (prompts, completions, labels); its report is under `eval/...`.
+      eval_data: optional held-out (prompts, completions, labels[, groups]); its report is under `eval/...`.
+      groups: optional [N] prompt ids of the training triples: minibatches then hold whole prompts.
+      ranking_weight: lambda of the within-prompt ranking term (needs `groups`; module docstring).
       log_every: how often the host reads the step metrics (and checks for runs of skipped steps).
 
     Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width,
@@ -133,6 +198,14 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
     positive_rate = float(y.mean())
     w0, w1 = class_weights(positive_rate, class_weight)
+    if ranking_weight < 0:
+        raise ValueError(f"ranking_weight must be >= 0, got {ranking_weight}")
+    if groups is not None:
+        groups = np.asarray(groups).reshape(-1)
+        if groups.size != y.size:
+            raise ValueError(f"{y.size} triples but {groups.size} group ids")
+    elif ranking_weight:
+        raise ValueError("ranking_weight > 0 needs the triples' prompt ids (groups)")
 
     data = encode_pairs(tokenizer, prompts, completions, width=width)
     tokens_NT, valid_NT = data["tokens_BT"], data["valid_BT"]
@@ -141,9 +214,10 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     params, copied = init_verifier_params(cfg, jax.random.key(seed), init_params)
     optimizer = adamw(lr, steps, warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
     state = TrainState.create(params, optimizer)
-    update = jax.jit(make_update_step(bce_loss(cfg, (w0, w1)), optimizer), donate_argnums=0)
+    loss = bce_loss(cfg, (w0, w1), ranking_weight)
+    update = jax.jit(make_update_step(loss, optimizer), donate_argnums=0)
 
-    order = _epoch_batches(y.size, batch_size, steps, np.random.default_rng([seed, 1]))
+    order = _epoch_batches(y.size, batch_size, steps, np.random.default_rng([seed, 1]), groups)
     monitor = BadStepMonitor(max_bad_steps)
     pending: list[dict] = []
     history: list[dict] = []
@@ -157,6 +231,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     for s in tqdm(range(steps), desc="verifier", dynamic_ncols=True, disable=not progress):
         idx = order[s]
         batch = {"tokens_BT": tokens_NT[idx], "valid_BT": valid_NT[idx], "label_B": y[idx]}
+        if ranking_weight:
+            batch["group_B"] = groups[idx]
         state, m = update(state, batch)
         pending.append(m)
         if len(pending) >= log_every:
@@ -179,8 +255,10 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         "train/accuracy_last": mean_of("accuracy", history[-k:]),
         "skipped_steps": float(monitor.total),
     }
+    if ranking_weight:
+        metrics["train/rank_last"] = mean_of("rank", history[-k:])
     if eval_data is not None:
-        ep, ec, el = eval_data
-        report = evaluate_verifier(state.params, cfg, tokenizer, ep, ec, el)
+        ep, ec, el, *eg = eval_data
+        report = evaluate_verifier(state.params, cfg, tokenizer, ep, ec, el, groups=eg[0] if eg else None)
         metrics.update({f"eval/{k}": v for k, v in report.items()})
     return state.params, metrics
