@@ -40,23 +40,26 @@ RoPE, soft-caps, softmaxes, sampling and the optimiser's elementwise work are no
     P        = non-embedding params = count_params(params) - V*D   (the matmul weights plus the RMSNorm
                scales, which are < 0.2% of P here)
     attn(S)  = 4 * L * N_q * H * S     q.k and p.v of one query over S key slots, all layers
-    fwd(S)   = 2 * P + attn(S)         one token through the layers
+    fwd(S)   = 2 * P + attn(S)         one token through the layers (fwd(S, S_loc): local layers over S_loc)
     unemb    = 2 * D * V               one position through the tied unembedding
 
   sampler, R = B * N rows (prefill once per prompt; the N samples share its keys and values):
-    FLOPs = B * T_p * fwd(T_p) + B * unemb                   prefill (each prompt token scored against all T_p
-                                                             prompt slots, masked; only the last is unembedded)
-          + R * (T_new - 1) * (fwd(T_p + T_new - 1) + unemb)  decode (token 0 comes from the prefill logits;
-                                                             each step scores the T_p shared prompt slots and
-                                                             all T_new - 1 own slots, masked, as implemented)
+    FLOPs = sum_chunks B * |chunk| * fwd(t1) + B * unemb     prefill in query chunks [t0, t1) of 128 slots,
+                                                             each scored against keys [0, t1) (masked); only
+                                                             the last token is unembedded
+          + R * (T_new - 1) * (fwd(T_p + T_new - 1, min(W, T_p) + T_new - 1) + unemb)
+                                                             decode (token 0 comes from the prefill logits;
+                                                             each step scores the T_p shared prompt slots in
+                                                             global layers, the last W = window of them in
+                                                             local ones, and all T_new - 1 own slots, masked)
   train, R = B * M rows of T = T_p + T_new tokens (sequence_logprobs: causal attention over T keys,
   unembedding only the T_new predicting positions):
     forward      = R * T * fwd(T) + R * T_new * unemb      (ref_logprobs)
     update       = 3 * forward                             (backward = 2 x forward; i.e. 6 * P per token)
     sample phase = the sampler formula with N = M
 
-These are EXECUTED FLOPs of this implementation (masked cache slots and the sliding window of local layers
-are counted as computed), not the useful minimum. Achieved FLOP/s = FLOPs / median time, reported as a
+These are EXECUTED FLOPs of this implementation (masked slots are counted as computed; outside the sampler
+the sliding window of local layers is too), not the useful minimum. Achieved FLOP/s = FLOPs / median time, reported as a
 fraction of the measured float32 matmul peak (all models here compute in float32).
 """
 
@@ -84,7 +87,8 @@ import numpy as np
 from flax import traverse_util
 
 from bon_jax import objectives, sampling
-from bon_jax.models import ModelConfig, count_params, get_config, init_params
+from bon_jax.models import AttentionType, ModelConfig, count_params, get_config, init_params
+from bon_jax.models.transformer import PREFILL_CHUNK
 from bon_jax.pipeline.finetune import rl_loss
 from bon_jax.pipeline.rollouts import make_sequence_logp
 from bon_jax.train.optim import adamw
@@ -181,9 +185,13 @@ def non_embedding_params(cfg: ModelConfig, params) -> int:
     return count_params(params) - cfg.vocab_size * cfg.embed_dim
 
 
-def _fwd_flops(cfg: ModelConfig, p_ne: int, keys: int) -> int:
-    """fwd(S) = 2 P + 4 L N_q H S: one token through the layers, attending over `keys` slots."""
-    return 2 * p_ne + 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * keys
+def _fwd_flops(cfg: ModelConfig, p_ne: int, keys: int, local_keys: int | None = None) -> int:
+    """fwd(S) = 2 P + 4 N_q H (sum over layers of the slots each attends over): one token through the
+    layers; global layers read `keys` slots, local layers `local_keys` (default: also `keys`)."""
+    n_local = sum(t == AttentionType.LOCAL_SLIDING for t in cfg.attention_types)
+    local_keys = keys if local_keys is None else local_keys
+    slots = (cfg.num_layers - n_local) * keys + n_local * local_keys
+    return 2 * p_ne + 4 * cfg.num_heads * cfg.head_dim * slots
 
 
 def _unemb_flops(cfg: ModelConfig) -> int:
@@ -191,9 +199,17 @@ def _unemb_flops(cfg: ModelConfig) -> int:
 
 
 def sampler_flops(cfg: ModelConfig, p_ne: int, B: int, T_p: int, N: int, T_new: int) -> int:
-    S = T_p + T_new - 1
-    prefill = B * T_p * _fwd_flops(cfg, p_ne, T_p) + B * _unemb_flops(cfg)
-    decode = B * N * (T_new - 1) * (_fwd_flops(cfg, p_ne, S) + _unemb_flops(cfg))
+    """As executed by `bon_jax.sampling` (module docstring): the prefill's query chunk [t0, t1) reads
+    keys [0, t1); decode reads all T_p prompt slots in global layers, the last min(W, T_p) in local ones,
+    plus the T_new - 1 generated slots."""
+    chunk = PREFILL_CHUNK
+    prefill = sum(
+        B * (min(T_p, t0 + chunk) - t0) * _fwd_flops(cfg, p_ne, min(T_p, t0 + chunk))
+        for t0 in range(0, T_p, chunk)
+    ) + B * _unemb_flops(cfg)
+    window = min(cfg.sliding_window_size or T_p, T_p)
+    per_token = _fwd_flops(cfg, p_ne, T_p + T_new - 1, window + T_new - 1) + _unemb_flops(cfg)
+    decode = B * N * (T_new - 1) * per_token
     return prefill + decode
 
 

@@ -191,7 +191,10 @@ def _norm(cfg: ModelConfig, scale, x):
     return RMSNorm(cfg.norm_eps, cfg.params_dtype).apply({"params": {"scale": scale}}, x)
 
 
-def prefill(w: dict, cfg: ModelConfig, tokens_BT, valid_BT, *, chunk: int = 128):
+PREFILL_CHUNK = 128  # query slots per attention chunk of `prefill`
+
+
+def prefill(w: dict, cfg: ModelConfig, tokens_BT, valid_BT, *, chunk: int = PREFILL_CHUNK):
     """The sampler's prefill: prompts -> (last real token's logits_BV float32, `DecodeKV` [B * K, T, H]).
 
     The maths of `Transformer` with `masks.causal_mask(valid_BT)` and `positions_from_valid(valid_BT)`,
