@@ -267,8 +267,10 @@ def test_rl_loss_and_rollout_logps_are_of_the_tempered_policy():
     np.testing.assert_allclose(metrics["logp"], expected.mean(), rtol=1e-4)
 
 
-@pytest.mark.parametrize("reference_positives", [False, True])
-def test_verifier_data_adds_reference_solutions_as_positives_outside_the_holdout(monkeypatch, reference_positives):
+@pytest.mark.parametrize("reference_positives, corrupted", [(False, 0), (True, 0), (False, 2)])
+def test_verifier_data_adds_reference_solutions_as_positives_outside_the_holdout(
+    monkeypatch, reference_positives, corrupted
+):
     import types
 
     from bon_jax.pipeline import verifier as verifier_mod
@@ -276,6 +278,7 @@ def test_verifier_data_adds_reference_solutions_as_positives_outside_the_holdout
     c = load_experiment("smoke").get_config()
     c.verifier.num_prompts, c.verifier.samples_per_prompt = 20, 3
     c.verifier.reference_positives = reference_positives
+    c.verifier.corrupted_references = corrupted
     task = ArithTask(seed=0, num_train=40, num_validation=5, num_test=5)
     ctx = types.SimpleNamespace(config=c, task=task, rng=lambda name: jax.random.key(0))
     tokenizer = types.SimpleNamespace(encode_batch=lambda texts, **kw: (np.ones((len(texts), 4)), np.full(len(texts), 4)))
@@ -284,12 +287,21 @@ def test_verifier_data_adds_reference_solutions_as_positives_outside_the_holdout
         return types.SimpleNamespace(texts_BN=[["wrong"] * n for _ in ex], rewards_BN=np.zeros((len(ex), n)))
 
     monkeypatch.setattr(verifier_mod, "draw_graded", fake_draw)
-    prompts, completions, labels, holdout = verifier_mod._graded_samples(ctx, tokenizer, None, None)
+    prompts, completions, labels, groups, holdout = verifier_mod._graded_samples(ctx, tokenizer, None, None)
     examples = task.examples("train")[:20]
     held = {e.prompt for i, e in enumerate(examples) if i % 5 == 0}
     assert holdout.sum() == 3 * len(held) and labels[holdout].sum() == 0  # AUC is on policy samples only
+    assert not set(np.asarray(prompts)[holdout]) - held  # the extras never land in the holdout
+    # Every row's group is its prompt's index, so the ranking term pairs rows of one prompt only.
+    assert [examples[g].prompt for g in groups] == prompts
     refs = [(p, x) for p, x, y in zip(prompts, completions, labels) if y == 1.0]
-    if not reference_positives:
-        assert refs == []
-    else:
-        assert refs == [(e.prompt, e.reference) for e in examples if e.prompt not in held]
+    trained = [e for e in examples if e.prompt not in held]
+    if not (reference_positives or corrupted):
+        assert refs == [] and len(prompts) == 3 * len(examples)
+    else:  # corrupted references come with their reference, so the ranking term has a positive to pair
+        assert refs == [(e.prompt, e.reference) for e in trained]
+    negatives = [(p, x) for p, x, y, h in zip(prompts, completions, labels, holdout) if y == 0.0 and x != "wrong"]
+    assert len(negatives) == corrupted * len(trained)
+    for p, x in negatives:
+        ref = next(e for e in trained if e.prompt == p).reference
+        assert x != ref and not task.grade(next(e for e in trained if e.prompt == p), x).reward
