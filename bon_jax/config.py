@@ -83,6 +83,9 @@ def base_config() -> ConfigDict:
     # the answer) as incorrect examples, with the reference as a correct one: hard negatives that differ from
     # a correct solution only in its arithmetic. Tasks with a `corrupt(reference, rng)` method (arith).
     c.verifier.corrupted_references = 0
+    # How the head's per-token values become one logit (bon_jax.verifiers.learned): 'last' (Chow et al.,
+    # the last token's value) or 'noisy_or' (per-token error hazards, correct when no token is an error).
+    c.verifier.pooling = "last"
 
     c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
     c.rl.objective = "bon_rl_v"
@@ -243,6 +246,11 @@ def check_values(c: ConfigDict) -> None:
             "verifier.corrupted_references",
             f"task {c.task.name!r} cannot corrupt its references (no `corrupt` method); set it to 0",
         )
+    _require(
+        c.verifier.pooling in ("last", "noisy_or"),
+        "verifier.pooling",
+        f"must be last | noisy_or, got {c.verifier.pooling!r}",
+    )
     _require(
         c.verifier.ranking_weight >= 0,
         "verifier.ranking_weight",

@@ -24,6 +24,7 @@ from bon_jax.tokenizer import Tokenizer
 from bon_jax.train.checkpoint import CheckpointMismatchError
 from bon_jax.train.lm import sequence_batch
 from bon_jax.verifiers import (
+    HAZARD_OFFSET,
     CompletionTokens,
     LearnedVerifier,
     OracleVerifier,
@@ -37,6 +38,7 @@ from bon_jax.verifiers import (
     expected_calibration_error,
     init_verifier_params,
     load_verifier,
+    noisy_or_logit,
     pack_prompt_completion,
     pairwise_accuracy,
     ranking_loss,
@@ -227,9 +229,10 @@ def test_packed_sampler_rows_hold_the_training_layout(arith_task, tokenizer):
         assert want["valid_BT"].all()
 
 
-def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny):
+@pytest.mark.parametrize("pooling", ["last", "noisy_or"])
+def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny, pooling):
     cfg, params = tiny
-    verifier = LearnedVerifier(params, cfg, tokenizer, row_chunk=4)
+    verifier = LearnedVerifier(params, cfg, tokenizer, row_chunk=4, pooling=pooling)
     assert isinstance(verifier, Verifier)
     exs = list(arith_task.examples("test")[:3])
     completions = [[e.reference, e.reference.replace("\\boxed{", "\\boxed{1")] for e in exs]
@@ -240,9 +243,52 @@ def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny
     assert z_text.shape == (3, 2) and z_text.dtype == np.float32
     np.testing.assert_allclose(z_tok, z_text, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z_tok_no_prompt, z_text, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(verifier.probabilities(exs, completions), 1 / (1 + np.exp(-z_text)), rtol=1e-5)
+    np.testing.assert_allclose(verifier.probabilities(exs, completions), 0.5 * (1 + np.tanh(z_text / 2)), rtol=1e-5)  # sigmoid, no overflow
     with pytest.raises(ValueError, match="examples"):
         verifier.score(exs[:2], completions)
+
+
+def _float64_noisy_or(v, mask):
+    """log P(correct) - log P(error) with P(correct) = prod over masked t of (1 - sigmoid(v_t)), float64."""
+    v = np.asarray(v, np.float64)
+    log_p = np.sum(np.where(mask, -np.logaddexp(0.0, v), 0.0), axis=-1)  # log(1 - sigmoid(v)) = -softplus(v)
+    return log_p - np.log(-np.expm1(log_p))
+
+
+def test_noisy_or_logit_matches_a_float64_product_of_hazards():
+    r = np.random.default_rng(0)
+    v = r.normal(0.0, 3.0, (6, 20)).astype(np.float32)
+    mask = r.random((6, 20)) < 0.6
+    v[4] = -25.0  # hazards ~1e-11: P(correct) ~ 1 - 1e-10, z ~ 23, where exp(-S) alone rounds to 1
+    v[5] = 8.0  # certain error: z ~ -S
+    mask[5, :] = True
+    z = np.asarray(noisy_or_logit(jnp.asarray(v), jnp.asarray(mask)), np.float64)
+    np.testing.assert_allclose(z, _float64_noisy_or(v, mask), rtol=2e-5, atol=1e-4)
+    assert z[4] > 20 and np.isfinite(z).all()
+    # No completion token at all: certainly correct, clamped finite.
+    assert np.isfinite(float(noisy_or_logit(jnp.zeros((1, 3)), jnp.zeros((1, 3), bool))[0]))
+
+
+def test_noisy_or_pools_the_completion_tokens_of_a_full_forward(arith_task, tokenizer, tiny):
+    cfg, params = tiny
+    exs = list(arith_task.examples("test")[:3])
+    prompts, completions = [e.prompt for e in exs], [e.reference for e in exs]
+    batch = encode_pairs(tokenizer, prompts, completions)
+    z = np.asarray(score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], None, batch["target_BT"],
+                                "noisy_or"))
+    forward = make_model(cfg, scalar_head=True)
+    for b in range(3):
+        row = batch["tokens_BT"][b][batch["valid_BT"][b]][None]
+        ones = np.ones(row.shape, bool)
+        values = np.asarray(forward.apply({"params": params}, row, positions_from_valid(ones), causal_mask(ones))[0])
+        n_prompt = 1 + len(tokenizer.encode(prompts[b]))  # bos + prompt: not pooled
+        mask = np.arange(row.shape[1]) >= n_prompt
+        want = _float64_noisy_or(values[0] + HAZARD_OFFSET, mask)
+        np.testing.assert_allclose(z[b], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="completion mask"):
+        score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], pooling="noisy_or")
+    with pytest.raises(ValueError, match="pooling"):
+        LearnedVerifier(params, cfg, tokenizer, pooling="mean")
 
 
 def test_init_from_policy_copies_the_backbone_and_keeps_a_fresh_head(tokenizer, tiny):
@@ -391,21 +437,23 @@ def test_corruptions_are_wrong_and_keep_the_shape(arith_task):
         assert task.grade(ex, bad).reward == 0.0 and check_steps(bad)[0] == check_steps(ex.reference)[0]
 
 
-@pytest.fixture(scope="module")
-def trained(arith_task, tokenizer):
-    """The verifier of the end-to-end test: 3-layer tiny model, 400 steps of batch 32 at width 48."""
+@pytest.fixture(scope="module", params=["last", "noisy_or"])
+def trained(arith_task, tokenizer, request):
+    """The verifier of the end-to-end test: 3-layer tiny model, 400 steps of batch 32 at width 48, with
+    each pooling."""
     kinds = ("answer", "step")
     train = make_triples(arith_task.examples("train"), 0, kinds)
     held_out = make_triples(arith_task.examples("test"), 1, kinds)  # disjoint problems (hash split)
     cfg = tiny_config(tokenizer)
     held_out_prompt_ids = np.arange(len(held_out[0])) // 2  # (reference, corruption) of one problem
     params, metrics = train_verifier(cfg, tokenizer, *train[:3], steps=400, batch_size=32, lr=3e-3, seed=0,
-                                     warmup=20, width=48, eval_data=(*held_out[:3], held_out_prompt_ids))
-    return cfg, params, metrics, held_out
+                                     warmup=20, width=48, eval_data=(*held_out[:3], held_out_prompt_ids),
+                                     pooling=request.param)
+    return cfg, params, metrics, held_out, request.param
 
 
 def test_learned_verifier_beats_chance_on_held_out_problems(arith_task, tokenizer, trained):
-    cfg, params, metrics, (prompts, completions, labels, which) = trained
+    cfg, params, metrics, (prompts, completions, labels, which), pooling = trained
     assert not set(prompts) & {ex.prompt for ex in arith_task.examples("train")}
     assert metrics["positive_rate"] == 0.5 and metrics["train_truncated"] == 0 and metrics["skipped_steps"] == 0
     assert metrics["eval/truncated"] == 0 and metrics["eval/count"] == len(labels)
@@ -416,7 +464,7 @@ def test_learned_verifier_beats_chance_on_held_out_problems(arith_task, tokenize
     assert metrics["eval/auc"] > 0.7, metrics
     assert metrics["eval/bce"] < np.log(2) and metrics["eval/accuracy"] > 0.6
     # The metrics are those of the verifier's own scores.
-    verifier = LearnedVerifier(params, cfg, tokenizer)
+    verifier = LearnedVerifier(params, cfg, tokenizer, pooling=pooling)
     exs = [Example(id=str(i), prompt=p) for i, p in enumerate(prompts[::2])]
     z_BN = verifier.score(exs, [list(completions[i:i + 2]) for i in range(0, len(completions), 2)])
     assert auc(z_BN.reshape(-1), labels) == pytest.approx(metrics["eval/auc"], abs=1e-9)
@@ -437,11 +485,11 @@ def test_training_with_the_ranking_term_reports_it(arith_task, tokenizer):
 
 
 def test_save_and_load_round_trip(tmp_path, arith_task, tokenizer, trained):
-    cfg, params, metrics, _ = trained
-    verifier = LearnedVerifier(params, cfg, tokenizer)
+    cfg, params, metrics, _, pooling = trained
+    verifier = LearnedVerifier(params, cfg, tokenizer, pooling=pooling)
     verifier.save(tmp_path / "v", meta={"metrics": metrics})
     loaded = LearnedVerifier.load(tmp_path / "v")
-    assert loaded.cfg == cfg
+    assert loaded.cfg == cfg and loaded.pooling == pooling
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), loaded.params)
     exs = list(arith_task.examples("test")[:4])
     completions = [[e.reference, "\\boxed{0}"] for e in exs]

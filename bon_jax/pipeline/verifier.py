@@ -74,12 +74,13 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
             eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout], groups[holdout]),
             groups=groups[train] if v.ranking_weight else None,
             ranking_weight=v.ranking_weight,
+            pooling=v.pooling,
         )
         report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
-        save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=report)
+        save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=dict(report, pooling=v.pooling))
         st.mark_done(report)
     params, vcfg, _, _ = load_verifier(st.file("verifier"))
-    lv = LearnedVerifier(params, vcfg, tokenizer)
+    lv = LearnedVerifier(params, vcfg, tokenizer, pooling=v.pooling)
     return (lambda ex, texts, *_: lv.score(ex, texts)), st
 
 

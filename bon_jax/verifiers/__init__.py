@@ -17,9 +17,12 @@ from bon_jax.verifiers.calibration import (
 )
 from bon_jax.verifiers.io import load_verifier, save_verifier
 from bon_jax.verifiers.learned import (
+    HAZARD_OFFSET,
+    POOLINGS,
     LearnedVerifier,
     encode_pairs,
     init_verifier_params,
+    noisy_or_logit,
     score_completion_tokens,
     score_tokens,
     sequence_logits,
@@ -35,10 +38,10 @@ from bon_jax.verifiers.train import (
 )
 
 __all__ = [
-    "CompletionTokens", "LearnedVerifier", "OracleVerifier", "SentimentVerifier", "Verifier", "auc",
+    "HAZARD_OFFSET", "POOLINGS", "CompletionTokens", "LearnedVerifier", "OracleVerifier", "SentimentVerifier", "Verifier", "auc",
     "bce_loss", "binary_cross_entropy", "binary_metrics", "calibration_bins", "class_weights",
     "completion_texts", "encode_pairs", "evaluate_verifier", "expected_calibration_error",
-    "init_verifier_params", "load_verifier", "pack_prompt_completion", "pairwise_accuracy", "ranking_loss",
+    "init_verifier_params", "load_verifier", "noisy_or_logit", "pack_prompt_completion", "pairwise_accuracy", "ranking_loss",
     "save_verifier",
     "score_completion_tokens", "score_tokens", "sequence_logits", "train_verifier",
 ]

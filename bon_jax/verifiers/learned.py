@@ -1,11 +1,24 @@
-"""The learned verifier: the policy's backbone with a scalar head, scored at the last real token.
+"""The learned verifier: the policy's backbone with a scalar head, pooled into one logit per sequence.
 
-    z(x, y) = values_BT[b, t_last]      values_BT = ScalarHeadTransformer(params)(tokens_BT)
-    P(correct | x, y) = sigmoid(z)
+On the sequence `[bos] prompt completion [eos]` (the layout of `bon_jax.train.lm.sequence_batch`) the head
+gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT). Two poolings:
 
-on the sequence `[bos] prompt completion [eos]` (the layout of `bon_jax.train.lm.sequence_batch`), t_last its
-last real token (the eos of a finished completion). It is trained with binary cross-entropy on z
-(`bon_jax.verifiers.train`).
+- `'last'` (Chow et al.): the value at the last real token t_last (the eos of a finished completion),
+
+      z(x, y) = values_BT[b, t_last],      P(correct | x, y) = sigmoid(z).
+
+- `'noisy_or'`: each completion token t (eos included) carries an error hazard h_t = sigmoid(v_t) with
+  v_t = values_BT[b, t] + HAZARD_OFFSET, and the completion is correct when no token is an error:
+
+      P(correct | x, y) = prod_t (1 - h_t) = exp(-S),      S = sum_{t in completion} softplus(v_t)
+      z = log P(correct) - log P(error) = -S - log(-expm1(-S)).
+
+  It is still trained with outcome labels only, but the gradient of an incorrect completion's loss goes to
+  the tokens that already look wrong (d/dv_t of -log(1 - e^{-S}) is proportional to h_t: multiple-instance
+  learning), so the head learns to flag the step where an error is made, which a last-token head must
+  carry through every later position. Arithmetic slips are local, which is why it is offered.
+
+Both are trained with binary cross-entropy on z (`bon_jax.verifiers.train`).
 
 Scores are the logit z, not sigmoid(z). Both order completions identically, so Best-of-N picks the same
 sample, but the logit keeps that order where float32 sigmoid saturates (every z > ~17 maps to 1.0 and would
@@ -43,44 +56,81 @@ from bon_jax.verifiers.base import Completions, CompletionTokens, group_shape
 from bon_jax.verifiers.packing import pack_prompt_completion
 
 
-def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT) -> jax.Array:
-    """z_B float32: the value head at each row's last real token (un-jitted; differentiable)."""
+POOLINGS = ("last", "noisy_or")
+# An untrained head gives values near 0; hazards of sigmoid(0 - 4) = 0.018 per token keep the starting
+# P(correct) of a 30-token completion near 0.6 instead of 2^-30, so the first steps' loss is not dominated
+# by driving every hazard down.
+HAZARD_OFFSET = -4.0
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ValueError(f"verifier pooling must be one of {POOLINGS}, got {pooling!r}")
+    return pooling
+
+
+def noisy_or_logit(hazard_logits_BT, completion_BT) -> jax.Array:
+    """z_B = log P(correct) - log P(error) with P(correct) = exp(-S), S = sum softplus(v_t) over the
+    completion tokens (module docstring). float32; S is clamped at 1e-30 so z stays finite (z <= 69)."""
+    S_B = jnp.sum(jnp.where(completion_BT, jax.nn.softplus(hazard_logits_BT.astype(jnp.float32)), 0.0), axis=-1)
+    S_B = jnp.maximum(S_B, 1e-30)
+    return -S_B - jnp.log(-jnp.expm1(-S_B))
+
+
+def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT=None,
+                    pooling: str = "last") -> jax.Array:
+    """z_B float32 of `[B, T]` sequences (un-jitted; differentiable). `completion_BT` marks the completion
+    tokens (eos included); only `pooling='noisy_or'` needs it."""
     values_BT, _ = make_model(cfg, scalar_head=True).apply(
         {"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
-    return take_last_valid(values_BT, valid_BT)
+    if check_pooling(pooling) == "last":
+        return take_last_valid(values_BT, valid_BT)
+    if completion_BT is None:
+        raise ValueError("pooling='noisy_or' needs the completion mask (completion_BT)")
+    return noisy_or_logit(values_BT + HAZARD_OFFSET, jnp.asarray(completion_BT, bool) & valid_BT)
 
 
-def _in_row_chunks(fn, row_chunk: int | None, tokens_MS, valid_MS):
-    """fn over rows in chunks of `row_chunk` (a `lax.map`, bounding activation memory); rows are padded
-    with all-invalid rows to a multiple of the chunk, and their outputs dropped."""
-    M = tokens_MS.shape[0]
+def _in_row_chunks(fn, row_chunk: int | None, *arrays_MS):
+    """fn(*arrays) over rows in chunks of `row_chunk` (a `lax.map`, bounding activation memory); rows are
+    padded with zero (all-invalid) rows to a multiple of the chunk, and their outputs dropped."""
+    M = arrays_MS[0].shape[0]
     if row_chunk is None or row_chunk >= M:
-        return fn(tokens_MS, valid_MS)
+        return fn(*arrays_MS)
     C = -(-M // row_chunk)
     pad = C * row_chunk - M
-    tokens_CRS = jnp.pad(tokens_MS, ((0, pad), (0, 0))).reshape(C, row_chunk, -1)
-    valid_CRS = jnp.pad(valid_MS, ((0, pad), (0, 0))).reshape(C, row_chunk, -1)
-    out_CR = jax.lax.map(lambda tv: fn(*tv), (tokens_CRS, valid_CRS))
+    chunked = tuple(jnp.pad(a, ((0, pad), (0, 0))).reshape(C, row_chunk, -1) for a in arrays_MS)
+    out_CR = jax.lax.map(lambda xs: fn(*xs), chunked)
     return out_CR.reshape(C * row_chunk)[:M]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "row_chunk"))
-def score_tokens(params, cfg: ModelConfig, tokens_BT, valid_BT, row_chunk: int | None = None) -> jax.Array:
-    """z_B float32 for `[B, T]` sequences (any padding). `row_chunk` bounds rows per forward."""
+@functools.partial(jax.jit, static_argnames=("cfg", "row_chunk", "pooling"))
+def score_tokens(params, cfg: ModelConfig, tokens_BT, valid_BT, row_chunk: int | None = None,
+                 completion_BT=None, pooling: str = "last") -> jax.Array:
+    """z_B float32 for `[B, T]` sequences (any padding). `row_chunk` bounds rows per forward;
+    `completion_BT` (the completion tokens) is needed by `pooling='noisy_or'` only."""
     tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
     valid_BT = jnp.asarray(valid_BT, bool)
-    return _in_row_chunks(lambda t, v: sequence_logits(params, cfg, t, v), row_chunk, tokens_BT, valid_BT)
+    if completion_BT is None:
+        if pooling != "last":
+            raise ValueError(f"pooling={pooling!r} needs the completion mask (completion_BT)")
+        completion_BT = valid_BT
+    fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, pooling)
+    return _in_row_chunks(fn, row_chunk, tokens_BT, valid_BT, jnp.asarray(completion_BT, bool))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "pad_id", "row_chunk"))
+@functools.partial(jax.jit, static_argnames=("cfg", "pad_id", "row_chunk", "pooling"))
 def score_completion_tokens(params, cfg: ModelConfig, prompt_tokens_BT, completion_tokens_BNT,
-                            completion_lengths_BN, pad_id: int = 0, row_chunk: int | None = None) -> jax.Array:
+                            completion_lengths_BN, pad_id: int = 0, row_chunk: int | None = None,
+                            pooling: str = "last") -> jax.Array:
     """z_BN float32 from a sampler's outputs: prompts [B, Tp] (left-padded, bos first), completions
     [B, N, Tc] with lengths [B, N]. Packs to [B*N, Tp+Tc] (`pack_prompt_completion`) and scores."""
     tokens_MS, valid_MS = pack_prompt_completion(prompt_tokens_BT, completion_tokens_BNT, completion_lengths_BN,
                                                  pad_id)
     B, N = jnp.shape(completion_lengths_BN)
-    z_M = _in_row_chunks(lambda t, v: sequence_logits(params, cfg, t, v), row_chunk, tokens_MS, valid_MS)
+    Tp = jnp.shape(prompt_tokens_BT)[1]
+    completion_MS = valid_MS & (jnp.arange(valid_MS.shape[1]) >= Tp)[None, :]
+    fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, pooling)
+    z_M = _in_row_chunks(fn, row_chunk, tokens_MS, valid_MS, completion_MS)
     return z_M.reshape(B, N)
 
 
@@ -142,22 +192,26 @@ class LearnedVerifier:
       tokenizer: the tokenizer it was trained with.
       row_chunk: rows per forward pass (None: all B*N at once).
       buckets: static widths text inputs are padded to (few shapes, few compilations).
+      pooling: how per-token values become a sequence logit, `'last'` or `'noisy_or'` (module docstring);
+        it must be the pooling the params were trained with.
     """
 
     def __init__(self, params, cfg: ModelConfig, tokenizer, *, row_chunk: int | None = None,
-                 buckets: Sequence[int] | None = DEFAULT_BUCKETS):
+                 buckets: Sequence[int] | None = DEFAULT_BUCKETS, pooling: str = "last"):
         self.params = params
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.row_chunk = row_chunk
         self.buckets = buckets
+        self.pooling = check_pooling(pooling)
 
     def score_pairs(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         """z [M] float32 of M (prompt, completion) text pairs."""
         if not prompts:
             return np.zeros((0,), np.float32)
         batch = encode_pairs(self.tokenizer, prompts, completions, buckets=self.buckets)
-        z = score_tokens(self.params, self.cfg, batch["tokens_BT"], batch["valid_BT"], self.row_chunk)
+        z = score_tokens(self.params, self.cfg, batch["tokens_BT"], batch["valid_BT"], self.row_chunk,
+                         batch["target_BT"], self.pooling)
         return np.asarray(z, np.float32)
 
     def score(self, examples_B: Sequence[Example], completions_BN: Completions) -> np.ndarray:
@@ -171,7 +225,8 @@ class LearnedVerifier:
                 prompt_BT, _ = self.tokenizer.encode_batch([ex.prompt for ex in examples_B], add_bos=True,
                                                            pad_side="left", buckets=self.buckets)
             z_BN = score_completion_tokens(self.params, self.cfg, prompt_BT, completions_BN.tokens_BNT,
-                                           completions_BN.lengths_BN, self.tokenizer.pad_id, self.row_chunk)
+                                           completions_BN.lengths_BN, self.tokenizer.pad_id, self.row_chunk,
+                                           self.pooling)
             return np.asarray(z_BN, np.float32)
         prompts = [ex.prompt for ex, row in zip(examples_B, completions_BN) for _ in row]
         flat = [c for row in completions_BN for c in row]
@@ -185,13 +240,16 @@ class LearnedVerifier:
         """Writes params, config and tokenizer to `directory` (`bon_jax.verifiers.io.save_verifier`)."""
         from bon_jax.verifiers.io import save_verifier
 
-        save_verifier(directory, self.params, self.cfg, tokenizer=self.tokenizer, meta=meta)
+        save_verifier(directory, self.params, self.cfg, tokenizer=self.tokenizer,
+                      meta=dict(meta or {}, pooling=self.pooling))
 
     @classmethod
     def load(cls, directory, **kwargs) -> LearnedVerifier:
+        """The verifier `save` wrote; its pooling comes from meta.json (`'last'` when absent)."""
         from bon_jax.verifiers.io import load_verifier
 
-        params, cfg, tokenizer, _ = load_verifier(directory)
+        params, cfg, tokenizer, meta = load_verifier(directory)
         if tokenizer is None:
             raise ValueError(f"{directory}: saved without a tokenizer; use load_verifier and pass one")
+        kwargs.setdefault("pooling", meta.get("pooling", "last"))
         return cls(params, cfg, tokenizer, **kwargs)

@@ -1,6 +1,7 @@
 """Training a verifier as Chow et al. train theirs: binary cross-entropy on (prompt, completion, correct).
 
-For a triple (x, y, c) with c in {0, 1} and logit z = s(x, y) (`learned.sequence_logits`):
+For a triple (x, y, c) with c in {0, 1} and logit z = s(x, y) (`learned.sequence_logits`, with either
+pooling of the per-token values: the last token's, or the noisy-OR of per-token error hazards):
 
     bce(z, c) = softplus(z) - c z = -[c log sigmoid(z) + (1 - c) log(1 - sigmoid(z))]
     loss      = (1 / |batch|) sum_i w_{c_i} bce(z_i, c_i)
@@ -44,7 +45,13 @@ from bon_jax.models import ModelConfig
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import BadStepMonitor, TrainState, make_update_step
 from bon_jax.verifiers.calibration import binary_metrics
-from bon_jax.verifiers.learned import encode_pairs, init_verifier_params, score_tokens, sequence_logits
+from bon_jax.verifiers.learned import (
+    check_pooling,
+    encode_pairs,
+    init_verifier_params,
+    score_tokens,
+    sequence_logits,
+)
 
 
 def _labels(labels, n: int) -> np.ndarray:
@@ -80,16 +87,19 @@ def ranking_loss(z_B: jax.Array, y_B: jax.Array, group_B: jax.Array) -> tuple[ja
     return jnp.sum(jnp.where(pair_BB, terms_BB, 0.0)) / jnp.maximum(count, 1), count
 
 
-def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0), ranking_weight: float = 0.0):
-    """`loss(params, batch) -> (loss, metrics)` on batch {tokens_BT, valid_BT, label_B[, group_B]}.
+def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0), ranking_weight: float = 0.0,
+             pooling: str = "last"):
+    """`loss(params, batch) -> (loss, metrics)` on batch {tokens_BT, valid_BT, label_B[, group_B]
+    [, completion_BT]}.
 
     With `ranking_weight` > 0 the batch needs `group_B` (prompt ids) and the loss adds the within-prompt
-    ranking term (module docstring).
+    ranking term (module docstring); `pooling='noisy_or'` needs `completion_BT`.
     """
     w0, w1 = weights
 
     def loss(params, batch):
-        z_B = sequence_logits(params, cfg, batch["tokens_BT"], batch["valid_BT"])
+        z_B = sequence_logits(params, cfg, batch["tokens_BT"], batch["valid_BT"], batch.get("completion_BT"),
+                              pooling)
         y_B = batch["label_B"].astype(jnp.float32)
         bce_B = jax.nn.softplus(z_B) - y_B * z_B
         w_B = jnp.where(y_B > 0.5, w1, w0)
@@ -145,14 +155,15 @@ def pairwise_accuracy(z, labels, groups) -> tuple[float, int]:
 
 def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str], completions: Sequence[str],
                       labels, *, width: int | None = None, row_chunk: int | None = 256,
-                      num_bins: int = 10, groups=None) -> dict[str, float]:
+                      num_bins: int = 10, groups=None, pooling: str = "last") -> dict[str, float]:
     """Held-out report on triples: auc, ece, accuracy, bce, positive_rate, mean_prob, count, truncated;
     with `groups` (prompt ids) also pairwise_accuracy and pairs (within-prompt AUC, module docstring)."""
     y = _labels(labels, len(prompts))
     if not len(prompts):
         return binary_metrics(np.zeros(0), y, num_bins=num_bins)
     batch = encode_pairs(tokenizer, prompts, completions, width=width)
-    z = np.asarray(score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], row_chunk), np.float64)
+    z = score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], row_chunk, batch["target_BT"], pooling)
+    z = np.asarray(z, np.float64)
     out = binary_metrics(z, y, num_bins=num_bins)
     out["truncated"] = float(batch["truncated_B"].sum())
     if groups is not None:
@@ -166,7 +177,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
                    class_weight=None, warmup: int = 0, weight_decay: float = 0.0,
                    max_grad_norm: float | None = 1.0, width: int | None = None, eval_data=None,
                    log_every: int = 50, max_bad_steps: int = 10, groups=None,
-                   ranking_weight: float = 0.0, progress: bool = True) -> tuple[dict, dict[str, float]]:
+                   ranking_weight: float = 0.0, pooling: str = "last",
+                   progress: bool = True) -> tuple[dict, dict[str, float]]:
     """Fits a scalar-head verifier by (weighted) BCE; returns (params, metrics).
 
     Args:
@@ -181,6 +193,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
       eval_data: optional held-out (prompts, completions, labels[, groups]); its report is under `eval/...`.
       groups: optional [N] prompt ids of the training triples: minibatches then hold whole prompts.
       ranking_weight: lambda of the within-prompt ranking term (needs `groups`; module docstring).
+      pooling: `'last'` or `'noisy_or'` (`bon_jax.verifiers.learned`).
       log_every: how often the host reads the step metrics (and checks for runs of skipped steps).
 
     Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width,
@@ -198,6 +211,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
     positive_rate = float(y.mean())
     w0, w1 = class_weights(positive_rate, class_weight)
+    check_pooling(pooling)
     if ranking_weight < 0:
         raise ValueError(f"ranking_weight must be >= 0, got {ranking_weight}")
     if groups is not None:
@@ -208,13 +222,13 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         raise ValueError("ranking_weight > 0 needs the triples' prompt ids (groups)")
 
     data = encode_pairs(tokenizer, prompts, completions, width=width)
-    tokens_NT, valid_NT = data["tokens_BT"], data["valid_BT"]
+    tokens_NT, valid_NT, completion_NT = data["tokens_BT"], data["valid_BT"], data["target_BT"]
     width = tokens_NT.shape[1]
 
     params, copied = init_verifier_params(cfg, jax.random.key(seed), init_params)
     optimizer = adamw(lr, steps, warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
     state = TrainState.create(params, optimizer)
-    loss = bce_loss(cfg, (w0, w1), ranking_weight)
+    loss = bce_loss(cfg, (w0, w1), ranking_weight, pooling)
     update = jax.jit(make_update_step(loss, optimizer), donate_argnums=0)
 
     order = _epoch_batches(y.size, batch_size, steps, np.random.default_rng([seed, 1]), groups)
@@ -231,6 +245,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     for s in tqdm(range(steps), desc="verifier", dynamic_ncols=True, disable=not progress):
         idx = order[s]
         batch = {"tokens_BT": tokens_NT[idx], "valid_BT": valid_NT[idx], "label_B": y[idx]}
+        if pooling != "last":
+            batch["completion_BT"] = completion_NT[idx]
         if ranking_weight:
             batch["group_B"] = groups[idx]
         state, m = update(state, batch)
@@ -259,6 +275,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         metrics["train/rank_last"] = mean_of("rank", history[-k:])
     if eval_data is not None:
         ep, ec, el, *eg = eval_data
-        report = evaluate_verifier(state.params, cfg, tokenizer, ep, ec, el, groups=eg[0] if eg else None)
+        report = evaluate_verifier(state.params, cfg, tokenizer, ep, ec, el, groups=eg[0] if eg else None,
+                                   pooling=pooling)
         metrics.update({f"eval/{k}": v for k, v in report.items()})
     return state.params, metrics
