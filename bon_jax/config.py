@@ -83,8 +83,12 @@ def base_config() -> ConfigDict:
     # the answer) as incorrect examples, with the reference as a correct one: hard negatives that differ from
     # a correct solution only in its arithmetic. Tasks with a `corrupt(reference, rng)` method (arith).
     c.verifier.corrupted_references = 0
+    # This many further training prompts (after the num_prompts sampled ones) add only their reference as a
+    # correct example and its `corrupted_references` corruptions as incorrect ones: no sampling cost.
+    c.verifier.reference_only_prompts = 0
     # How the head's per-token values become one logit (bon_jax.verifiers.learned): 'last' (Chow et al.,
-    # the last token's value) or 'noisy_or' (per-token error hazards, correct when no token is an error).
+    # the last token's value), 'noisy_or' (per-token error hazards, correct when no token is an error) or
+    # 'noisy_or_surprisal' (the same, each hazard starting from the token's surprisal under the backbone).
     c.verifier.pooling = "last"
 
     c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
@@ -247,9 +251,20 @@ def check_values(c: ConfigDict) -> None:
             f"task {c.task.name!r} cannot corrupt its references (no `corrupt` method); set it to 0",
         )
     _require(
-        c.verifier.pooling in ("last", "noisy_or"),
+        c.verifier.reference_only_prompts >= 0,
+        "verifier.reference_only_prompts",
+        f"must be >= 0, got {c.verifier.reference_only_prompts}",
+    )
+    _require(
+        not c.verifier.reference_only_prompts or c.verifier.corrupted_references > 0,
+        "verifier.reference_only_prompts",
+        "adds references and their corruptions: set verifier.corrupted_references > 0 too (with none, the "
+        "extra prompts would add correct examples only)",
+    )
+    _require(
+        c.verifier.pooling in ("last", "noisy_or", "noisy_or_surprisal"),
         "verifier.pooling",
-        f"must be last | noisy_or, got {c.verifier.pooling!r}",
+        f"must be last | noisy_or | noisy_or_surprisal, got {c.verifier.pooling!r}",
     )
     _require(
         c.verifier.ranking_weight >= 0,

@@ -40,12 +40,17 @@ def get_config():
     c.verifier.samples_per_prompt = 8
     c.verifier.steps = 200
     c.verifier.batch_size = 32
-    # BCE plus the within-prompt ranking term: BoN compares one prompt's samples, and BCE alone mostly
-    # learns which prompts are easy (bon_jax.verifiers.train); plus two corrupted references per training
-    # prompt as hard negatives. Measured (README): within-prompt pairwise accuracy 0.549 with both,
-    # 0.532 with the ranking term only (batch 64); neither is a useful verifier yet.
+    # Every incorrect sample of the base policy holds an arithmetic slip, which a last-token head did not
+    # learn to find in 200 steps (held-out within-prompt pairwise accuracy 0.49-0.55). Per-token hazards
+    # that start from the policy's own surprisal (noisy_or_surprisal) start at 0.69 untrained and reach
+    # 0.74 with BCE + the within-prompt ranking term at lr 1e-4 (README, "Verifier variants").
+    c.verifier.pooling = "noisy_or_surprisal"
+    c.verifier.lr = 1e-4
     c.verifier.ranking_weight = 1.0
+    # Two corrupted references per training prompt as hard negatives, and 3000 more prompts that add only
+    # their reference and its corruptions (no sampling: 2 s of encoding).
     c.verifier.corrupted_references = 2
+    c.verifier.reference_only_prompts = 3000
     c.rl.objective = "bon_rl_v"
     c.rl.n = 32
     c.rl.m = 32

@@ -267,9 +267,12 @@ def test_rl_loss_and_rollout_logps_are_of_the_tempered_policy():
     np.testing.assert_allclose(metrics["logp"], expected.mean(), rtol=1e-4)
 
 
-@pytest.mark.parametrize("reference_positives, corrupted", [(False, 0), (True, 0), (False, 2)])
-def test_verifier_data_adds_reference_solutions_as_positives_outside_the_holdout(
-    monkeypatch, reference_positives, corrupted
+@pytest.mark.parametrize(
+    "reference_positives, corrupted, reference_only, num_validation",
+    [(False, 0, 0, 5), (True, 0, 0, 5), (False, 2, 0, 5), (False, 2, 7, 5), (False, 2, 7, 0)],
+)
+def test_verifier_data_holds_out_unseen_prompts_and_adds_references_outside_the_holdout(
+    monkeypatch, reference_positives, corrupted, reference_only, num_validation
 ):
     import types
 
@@ -279,7 +282,8 @@ def test_verifier_data_adds_reference_solutions_as_positives_outside_the_holdout
     c.verifier.num_prompts, c.verifier.samples_per_prompt = 20, 3
     c.verifier.reference_positives = reference_positives
     c.verifier.corrupted_references = corrupted
-    task = ArithTask(seed=0, num_train=40, num_validation=5, num_test=5)
+    c.verifier.reference_only_prompts = reference_only
+    task = ArithTask(seed=0, num_train=40, num_validation=num_validation, num_test=5)
     ctx = types.SimpleNamespace(config=c, task=task, rng=lambda name: jax.random.key(0))
     tokenizer = types.SimpleNamespace(encode_batch=lambda texts, **kw: (np.ones((len(texts), 4)), np.full(len(texts), 4)))
 
@@ -288,20 +292,28 @@ def test_verifier_data_adds_reference_solutions_as_positives_outside_the_holdout
 
     monkeypatch.setattr(verifier_mod, "draw_graded", fake_draw)
     prompts, completions, labels, groups, holdout = verifier_mod._graded_samples(ctx, tokenizer, None, None)
-    examples = task.examples("train")[:20]
-    held = {e.prompt for i, e in enumerate(examples) if i % 5 == 0}
+    train, validation = list(task.examples("train")), list(task.examples("validation"))
+    if num_validation:  # 4 held-out prompts from the validation split, which the policy was not trained on
+        sampled, train_used = train[:16] + validation[:4], 16
+        held = {e.prompt for e in validation[:4]}
+        trained = train[:16] + train[16 : 16 + reference_only]
+    else:  # no validation split: every fifth training prompt
+        sampled, train_used = train[:20], 20
+        held = {e.prompt for i, e in enumerate(sampled) if i % 5 == 0}
+        trained = [e for e in sampled if e.prompt not in held] + train[20 : 20 + reference_only]
+    examples = sampled + train[train_used : train_used + reference_only]  # a row's group is its index here
     assert holdout.sum() == 3 * len(held) and labels[holdout].sum() == 0  # AUC is on policy samples only
-    assert not set(np.asarray(prompts)[holdout]) - held  # the extras never land in the holdout
+    assert set(np.asarray(prompts)[holdout]) == held  # and the extras never land in the holdout
     # Every row's group is its prompt's index, so the ranking term pairs rows of one prompt only.
     assert [examples[g].prompt for g in groups] == prompts
     refs = [(p, x) for p, x, y in zip(prompts, completions, labels) if y == 1.0]
-    trained = [e for e in examples if e.prompt not in held]
     if not (reference_positives or corrupted):
-        assert refs == [] and len(prompts) == 3 * len(examples)
+        assert refs == [] and len(prompts) == 3 * 20
     else:  # corrupted references come with their reference, so the ranking term has a positive to pair
         assert refs == [(e.prompt, e.reference) for e in trained]
-    negatives = [(p, x) for p, x, y, h in zip(prompts, completions, labels, holdout) if y == 0.0 and x != "wrong"]
+        assert len(prompts) == 3 * 20 + (1 + corrupted) * len(trained)
+    negatives = [(p, x) for p, x, y in zip(prompts, completions, labels) if y == 0.0 and x != "wrong"]
     assert len(negatives) == corrupted * len(trained)
     for p, x in negatives:
-        ref = next(e for e in trained if e.prompt == p).reference
-        assert x != ref and not task.grade(next(e for e in trained if e.prompt == p), x).reward
+        ref = next(e for e in trained if e.prompt == p)
+        assert x != ref.reference and not task.grade(ref, x).reward

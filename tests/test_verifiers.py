@@ -229,7 +229,7 @@ def test_packed_sampler_rows_hold_the_training_layout(arith_task, tokenizer):
         assert want["valid_BT"].all()
 
 
-@pytest.mark.parametrize("pooling", ["last", "noisy_or"])
+@pytest.mark.parametrize("pooling", ["last", "noisy_or", "noisy_or_surprisal"])
 def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny, pooling):
     cfg, params = tiny
     verifier = LearnedVerifier(params, cfg, tokenizer, row_chunk=4, pooling=pooling)
@@ -243,7 +243,8 @@ def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny
     assert z_text.shape == (3, 2) and z_text.dtype == np.float32
     np.testing.assert_allclose(z_tok, z_text, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z_tok_no_prompt, z_text, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(verifier.probabilities(exs, completions), 0.5 * (1 + np.tanh(z_text / 2)), rtol=1e-5)  # sigmoid, no overflow
+    np.testing.assert_allclose(verifier.probabilities(exs, completions), np.exp(-np.logaddexp(0.0, -z_text)), rtol=1e-5,
+                               atol=1e-30)  # XLA flushes denormals
     with pytest.raises(ValueError, match="examples"):
         verifier.score(exs[:2], completions)
 
@@ -289,6 +290,27 @@ def test_noisy_or_pools_the_completion_tokens_of_a_full_forward(arith_task, toke
         score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], pooling="noisy_or")
     with pytest.raises(ValueError, match="pooling"):
         LearnedVerifier(params, cfg, tokenizer, pooling="mean")
+
+
+def test_surprisal_pooling_starts_as_the_policys_own_likelihood(arith_task, tokenizer, tiny):
+    """With the policy's backbone and a zero value head, z is the noisy-OR of the policy's surprisal
+    (from a full forward of the language model) shifted by HAZARD_OFFSET."""
+    from bon_jax.train.lm import token_logprobs
+
+    cfg, _ = tiny
+    r = np.random.default_rng(0)
+    policy = jax.tree.map(lambda a: (0.3 * r.normal(size=a.shape)).astype(a.dtype), abstract_params(cfg))
+    params, _ = init_verifier_params(cfg, jax.random.key(1), policy)
+    params = dict(params, value_head=jax.tree.map(jnp.zeros_like, params["value_head"]))
+    exs = list(arith_task.examples("test")[:4])
+    batch = encode_pairs(tokenizer, [e.prompt for e in exs], [e.reference if i % 2 else "\\boxed{3}"
+                                                              for i, e in enumerate(exs)])
+    z = np.asarray(score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], None, batch["target_BT"],
+                                "noisy_or_surprisal"))
+    logp_BT = np.asarray(token_logprobs(make_model(cfg), policy, batch["tokens_BT"], batch["valid_BT"]))
+    want = _float64_noisy_or(-logp_BT + HAZARD_OFFSET, batch["target_BT"])
+    np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-4)
+    assert np.ptp(z) > 0.1
 
 
 def test_init_from_policy_copies_the_backbone_and_keeps_a_fresh_head(tokenizer, tiny):
@@ -378,6 +400,29 @@ def test_pairwise_accuracy_is_within_group_auc():
     assert pairwise_accuracy(g.astype(float), y, g)[0] == 0.5
 
 
+def test_held_out_selection_matches_subset_enumeration():
+    import itertools
+
+    from bon_jax.verifiers.train import held_out_selection
+
+    r = np.random.default_rng(0)
+    groups = np.repeat(np.arange(5), 4)
+    z = r.integers(0, 3, 20).astype(float)  # ties
+    y = (r.random(20) < 0.4).astype(float)
+    out = held_out_selection(z, y, groups)
+    assert set(out) == {f"{m}_at_{k}" for m in ("bon", "pass") for k in (1, 2, 4)}
+    for k in (1, 2, 4):
+        bon, pas = [], []
+        for g in range(5):
+            zg, yg = z[groups == g], y[groups == g]
+            subsets = list(itertools.combinations(range(4), k))
+            # best of the subset, ties shared uniformly among the subset's tied best
+            bon.append(np.mean([np.mean([yg[i] for i in s if zg[i] == max(zg[list(s)])]) for s in subsets]))
+            pas.append(np.mean([max(yg[list(s)]) for s in subsets]))
+        assert out[f"bon_at_{k}"] == pytest.approx(np.mean(bon), abs=1e-6)
+        assert out[f"pass_at_{k}"] == pytest.approx(np.mean(pas), abs=1e-6)
+
+
 def test_grouped_minibatches_keep_each_prompt_together():
     from bon_jax.verifiers.train import _epoch_batches
 
@@ -437,7 +482,7 @@ def test_corruptions_are_wrong_and_keep_the_shape(arith_task):
         assert task.grade(ex, bad).reward == 0.0 and check_steps(bad)[0] == check_steps(ex.reference)[0]
 
 
-@pytest.fixture(scope="module", params=["last", "noisy_or"])
+@pytest.fixture(scope="module", params=["last", "noisy_or", "noisy_or_surprisal"])
 def trained(arith_task, tokenizer, request):
     """The verifier of the end-to-end test: 3-layer tiny model, 400 steps of batch 32 at width 48, with
     each pooling."""

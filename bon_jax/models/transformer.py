@@ -87,13 +87,14 @@ class _Backbone(nn.Module):
         return self.final_norm(x_BTD), cache
 
 
-class Transformer(_Backbone):
-    """The language model: `apply(params, tokens_BT, positions_BT, attn_mask_BTS, cache)`
-    -> (logits_BTV float32, cache)."""
-
     def logits(self, h_BTD):
         """Tied unembedding with the final soft-cap: [..., D] -> [..., V] float32."""
         return soft_cap(self.embedder.decode(h_BTD), self.config.final_logit_soft_cap)
+
+
+class Transformer(_Backbone):
+    """The language model: `apply(params, tokens_BT, positions_BT, attn_mask_BTS, cache)`
+    -> (logits_BTV float32, cache)."""
 
     def __call__(self, tokens_BT, positions_BT, attn_mask_BTS, cache: KVCache | None = None):
         h_BTD, cache = self.hidden_states(tokens_BT, positions_BT, attn_mask_BTS, cache)
@@ -113,6 +114,16 @@ class ScalarHeadTransformer(_Backbone):
     def __call__(self, tokens_BT, positions_BT, attn_mask_BTS, cache: KVCache | None = None):
         h_BTD, cache = self.hidden_states(tokens_BT, positions_BT, attn_mask_BTS, cache)
         return self.value_head(h_BTD)[..., 0].astype(jnp.float32), cache
+
+    def values_and_surprisal(self, tokens_BT, positions_BT, attn_mask_BTS):
+        """(values_BT, surprisal_BT), both float32: surprisal_BT[b, t] = -log p(tokens[b, t] | tokens[b, <t])
+        under the backbone's own tied language-model head (0 at t = 0). The embedder is shared with the
+        policy the verifier starts from, so at initialisation this is the policy's own surprisal."""
+        h_BTD, _ = self.hidden_states(tokens_BT, positions_BT, attn_mask_BTS)
+        logp_BTV = jax.nn.log_softmax(self.logits(h_BTD[:, :-1]).astype(jnp.float32), axis=-1)
+        next_BT = jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+        surprisal_BT = jnp.pad(-next_BT, ((0, 0), (1, 0)))
+        return self.value_head(h_BTD)[..., 0].astype(jnp.float32), surprisal_BT
 
 
 # ----------------------------------------------------------------------------- Best-of-N decode step

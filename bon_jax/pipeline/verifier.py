@@ -6,8 +6,9 @@
   cross-entropy on samples of the base policy graded by the task (optionally also on the training
   prompts' reference solutions as correct examples, `verifier.reference_positives`, and on corrupted
   references as hard negatives, `verifier.corrupted_references`, for tasks that can corrupt), optionally plus
-  a within-prompt ranking term (`verifier.ranking_weight`, see `bon_jax.verifiers.train`); a held-out
-  20% of the prompts gives AUC, within-prompt pairwise accuracy and calibration (ECE) on policy samples.
+  a within-prompt ranking term (`verifier.ranking_weight`, see `bon_jax.verifiers.train`) and a choice of
+  head (`verifier.pooling`); a held-out 20% of the prompts (from the validation split where there is one)
+  gives AUC, within-prompt pairwise accuracy, BoN@k vs pass@k and calibration (ECE) on policy samples.
 
 Returns a scorer with the `bon_jax.pipeline.rollouts.Scorer` signature and the stage (for cache keys).
 """
@@ -24,11 +25,15 @@ from bon_jax.pipeline.context import RunContext
 from bon_jax.pipeline.rollouts import draw_graded, reward_scorer
 from bon_jax.pipeline.stage_cache import stage
 
+# Part of the verifier stage's cache key: bumped whenever `_graded_samples` draws other data for the same
+# config, so a cached verifier trained on the old data is not reused (2: held-out prompts from validation).
+VERIFIER_DATA_VERSION = 2
+
 
 def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key: str):
     c = ctx.config
     v = c.verifier
-    st = stage(ctx.cache_root, "verifier", base_key, c.verifier, c.seed)
+    st = stage(ctx.cache_root, "verifier", base_key, c.verifier, c.seed, VERIFIER_DATA_VERSION)
     if v.kind == "oracle":
         return reward_scorer, st
     if v.kind == "sentiment":
@@ -85,10 +90,29 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
 
 
 def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
-    """(prompts, completions, labels, prompt ids, holdout mask) from base-policy samples on training prompts."""
+    """(prompts, completions, labels, prompt ids, holdout mask) from base-policy samples on `num_prompts`
+    prompts, plus the references and corrupted references of the training prompts among them and of the
+    `reference_only_prompts` training prompts after them (never held out).
+
+    A fifth of the prompts are held out for the verifier's report. They come from the validation split
+    when the task has enough of it: the base policy was fine-tuned on the training split, so its samples
+    (and its likelihood, which the surprisal pooling reads) behave differently on prompts it has seen,
+    and a report on those would not say how the verifier does on test prompts. Without a validation split,
+    every fifth training prompt is held out.
+    """
     c = ctx.config
     v = c.verifier
-    examples = list(ctx.task.examples("train"))[: v.num_prompts]
+    train_examples = list(ctx.task.examples("train"))
+    num_held = v.num_prompts // 5
+    validation = list(ctx.task.examples("validation"))[:num_held] if num_held else []
+    if num_held and len(validation) == num_held:
+        train_used = v.num_prompts - num_held
+        examples = train_examples[:train_used] + validation
+        is_held = lambda i: i >= train_used
+    else:
+        train_used = v.num_prompts
+        examples = train_examples[:train_used]
+        is_held = lambda i: i % 5 == 0
     key = ctx.rng("verifier")
     corrupt_rng = random.Random(c.seed)
     prompts, completions, labels, groups, holdout = [], [], [], [], []
@@ -123,8 +147,8 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
                 completions.append(g.texts_BN[b][i])
                 labels.append(float(g.rewards_BN[b, i] > 0.5))
                 groups.append(start + b)
-                holdout.append((start + b) % 5 == 0)
-            if (start + b) % 5 and e.reference is not None:
+                holdout.append(is_held(start + b))
+            if not is_held(start + b) and e.reference is not None:
                 # Training prompts only: the reference as a correct example, and/or hard negatives made
                 # from it (same prompt, so the ranking term pairs them with the reference and the samples).
                 extra = [(e.reference, 1.0)] if v.reference_positives or v.corrupted_references else []
@@ -135,4 +159,16 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
                     labels.append(label)
                     groups.append(start + b)
                     holdout.append(False)
+    reference_only = train_examples[train_used : train_used + v.reference_only_prompts]
+    for i, e in enumerate(reference_only):
+        if e.reference is None:
+            continue
+        extra = [(e.reference, 1.0)] + [(ctx.task.corrupt(e.reference, corrupt_rng), 0.0)
+                                        for _ in range(v.corrupted_references)]
+        for text, label in extra:
+            prompts.append(e.prompt)
+            completions.append(text)
+            labels.append(label)
+            groups.append(len(examples) + i)
+            holdout.append(False)
     return prompts, completions, np.asarray(labels, np.float32), np.asarray(groups), np.asarray(holdout)

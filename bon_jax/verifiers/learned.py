@@ -18,6 +18,16 @@ gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT).
   learning), so the head learns to flag the step where an error is made, which a last-token head must
   carry through every later position. Arithmetic slips are local, which is why it is offered.
 
+- `'noisy_or_surprisal'`: the same, with the token's surprisal under the backbone's own language-model
+  head added to its hazard logit,
+
+      v_t = values_BT[b, t] + HAZARD_OFFSET - log p_verifier(y_t | x, y_<t).
+
+  A verifier initialised from the policy starts as the policy's own likelihood check (a token the policy
+  found unlikely is a likely error; with a fresh head of values ~0) and BCE fine-tunes from there, instead
+  of from chance. On the arith default's held-out samples the untrained start already ranks a prompt's
+  correct sample above an incorrect one 69% of the time (README).
+
 Both are trained with binary cross-entropy on z (`bon_jax.verifiers.train`).
 
 Scores are the logit z, not sigmoid(z). Both order completions identically, so Best-of-N picks the same
@@ -56,7 +66,7 @@ from bon_jax.verifiers.base import Completions, CompletionTokens, group_shape
 from bon_jax.verifiers.packing import pack_prompt_completion
 
 
-POOLINGS = ("last", "noisy_or")
+POOLINGS = ("last", "noisy_or", "noisy_or_surprisal")
 # An untrained head gives values near 0; hazards of sigmoid(0 - 4) = 0.018 per token keep the starting
 # P(correct) of a 30-token completion near 0.6 instead of 2^-30, so the first steps' loss is not dominated
 # by driving every hazard down.
@@ -81,13 +91,19 @@ def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT
                     pooling: str = "last") -> jax.Array:
     """z_B float32 of `[B, T]` sequences (un-jitted; differentiable). `completion_BT` marks the completion
     tokens (eos included); only `pooling='noisy_or'` needs it."""
-    values_BT, _ = make_model(cfg, scalar_head=True).apply(
-        {"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
+    model = make_model(cfg, scalar_head=True)
+    inputs = (tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
     if check_pooling(pooling) == "last":
+        values_BT, _ = model.apply({"params": params}, *inputs)
         return take_last_valid(values_BT, valid_BT)
     if completion_BT is None:
-        raise ValueError("pooling='noisy_or' needs the completion mask (completion_BT)")
-    return noisy_or_logit(values_BT + HAZARD_OFFSET, jnp.asarray(completion_BT, bool) & valid_BT)
+        raise ValueError(f"pooling={pooling!r} needs the completion mask (completion_BT)")
+    if pooling == "noisy_or":
+        hazard_BT = model.apply({"params": params}, *inputs)[0] + HAZARD_OFFSET
+    else:
+        values_BT, surprisal_BT = model.apply({"params": params}, *inputs, method="values_and_surprisal")
+        hazard_BT = values_BT + HAZARD_OFFSET + surprisal_BT
+    return noisy_or_logit(hazard_BT, jnp.asarray(completion_BT, bool) & valid_BT)
 
 
 def _in_row_chunks(fn, row_chunk: int | None, *arrays_MS):
@@ -192,7 +208,7 @@ class LearnedVerifier:
       tokenizer: the tokenizer it was trained with.
       row_chunk: rows per forward pass (None: all B*N at once).
       buckets: static widths text inputs are padded to (few shapes, few compilations).
-      pooling: how per-token values become a sequence logit, `'last'` or `'noisy_or'` (module docstring);
+      pooling: how per-token values become a sequence logit, one of `POOLINGS` (module docstring);
         it must be the pooling the params were trained with.
     """
 

@@ -93,7 +93,7 @@ def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0), rankin
     [, completion_BT]}.
 
     With `ranking_weight` > 0 the batch needs `group_B` (prompt ids) and the loss adds the within-prompt
-    ranking term (module docstring); `pooling='noisy_or'` needs `completion_BT`.
+    ranking term (module docstring); the noisy-OR poolings need `completion_BT`.
     """
     w0, w1 = weights
 
@@ -153,11 +153,32 @@ def pairwise_accuracy(z, labels, groups) -> tuple[float, int]:
     return (wins / pairs if pairs else float("nan")), pairs
 
 
+def held_out_selection(z, labels, groups) -> dict[str, float]:
+    """What selecting by the verifier buys on held-out prompts: for k = 1, 2, 4, ... up to the smallest
+    group, the mean over prompts of BoN@k (exact, ties shared; `bon_jax.metrics.bon_at_k`) next to pass@k
+    (the oracle's ceiling) of the prompt's samples. Keys `bon_at_{k}`, `pass_at_{k}`."""
+    from bon_jax.metrics import bon_at_k, pass_at_k
+
+    z, y, groups = np.asarray(z, np.float64), np.asarray(labels, np.float64), np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    if not members:
+        return {}
+    smallest = min(len(m) for m in members)
+    out = {}
+    k = 1
+    while k <= smallest:
+        out[f"bon_at_{k}"] = float(np.mean([float(bon_at_k(z[m], y[m], k)) for m in members]))
+        out[f"pass_at_{k}"] = float(np.mean([float(pass_at_k(len(m), y[m].sum(), k)) for m in members]))
+        k *= 2
+    return out
+
+
 def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str], completions: Sequence[str],
                       labels, *, width: int | None = None, row_chunk: int | None = 256,
                       num_bins: int = 10, groups=None, pooling: str = "last") -> dict[str, float]:
     """Held-out report on triples: auc, ece, accuracy, bce, positive_rate, mean_prob, count, truncated;
-    with `groups` (prompt ids) also pairwise_accuracy and pairs (within-prompt AUC, module docstring)."""
+    with `groups` (prompt ids) also pairwise_accuracy and pairs (within-prompt AUC, module docstring) and
+    bon_at_k / pass_at_k over the prompts (`held_out_selection`)."""
     y = _labels(labels, len(prompts))
     if not len(prompts):
         return binary_metrics(np.zeros(0), y, num_bins=num_bins)
@@ -169,6 +190,7 @@ def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str
     if groups is not None:
         acc, pairs = pairwise_accuracy(z, y, groups)
         out.update(pairwise_accuracy=acc, pairs=float(pairs))
+        out.update(held_out_selection(z, y, groups))
     return out
 
 
@@ -193,7 +215,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
       eval_data: optional held-out (prompts, completions, labels[, groups]); its report is under `eval/...`.
       groups: optional [N] prompt ids of the training triples: minibatches then hold whole prompts.
       ranking_weight: lambda of the within-prompt ranking term (needs `groups`; module docstring).
-      pooling: `'last'` or `'noisy_or'` (`bon_jax.verifiers.learned`).
+      pooling: one of `bon_jax.verifiers.learned.POOLINGS`.
       log_every: how often the host reads the step metrics (and checks for runs of skipped steps).
 
     Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width,
