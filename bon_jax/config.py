@@ -88,7 +88,8 @@ def base_config() -> ConfigDict:
     c.verifier.reference_only_prompts = 0
     # How the head's per-token values become one logit (bon_jax.verifiers.learned): 'last' (Chow et al.,
     # the last token's value), 'noisy_or' (per-token error hazards, correct when no token is an error) or
-    # 'noisy_or_surprisal' (the same, each hazard starting from the token's surprisal under the backbone).
+    # 'noisy_or_surprisal' (the same, each hazard starting from the token's surprisal under the backbone) or
+    # 'likelihood' (the completion's log-likelihood under the backbone, corrected per token by the head).
     c.verifier.pooling = "last"
 
     c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
@@ -262,9 +263,9 @@ def check_values(c: ConfigDict) -> None:
         "extra prompts would add correct examples only)",
     )
     _require(
-        c.verifier.pooling in ("last", "noisy_or", "noisy_or_surprisal"),
+        c.verifier.pooling in ("last", "noisy_or", "noisy_or_surprisal", "likelihood"),
         "verifier.pooling",
-        f"must be last | noisy_or | noisy_or_surprisal, got {c.verifier.pooling!r}",
+        f"must be last | noisy_or | noisy_or_surprisal | likelihood, got {c.verifier.pooling!r}",
     )
     _require(
         c.verifier.ranking_weight >= 0,

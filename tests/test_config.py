@@ -32,7 +32,7 @@ def test_free_form_sections_accept_any_key():
         ("model.dtype", "float16", "float32' or 'bfloat16"),
         ("verifier.kind", "magic", "learned | oracle | sentiment"),
         ("verifier.ranking_weight", -1.0, "must be >= 0"),
-        ("verifier.pooling", "mean", r"must be last \| noisy_or \| noisy_or_surprisal"),
+        ("verifier.pooling", "mean", r"must be last \| noisy_or \| noisy_or_surprisal \| likelihood"),
         ("verifier.corrupted_references", -1, "must be >= 0"),
         ("verifier.reference_only_prompts", 100, "set verifier.corrupted_references > 0"),
         ("rl.max_new_tokens", 400, "must be < model.max_len"),

@@ -229,7 +229,7 @@ def test_packed_sampler_rows_hold_the_training_layout(arith_task, tokenizer):
         assert want["valid_BT"].all()
 
 
-@pytest.mark.parametrize("pooling", ["last", "noisy_or", "noisy_or_surprisal"])
+@pytest.mark.parametrize("pooling", ["last", "noisy_or", "noisy_or_surprisal", "likelihood"])
 def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny, pooling):
     cfg, params = tiny
     verifier = LearnedVerifier(params, cfg, tokenizer, row_chunk=4, pooling=pooling)
@@ -293,8 +293,9 @@ def test_noisy_or_pools_the_completion_tokens_of_a_full_forward(arith_task, toke
 
 
 def test_surprisal_pooling_starts_as_the_policys_own_likelihood(arith_task, tokenizer, tiny):
-    """With the policy's backbone and a zero value head, z is the noisy-OR of the policy's surprisal
-    (from a full forward of the language model) shifted by HAZARD_OFFSET."""
+    """With the policy's backbone and a zero value head, noisy_or_surprisal's z is the noisy-OR of the
+    policy's surprisal (from a full forward of the language model) shifted by HAZARD_OFFSET, and
+    likelihood's z is the policy's log-likelihood of the completion."""
     from bon_jax.train.lm import token_logprobs
 
     cfg, _ = tiny
@@ -311,6 +312,10 @@ def test_surprisal_pooling_starts_as_the_policys_own_likelihood(arith_task, toke
     want = _float64_noisy_or(-logp_BT + HAZARD_OFFSET, batch["target_BT"])
     np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-4)
     assert np.ptp(z) > 0.1
+    # 'likelihood': the completion's log-likelihood under the policy (eos included, prompt excluded).
+    z = np.asarray(score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], None, batch["target_BT"],
+                                "likelihood"))
+    np.testing.assert_allclose(z, np.sum(np.where(batch["target_BT"], logp_BT, 0.0), axis=-1), rtol=1e-4, atol=1e-4)
 
 
 def test_init_from_policy_copies_the_backbone_and_keeps_a_fresh_head(tokenizer, tiny):
@@ -482,7 +487,7 @@ def test_corruptions_are_wrong_and_keep_the_shape(arith_task):
         assert task.grade(ex, bad).reward == 0.0 and check_steps(bad)[0] == check_steps(ex.reference)[0]
 
 
-@pytest.fixture(scope="module", params=["last", "noisy_or", "noisy_or_surprisal"])
+@pytest.fixture(scope="module", params=["last", "noisy_or", "noisy_or_surprisal", "likelihood"])
 def trained(arith_task, tokenizer, request):
     """The verifier of the end-to-end test: 3-layer tiny model, 400 steps of batch 32 at width 48, with
     each pooling."""

@@ -28,6 +28,13 @@ gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT).
   of from chance. On the arith default's held-out samples the untrained start already ranks a prompt's
   correct sample above an incorrect one 69% of the time (README).
 
+- `'likelihood'`: the completion's log-likelihood under the backbone's own language-model head, corrected
+  by the head's per-token values,
+
+      z = -sum_{t in completion} (surprisal_t + values_BT[b, t]) = log p_verifier(y | x) - sum_t values_BT[b, t].
+
+  Initialised from the policy (values ~0), it selects the sample the policy itself finds most likely.
+
 Both are trained with binary cross-entropy on z (`bon_jax.verifiers.train`).
 
 Scores are the logit z, not sigmoid(z). Both order completions identically, so Best-of-N picks the same
@@ -66,7 +73,7 @@ from bon_jax.verifiers.base import Completions, CompletionTokens, group_shape
 from bon_jax.verifiers.packing import pack_prompt_completion
 
 
-POOLINGS = ("last", "noisy_or", "noisy_or_surprisal")
+POOLINGS = ("last", "noisy_or", "noisy_or_surprisal", "likelihood")
 # An untrained head gives values near 0; hazards of sigmoid(0 - 4) = 0.018 per token keep the starting
 # P(correct) of a 30-token completion near 0.6 instead of 2^-30, so the first steps' loss is not dominated
 # by driving every hazard down.
@@ -100,10 +107,12 @@ def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT
         raise ValueError(f"pooling={pooling!r} needs the completion mask (completion_BT)")
     if pooling == "noisy_or":
         hazard_BT = model.apply({"params": params}, *inputs)[0] + HAZARD_OFFSET
-    else:
-        values_BT, surprisal_BT = model.apply({"params": params}, *inputs, method="values_and_surprisal")
-        hazard_BT = values_BT + HAZARD_OFFSET + surprisal_BT
-    return noisy_or_logit(hazard_BT, jnp.asarray(completion_BT, bool) & valid_BT)
+        return noisy_or_logit(hazard_BT, jnp.asarray(completion_BT, bool) & valid_BT)
+    values_BT, surprisal_BT = model.apply({"params": params}, *inputs, method="values_and_surprisal")
+    completion_BT = jnp.asarray(completion_BT, bool) & valid_BT
+    if pooling == "likelihood":
+        return -jnp.sum(jnp.where(completion_BT, surprisal_BT + values_BT, 0.0), axis=-1)
+    return noisy_or_logit(values_BT + HAZARD_OFFSET + surprisal_BT, completion_BT)
 
 
 def _in_row_chunks(fn, row_chunk: int | None, *arrays_MS):
