@@ -91,6 +91,9 @@ def base_config() -> ConfigDict:
     # 'noisy_or_surprisal' (the same, each hazard starting from the token's surprisal under the backbone) or
     # 'likelihood' (the completion's log-likelihood under the backbone, corrected per token by the head).
     c.verifier.pooling = "last"
+    # Start the value head at zero (a fresh head's random per-token values otherwise add noise to the
+    # likelihood poolings' starting point).
+    c.verifier.zero_init_head = False
 
     c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
     c.rl.objective = "bon_rl_v"

@@ -301,8 +301,8 @@ def test_surprisal_pooling_starts_as_the_policys_own_likelihood(arith_task, toke
     cfg, _ = tiny
     r = np.random.default_rng(0)
     policy = jax.tree.map(lambda a: (0.3 * r.normal(size=a.shape)).astype(a.dtype), abstract_params(cfg))
-    params, _ = init_verifier_params(cfg, jax.random.key(1), policy)
-    params = dict(params, value_head=jax.tree.map(jnp.zeros_like, params["value_head"]))
+    params, _ = init_verifier_params(cfg, jax.random.key(1), policy, zero_head=True)
+    assert all(not np.any(x) for x in jax.tree.leaves(params["value_head"]))
     exs = list(arith_task.examples("test")[:4])
     batch = encode_pairs(tokenizer, [e.prompt for e in exs], [e.reference if i % 2 else "\\boxed{3}"
                                                               for i, e in enumerate(exs)])

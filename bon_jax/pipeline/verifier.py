@@ -80,6 +80,7 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
             groups=groups[train] if v.ranking_weight else None,
             ranking_weight=v.ranking_weight,
             pooling=v.pooling,
+            zero_init_head=v.zero_init_head,
         )
         report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
         save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=dict(report, pooling=v.pooling))

@@ -159,14 +159,19 @@ def score_completion_tokens(params, cfg: ModelConfig, prompt_tokens_BT, completi
     return z_M.reshape(B, N)
 
 
-def init_verifier_params(cfg: ModelConfig, rng: jax.Array, init_params_from=None) -> tuple[dict, list[str]]:
+def init_verifier_params(cfg: ModelConfig, rng: jax.Array, init_params_from=None,
+                         zero_head: bool = False) -> tuple[dict, list[str]]:
     """Fresh scalar-head params, with every leaf that `init_params_from` also has copied from it.
 
     Pass a policy's params to start from its backbone (embedder, layers, final norm copied; the value head
     stays fresh), or a verifier's params to continue training it. A leaf present in both with a different
-    shape is an error. Returns (params, copied leaf paths).
+    shape is an error. `zero_head` makes a fresh value head all zeros, so the likelihood poolings start
+    exactly at the backbone's likelihood instead of with a random per-token term. Returns (params, copied
+    leaf paths).
     """
     fresh = init_params(cfg, rng, scalar_head=True)
+    if zero_head:
+        fresh = dict(fresh, value_head=jax.tree.map(jnp.zeros_like, fresh["value_head"]))
     if init_params_from is None:
         return fresh, []
     copied: list[str] = []

@@ -199,7 +199,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
                    class_weight=None, warmup: int = 0, weight_decay: float = 0.0,
                    max_grad_norm: float | None = 1.0, width: int | None = None, eval_data=None,
                    log_every: int = 50, max_bad_steps: int = 10, groups=None,
-                   ranking_weight: float = 0.0, pooling: str = "last",
+                   ranking_weight: float = 0.0, pooling: str = "last", zero_init_head: bool = False,
                    progress: bool = True) -> tuple[dict, dict[str, float]]:
     """Fits a scalar-head verifier by (weighted) BCE; returns (params, metrics).
 
@@ -216,6 +216,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
       groups: optional [N] prompt ids of the training triples: minibatches then hold whole prompts.
       ranking_weight: lambda of the within-prompt ranking term (needs `groups`; module docstring).
       pooling: one of `bon_jax.verifiers.learned.POOLINGS`.
+      zero_init_head: start the value head at zero (`init_verifier_params`).
       log_every: how often the host reads the step metrics (and checks for runs of skipped steps).
 
     Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width,
@@ -247,7 +248,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     tokens_NT, valid_NT, completion_NT = data["tokens_BT"], data["valid_BT"], data["target_BT"]
     width = tokens_NT.shape[1]
 
-    params, copied = init_verifier_params(cfg, jax.random.key(seed), init_params)
+    params, copied = init_verifier_params(cfg, jax.random.key(seed), init_params, zero_head=zero_init_head)
     optimizer = adamw(lr, steps, warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
     state = TrainState.create(params, optimizer)
     loss = bce_loss(cfg, (w0, w1), ranking_weight, pooling)
