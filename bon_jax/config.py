@@ -265,10 +265,12 @@ def check_values(c: ConfigDict) -> None:
         "adds references and their corruptions: set verifier.corrupted_references > 0 too (with none, the "
         "extra prompts would add correct examples only)",
     )
+    from bon_jax.verifiers.learned import POOLINGS
+
     _require(
-        c.verifier.pooling in ("last", "noisy_or", "noisy_or_surprisal", "likelihood"),
+        c.verifier.pooling in POOLINGS,
         "verifier.pooling",
-        f"must be last | noisy_or | noisy_or_surprisal | likelihood, got {c.verifier.pooling!r}",
+        f"must be {' | '.join(POOLINGS)}, got {c.verifier.pooling!r}",
     )
     _require(
         c.verifier.ranking_weight >= 0,

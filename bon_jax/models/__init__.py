@@ -8,6 +8,7 @@ from bon_jax.models.config import (
     config_names,
     get_config,
 )
+from bon_jax.models.layers import next_token_logprobs
 from bon_jax.models.masks import (
     causal_mask,
     last_valid_index,
@@ -22,6 +23,6 @@ from bon_jax.models.transformer import ScalarHeadTransformer, Transformer
 __all__ = [
     "AttentionType", "KVCache", "LayerCache", "ModelConfig", "ScalarHeadTransformer", "Transformer",
     "abstract_params", "attention_pattern", "causal_mask", "config_names", "count_params",
-    "get_config", "init_cache", "init_params", "last_valid_index", "make_model",
+    "get_config", "init_cache", "init_params", "last_valid_index", "make_model", "next_token_logprobs",
     "positions_from_valid", "take_last_valid", "tile_cache", "valid_from_lengths", "valid_from_pad",
 ]

@@ -102,6 +102,13 @@ class FeedForward(nn.Module):
                       param_dtype=self.param_dtype, name="linear")("BTF,FD->BTD", hidden_BTF)
 
 
+def next_token_logprobs(logits_BTV, tokens_BT):
+    """[B, T] float32: log p(tokens[b, t] | tokens[b, <t]) read off the logits at t - 1 (0 at t = 0)."""
+    logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
+    next_BT = jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+    return jnp.pad(next_BT, ((0, 0), (1, 0)))
+
+
 def soft_cap(x, cap: float | None):
     """`cap * tanh(x / cap)`: bounds |x| by cap, identity near 0. `None` leaves x unchanged."""
     if cap is None:

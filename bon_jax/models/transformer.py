@@ -29,7 +29,7 @@ from jax import lax
 from bon_jax.models.attention import _MASKED, Attention, shared_prefix_attention
 from bon_jax.models.cache import DecodeKV, KVCache, LayerCache
 from bon_jax.models.config import AttentionType, ModelConfig
-from bon_jax.models.layers import Embedder, FeedForward, RMSNorm, soft_cap
+from bon_jax.models.layers import Embedder, FeedForward, RMSNorm, next_token_logprobs, soft_cap
 from bon_jax.models.masks import positions_from_valid, take_last_valid
 from bon_jax.models.rope import apply_rope
 
@@ -120,9 +120,7 @@ class ScalarHeadTransformer(_Backbone):
         under the backbone's own tied language-model head (0 at t = 0). The embedder is shared with the
         policy the verifier starts from, so at initialisation this is the policy's own surprisal."""
         h_BTD, _ = self.hidden_states(tokens_BT, positions_BT, attn_mask_BTS)
-        logp_BTV = jax.nn.log_softmax(self.logits(h_BTD[:, :-1]).astype(jnp.float32), axis=-1)
-        next_BT = jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
-        surprisal_BT = jnp.pad(-next_BT, ((0, 0), (1, 0)))
+        surprisal_BT = -next_token_logprobs(self.logits(h_BTD), tokens_BT)
         return self.value_head(h_BTD)[..., 0].astype(jnp.float32), surprisal_BT
 
 

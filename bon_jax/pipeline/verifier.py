@@ -117,6 +117,24 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
     key = ctx.rng("verifier")
     corrupt_rng = random.Random(c.seed)
     prompts, completions, labels, groups, holdout = [], [], [], [], []
+
+    def add(prompt, text, label, group, held):
+        prompts.append(prompt)
+        completions.append(text)
+        labels.append(label)
+        groups.append(group)
+        holdout.append(held)
+
+    def add_references(e, group):
+        # Training prompts only: the reference as a correct example, and/or hard negatives made from it
+        # (same prompt, so the ranking term pairs them with the reference and the samples).
+        if e.reference is None:
+            return
+        if v.reference_positives or v.corrupted_references:
+            add(e.prompt, e.reference, 1.0, group, False)
+        for _ in range(v.corrupted_references):
+            add(e.prompt, ctx.task.corrupt(e.reference, corrupt_rng), 0.0, group, False)
+
     chunk = 16
     for start in tqdm(range(0, len(examples), chunk), desc="verifier data", dynamic_ncols=True):
         ex = examples[start : start + chunk]
@@ -144,32 +162,10 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
         )
         for b, e in enumerate(ex):
             for i in range(v.samples_per_prompt):
-                prompts.append(e.prompt)
-                completions.append(g.texts_BN[b][i])
-                labels.append(float(g.rewards_BN[b, i] > 0.5))
-                groups.append(start + b)
-                holdout.append(is_held(start + b))
-            if not is_held(start + b) and e.reference is not None:
-                # Training prompts only: the reference as a correct example, and/or hard negatives made
-                # from it (same prompt, so the ranking term pairs them with the reference and the samples).
-                extra = [(e.reference, 1.0)] if v.reference_positives or v.corrupted_references else []
-                extra += [(ctx.task.corrupt(e.reference, corrupt_rng), 0.0) for _ in range(v.corrupted_references)]
-                for text, label in extra:
-                    prompts.append(e.prompt)
-                    completions.append(text)
-                    labels.append(label)
-                    groups.append(start + b)
-                    holdout.append(False)
-    reference_only = train_examples[train_used : train_used + v.reference_only_prompts]
-    for i, e in enumerate(reference_only):
-        if e.reference is None:
-            continue
-        extra = [(e.reference, 1.0)] + [(ctx.task.corrupt(e.reference, corrupt_rng), 0.0)
-                                        for _ in range(v.corrupted_references)]
-        for text, label in extra:
-            prompts.append(e.prompt)
-            completions.append(text)
-            labels.append(label)
-            groups.append(len(examples) + i)
-            holdout.append(False)
+                add(e.prompt, g.texts_BN[b][i], float(g.rewards_BN[b, i] > 0.5), start + b, is_held(start + b))
+            if not is_held(start + b):
+                add_references(e, start + b)
+    # config requires corrupted_references > 0 with reference_only_prompts, so each adds its reference too
+    for i, e in enumerate(train_examples[train_used : train_used + v.reference_only_prompts]):
+        add_references(e, len(examples) + i)
     return prompts, completions, np.asarray(labels, np.float32), np.asarray(groups), np.asarray(holdout)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bon_jax.models import causal_mask, positions_from_valid
+from bon_jax.models import causal_mask, next_token_logprobs, positions_from_valid
 
 
 def sequence_batch(tokenizer, prompts: Sequence[str], completions: Sequence[str], width: int) -> dict:
@@ -48,10 +48,7 @@ def token_logprobs(model, params, tokens_BT, valid_BT) -> jax.Array:
     logits_BTV, _ = model.apply(
         {"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT)
     )
-    logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-    next_BT = jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
-    logp_BT = jnp.pad(next_BT, ((0, 0), (1, 0)))
-    return jnp.where(valid_BT, logp_BT, 0.0)
+    return jnp.where(valid_BT, next_token_logprobs(logits_BTV, tokens_BT), 0.0)
 
 
 def sft_loss(model):

@@ -1,7 +1,7 @@
 """The learned verifier: the policy's backbone with a scalar head, pooled into one logit per sequence.
 
 On the sequence `[bos] prompt completion [eos]` (the layout of `bon_jax.train.lm.sequence_batch`) the head
-gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT). Two poolings:
+gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT). Four poolings (`POOLINGS`):
 
 - `'last'` (Chow et al.): the value at the last real token t_last (the eos of a finished completion),
 
@@ -35,7 +35,7 @@ gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT).
 
   Initialised from the policy (values ~0), it selects the sample the policy itself finds most likely.
 
-Both are trained with binary cross-entropy on z (`bon_jax.verifiers.train`).
+All are trained with binary cross-entropy on z (`bon_jax.verifiers.train`).
 
 Scores are the logit z, not sigmoid(z). Both order completions identically, so Best-of-N picks the same
 sample, but the logit keeps that order where float32 sigmoid saturates (every z > ~17 maps to 1.0 and would
@@ -72,7 +72,6 @@ from bon_jax.tokenizer import DEFAULT_BUCKETS
 from bon_jax.verifiers.base import Completions, CompletionTokens, group_shape
 from bon_jax.verifiers.packing import pack_prompt_completion
 
-
 POOLINGS = ("last", "noisy_or", "noisy_or_surprisal", "likelihood")
 # An untrained head gives values near 0; hazards of sigmoid(0 - 4) = 0.018 per token keep the starting
 # P(correct) of a 30-token completion near 0.6 instead of 2^-30, so the first steps' loss is not dominated
@@ -97,7 +96,7 @@ def noisy_or_logit(hazard_logits_BT, completion_BT) -> jax.Array:
 def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT=None,
                     pooling: str = "last") -> jax.Array:
     """z_B float32 of `[B, T]` sequences (un-jitted; differentiable). `completion_BT` marks the completion
-    tokens (eos included); only `pooling='noisy_or'` needs it."""
+    tokens (eos included); every pooling but `'last'` needs it."""
     model = make_model(cfg, scalar_head=True)
     inputs = (tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
     if check_pooling(pooling) == "last":
@@ -105,11 +104,10 @@ def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT
         return take_last_valid(values_BT, valid_BT)
     if completion_BT is None:
         raise ValueError(f"pooling={pooling!r} needs the completion mask (completion_BT)")
-    if pooling == "noisy_or":
-        hazard_BT = model.apply({"params": params}, *inputs)[0] + HAZARD_OFFSET
-        return noisy_or_logit(hazard_BT, jnp.asarray(completion_BT, bool) & valid_BT)
-    values_BT, surprisal_BT = model.apply({"params": params}, *inputs, method="values_and_surprisal")
     completion_BT = jnp.asarray(completion_BT, bool) & valid_BT
+    if pooling == "noisy_or":
+        return noisy_or_logit(model.apply({"params": params}, *inputs)[0] + HAZARD_OFFSET, completion_BT)
+    values_BT, surprisal_BT = model.apply({"params": params}, *inputs, method="values_and_surprisal")
     if pooling == "likelihood":
         return -jnp.sum(jnp.where(completion_BT, surprisal_BT + values_BT, 0.0), axis=-1)
     return noisy_or_logit(values_BT + HAZARD_OFFSET + surprisal_BT, completion_BT)

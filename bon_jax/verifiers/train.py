@@ -1,7 +1,7 @@
 """Training a verifier as Chow et al. train theirs: binary cross-entropy on (prompt, completion, correct).
 
-For a triple (x, y, c) with c in {0, 1} and logit z = s(x, y) (`learned.sequence_logits`, with either
-pooling of the per-token values: the last token's, or the noisy-OR of per-token error hazards):
+For a triple (x, y, c) with c in {0, 1} and logit z = s(x, y) (`learned.sequence_logits`, with any of its
+poolings of the per-token values, `learned.POOLINGS`):
 
     bce(z, c) = softplus(z) - c z = -[c log sigmoid(z) + (1 - c) log(1 - sigmoid(z))]
     loss      = (1 / |batch|) sum_i w_{c_i} bce(z_i, c_i)
@@ -93,7 +93,7 @@ def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0), rankin
     [, completion_BT]}.
 
     With `ranking_weight` > 0 the batch needs `group_B` (prompt ids) and the loss adds the within-prompt
-    ranking term (module docstring); the noisy-OR poolings need `completion_BT`.
+    ranking term (module docstring); every pooling but `'last'` needs `completion_BT`.
     """
     w0, w1 = weights
 
