@@ -134,6 +134,37 @@ def test_sequence_logprobs_match_sampler_and_are_differentiable():
     np.testing.assert_allclose(float(finite_diff), grad_norm, rtol=2e-2)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("lengths_given", [True, False])
+def test_shared_prompt_logprobs_and_grads_equal_the_full_forward(side, lengths_given):
+    """The prompt once per prompt + tiled cache (default) against B * N full (prompt, completion) rows,
+    with a window shorter than prompt + completion; without lengths, real tokens are those != pad, and
+    one row has a pad inside its completion (a masked slot the positions skip)."""
+    out = _sample(side)
+    tokens = out.tokens_BNT.copy()
+    if not lengths_given:
+        tokens[0, 0, 1] = 0
+    kwargs = dict(completion_lengths_BN=out.lengths_BN if lengths_given else None,
+                  prompt_lengths_B=LENGTHS, padding_side=side, temperature=0.7)
+    weights = np.random.default_rng(5).normal(size=tokens.shape).astype(np.float32)
+    prompts = _prompts(side)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def value_and_grads(params, share):
+        f = lambda p: (sequence_logprobs(p, CFG, prompts, tokens, share_prompt=share, **kwargs)
+                       * weights).sum()
+        return jax.value_and_grad(f)(params), sequence_logprobs(
+            params, CFG, prompts, tokens, share_prompt=share, **kwargs)
+
+    (v_shared, g_shared), lp_shared = value_and_grads(_params(), True)
+    (v_full, g_full), lp_full = value_and_grads(_params(), False)
+    np.testing.assert_allclose(lp_shared, lp_full, atol=1e-5)
+    np.testing.assert_allclose(v_shared, v_full, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_full)):  # float32 summation order
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-7
+
+
 def test_prompt_cache_is_shared_by_the_samples():
     prompts = jnp.asarray(_prompts("right"))
     settings = SamplingSettings(max_new_tokens=T_NEW, temperature=0.8, top_k=50, top_p=0.95,
