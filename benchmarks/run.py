@@ -52,9 +52,10 @@ RoPE, soft-caps, softmaxes, sampling and the optimiser's elementwise work are no
                                                              each step scores the T_p shared prompt slots in
                                                              global layers, the last W = window of them in
                                                              local ones, and all T_new - 1 own slots, masked)
-  train, R = B * M rows of T = T_p + T_new tokens (sequence_logprobs: causal attention over T keys,
-  unembedding only the T_new predicting positions):
-    forward      = R * T * fwd(T) + R * T_new * unemb      (ref_logprobs)
+  train, R = B * M rows (sequence_logprobs: each prompt runs once, B rows of T_p tokens against a cache of
+  T = T_p + T_new slots; the R completions of T_new tokens read the tiled cache, all T slots, masked;
+  only the T_new predicting positions are unembedded):
+    forward      = B * T_p * fwd(T) + R * T_new * (fwd(T) + unemb)      (ref_logprobs)
     update       = 3 * forward                             (backward = 2 x forward; i.e. 6 * P per token)
     sample phase = the sampler formula with N = M
 
@@ -213,9 +214,11 @@ def sampler_flops(cfg: ModelConfig, p_ne: int, B: int, T_p: int, N: int, T_new: 
     return prefill + decode
 
 
-def sequence_forward_flops(cfg: ModelConfig, p_ne: int, R: int, T_p: int, T_new: int) -> int:
+def sequence_forward_flops(cfg: ModelConfig, p_ne: int, B: int, M: int, T_p: int, T_new: int) -> int:
+    """As executed by `sampling.sequence_logprobs` (shared prompt): B prompts of T_p tokens and B * M
+    completions of T_new tokens, every query scored against the cache's T_p + T_new slots (masked)."""
     T = T_p + T_new
-    return R * T * _fwd_flops(cfg, p_ne, T) + R * T_new * _unemb_flops(cfg)
+    return B * T_p * _fwd_flops(cfg, p_ne, T) + B * M * T_new * (_fwd_flops(cfg, p_ne, T) + _unemb_flops(cfg))
 
 
 # ----------------------------------------------------------------------------- models
@@ -527,7 +530,7 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
         one_step()
     runs = [one_step() for _ in range(a.repeats)]
     phases = {}
-    forward = sequence_forward_flops(cfg, p_ne, B * M, T_p, T_new)
+    forward = sequence_forward_flops(cfg, p_ne, B, M, T_p, T_new)
     flops = dict(
         sample=sampler_flops(cfg, p_ne, B, T_p, M, T_new), grade=0, ref_logprobs=forward, update=3 * forward
     )
