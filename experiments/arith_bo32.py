@@ -58,7 +58,7 @@ def get_config():
     c.rl.objective = "bon_rl_v"
     c.rl.n = 32
     c.rl.m = 32
-    # ~4.4 s a step idle once compiled (prompts run once per prompt in the log-prob forwards): what fits
+    # ~4.5 s a step idle once compiled (prompts run once per prompt in the log-prob forwards): what fits
     # 15 minutes from a clean clone, install included.
     c.rl.steps = 32
     c.rl.batch_size = 8
