@@ -1,5 +1,5 @@
-"""The experiment runner end to end (issue 5): smoke run, preemption + resume, NaN guard, config errors,
-and the sharded RL update equal to the single-device one."""
+"""The experiment runner end to end (issue 5): smoke run, preemption + resume, NaN guard, config errors.
+(The sweep runner: test_sweep.py; the sharded RL update equal to the single-device one: test_parallel.py.)"""
 
 import json
 import os
@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from smoke import smoke_config
 
 from bon_jax.config import load_experiment
 from bon_jax.pipeline import finetune as finetune_mod
@@ -23,15 +24,6 @@ from bon_jax.tasks.arith import ArithTask
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _smoke(tmp_path, name="run", **overrides):
-    c = load_experiment("smoke").get_config()
-    c.workdir = str(tmp_path / name)
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
-
-
 def _finetune_dir(workdir):
     stages = os.path.join(workdir, "stages")
     (name,) = [d for d in os.listdir(stages) if d.startswith("finetune-")]
@@ -40,7 +32,7 @@ def _finetune_dir(workdir):
 
 @pytest.mark.slow
 def test_smoke_experiment_end_to_end(tmp_path):
-    summary = run_experiment(_smoke(tmp_path))
+    summary = run_experiment(smoke_config(tmp_path))
     path = tmp_path / "run" / "summary.json"
     on_disk = json.loads(path.read_text())
     assert on_disk["experiment"] == "smoke" and on_disk["wall_s"] > 0
@@ -56,14 +48,14 @@ def test_smoke_experiment_end_to_end(tmp_path):
     assert (tmp_path / "run" / "accuracy_vs_n.png").stat().st_size > 1000
     assert "auc" in json.dumps(on_disk["verifier"])  # the learned verifier reports its held-out AUC
     # A rerun reuses every cached stage and reproduces the evaluation exactly.
-    again = run_experiment(_smoke(tmp_path))
+    again = run_experiment(smoke_config(tmp_path))
     assert again["eval"]["tuned"]["bon_at_k"] == summary["eval"]["tuned"]["bon_at_k"]
 
 
 @pytest.mark.slow
 def test_sigterm_mid_finetune_then_restart_gives_uninterrupted_params(tmp_path, monkeypatch):
     stages = ("tokenizer", "base_policy", "verifier", "finetune")
-    c = _smoke(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 4})
+    c = smoke_config(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 4})
     c.stages = stages
     run_experiment(c)
     done_dir = _finetune_dir(c.workdir)
@@ -104,7 +96,7 @@ def test_nonfinite_steps_are_skipped_logged_and_stop_the_run(tmp_path, monkeypat
         return lambda logp, rollout, **kw: (lambda out: (out[0] * jnp.nan, out[1]))(fn(logp, rollout, **kw))
 
     monkeypatch.setattr(finetune_mod.objectives, "get", poisoned)
-    c = _smoke(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 6, "rl.max_bad_steps": 3})
+    c = smoke_config(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 6, "rl.max_bad_steps": 3})
     c.stages = ("tokenizer", "base_policy", "verifier", "finetune")
     c.log_every = 1
     with pytest.raises(FloatingPointError, match="3 consecutive steps with non-finite loss"):
@@ -124,7 +116,7 @@ def test_nan_rewards_are_refused_by_name(tmp_path, monkeypatch):
         return Grades(r, np.full((B, N), None, object), np.full((B, N), None, object))
 
     monkeypatch.setattr(ArithTask, "grade_batch", nan_grades)
-    c = _smoke(tmp_path, **{"verifier.kind": "oracle", "sft.steps": 2})
+    c = smoke_config(tmp_path, **{"verifier.kind": "oracle", "sft.steps": 2})
     c.stages = ("tokenizer", "base_policy", "verifier", "finetune")
     with pytest.raises(InvalidRolloutError, match=r"rewards_BM has 1 non-finite value.*prompt 0, sample 1"):
         run_experiment(c)
@@ -161,70 +153,6 @@ def test_math_bo32_names_missing_checkpoint_and_data():
     ):
         assert key in out.stderr
     assert "Gemma 2 2B" in out.stderr and "MATH" in out.stderr
-
-
-@pytest.mark.slow
-def test_rl_update_on_2x4_mesh_equals_single_device():
-    from bon_jax import parallel
-    from bon_jax.models import get_config, init_params
-    from bon_jax.objectives import Rollout
-    from bon_jax.sampling import sample
-    from bon_jax.train.optim import adamw
-    from bon_jax.train.step import TrainState, make_update_step
-
-    cfg = get_config("tiny")
-    params = init_params(cfg, jax.random.key(0))
-    B, M = 8, 4
-    prompts = jax.random.randint(jax.random.key(1), (B, 6), 3, cfg.vocab_size)
-    out = sample(params, cfg, prompts, M, jax.random.key(2), max_new_tokens=8, padding_side="left")
-    r = np.random.default_rng(0)
-    batch = {
-        "prompt_tokens_BT": prompts,
-        "prompt_lengths_B": jnp.full((B,), 6, jnp.int32),
-        "tokens_BMT": out.tokens_BNT,
-        "lengths_BM": out.lengths_BN,
-        "rollout": Rollout(
-            rewards_BM=jnp.asarray(r.integers(0, 2, (B, M)), jnp.float32),
-            scores_BM=jnp.asarray(r.normal(size=(B, M)), jnp.float32),
-            ref_logp_BM=jnp.asarray(r.normal(size=(B, M)) - 5, jnp.float32),
-        ),
-    }
-    opt = adamw(1e-2, 10)
-    step = make_update_step(finetune_mod.rl_loss(cfg, "bon_rl", n=2, beta=0.1, options={}), opt)
-    single, m1 = jax.jit(step)(TrainState.create(params, opt), batch)
-
-    mesh = parallel.make_mesh(data=2, fsdp=4)
-    state = TrainState.create(params, opt)
-    state_sh = parallel.param_sharding(state, mesh, min_size_to_shard=64)
-    assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(state_sh))
-    batch_sh = jax.tree.map(lambda x: parallel.batch_sharding(mesh, x.ndim), batch)
-    sharded_step = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None))
-    sharded, m8 = sharded_step(jax.device_put(state, state_sh), jax.device_put(batch, batch_sh))
-    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5, atol=1e-6)
-    # Adam divides by sqrt(v): on coordinates whose gradient is near zero the sharded reductions' different
-    # summation order moves the update by up to ~1e-6 (measured 2.7e-6 on 1 of 4096), hence atol 1e-5 =
-    # 1e-3 x lr; a wrong sharding moves updates by O(lr).
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), sharded.params, single.params
-    )
-
-
-@pytest.mark.slow
-def test_sweep_runs_shards_skips_done_points_and_plots(tmp_path):
-    from bon_jax.pipeline.sweep import pareto_front, run_sweep
-
-    c = _smoke(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 2, "eval.num_prompts": 4})
-    grid = [{"rl.objective": "kl_rl", "rl.beta": 0.1}, {"rl.objective": "bon_rl", "rl.n": 2}]
-    first = run_sweep(c, grid, shard=1, num_shards=2)
-    assert [r["objective"] for r in first] == ["bon_rl"]
-    rows = run_sweep(c, grid, shard=0, num_shards=2)
-    assert {r["objective"] for r in rows} == {"kl_rl", "bon_rl"}
-    root = tmp_path / "run"
-    assert (root / "results.csv").exists() and "| point |" in (root / "results.md").read_text()
-    assert (root / "reward_vs_kl.png").stat().st_size > 1000
-    stages = os.listdir(root / "stages")
-    assert sum(s.startswith("base_policy-") for s in stages) == 1  # shared by both points
-    assert pareto_front([(0.0, 0.1), (1.0, 0.5), (2.0, 0.4), (0.5, 0.1)]) == [0, 1]
 
 
 def test_rl_loss_and_rollout_logps_are_of_the_tempered_policy():

@@ -134,8 +134,7 @@ def test_sequence_logprobs_match_sampler_and_are_differentiable():
     np.testing.assert_allclose(float(finite_diff), grad_norm, rtol=2e-2)
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("lengths_given", [True, False])
+@pytest.mark.parametrize("side, lengths_given", [("left", True), ("right", False)])
 def test_shared_prompt_logprobs_and_grads_equal_the_full_forward(side, lengths_given):
     """The prompt once per prompt + tiled cache (default) against B * N full (prompt, completion) rows,
     with a window shorter than prompt + completion; without lengths, real tokens are those != pad, and

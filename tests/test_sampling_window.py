@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 
 from bon_jax import sampling
-from bon_jax.models import abstract_params, causal_mask, get_config, make_model, positions_from_valid
+from bon_jax.models import (
+    abstract_params,
+    causal_mask,
+    get_config,
+    make_model,
+    positions_from_valid,
+    transformer,
+)
 from bon_jax.models.masks import valid_from_lengths
-from bon_jax.models import transformer
 from bon_jax.models.transformer import prefix_window
 
 CFG = get_config("tiny", sliding_window_size=16)
