@@ -217,8 +217,8 @@ def sampler_flops(cfg: ModelConfig, p_ne: int, B: int, T_p: int, N: int, T_new: 
 def sequence_forward_flops(cfg: ModelConfig, p_ne: int, B: int, M: int, T_p: int, T_new: int) -> int:
     """As executed by `sampling.sequence_logprobs` (shared prompt): B prompts of T_p tokens and B * M
     completions of T_new tokens, every query scored against the cache's T_p + T_new slots (masked)."""
-    T = T_p + T_new
-    return B * T_p * _fwd_flops(cfg, p_ne, T) + B * M * T_new * (_fwd_flops(cfg, p_ne, T) + _unemb_flops(cfg))
+    per_token = _fwd_flops(cfg, p_ne, T_p + T_new)
+    return B * T_p * per_token + B * M * T_new * (per_token + _unemb_flops(cfg))
 
 
 # ----------------------------------------------------------------------------- models

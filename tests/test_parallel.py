@@ -417,7 +417,6 @@ def test_sharded_sampler_matches_unsharded(greedy):
 
 @pytest.mark.slow
 def test_rl_update_on_2x4_mesh_equals_single_device():
-    from bon_jax import parallel
     from bon_jax.models import get_config, init_params
     from bon_jax.objectives import Rollout
     from bon_jax.pipeline.finetune import rl_loss

@@ -149,14 +149,13 @@ def test_shared_prompt_logprobs_and_grads_equal_the_full_forward(side, lengths_g
     prompts = _prompts(side)
 
     @functools.partial(jax.jit, static_argnums=1)
-    def value_and_grads(params, share):
-        f = lambda p: (sequence_logprobs(p, CFG, prompts, tokens, share_prompt=share, **kwargs)
-                       * weights).sum()
-        return jax.value_and_grad(f)(params), sequence_logprobs(
-            params, CFG, prompts, tokens, share_prompt=share, **kwargs)
+    @functools.partial(jax.value_and_grad, has_aux=True)
+    def weighted_total(params, share):
+        lp = sequence_logprobs(params, CFG, prompts, tokens, share_prompt=share, **kwargs)
+        return (lp * weights).sum(), lp
 
-    (v_shared, g_shared), lp_shared = value_and_grads(_params(), True)
-    (v_full, g_full), lp_full = value_and_grads(_params(), False)
+    (v_shared, lp_shared), g_shared = weighted_total(_params(), True)
+    (v_full, lp_full), g_full = weighted_total(_params(), False)
     np.testing.assert_allclose(lp_shared, lp_full, atol=1e-5)
     np.testing.assert_allclose(v_shared, v_full, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_full)):  # float32 summation order
