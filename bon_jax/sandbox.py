@@ -1052,22 +1052,26 @@ def run_many(
     work_root: str | None = None,
     drop_uid: bool = True,
     namespaces: bool = True,
+    files: Sequence[Mapping[str, str] | None] | None = None,
 ) -> list[RunResult]:
     """Runs every program (see `run`), `max_workers` at a time (default os.cpu_count()).
 
     Threads only drive the children (the work is in the sandboxed processes). Results come back in
-    the order of `programs`.
+    the order of `programs`. files: one `run(files=...)` mapping (or None) per program.
     """
     programs = list(programs)
     if not programs:
         return []
+    files = [None] * len(programs) if files is None else list(files)
+    if len(files) != len(programs):
+        raise ValueError(f"run_many: {len(programs)} programs but {len(files)} entries in files")
     workers = max(1, min(max_workers or os.cpu_count() or 1, len(programs)))
     kw = dict(timeout_s=timeout_s, limits=limits, python=python, work_root=work_root)
     kw.update(drop_uid=drop_uid, namespaces=namespaces)
     if workers == 1:
-        return [run(p, **kw) for p in programs]
+        return [run(p, files=f, **kw) for p, f in zip(programs, files)]
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda p: run(p, **kw), programs))
+        return list(pool.map(lambda p, f: run(p, files=f, **kw), programs, files))
 
 
 def failure_reason(result: RunResult, max_chars: int = 300) -> str | None:
