@@ -57,3 +57,21 @@ def test_bad_step_monitor_stops_after_consecutive_failures():
         mon.update(skipped, s)
     with pytest.raises(FloatingPointError, match="3 consecutive steps"):
         mon.update(1, 5)
+
+
+def test_grad_accumulation_passes_a_scalar_leaf_to_every_micro_batch():
+    """A 0-d batch leaf (the EMA anchor's KL coefficient in fine-tuning) is a per-step scalar: each of the
+    `accum` micro-batches gets it whole, so the step equals the full-batch step (it crashed splitting it)."""
+
+    def loss(params, batch):
+        value, aux = _loss(params, batch)
+        return batch["coef"] * value, aux
+
+    opt = adamw(1e-2, 10, max_grad_norm=None)
+    params = {"w": jnp.linspace(-1, 1, 6).reshape(3, 2)}
+    batch = dict(_batch(n=8), coef=jnp.float32(0.3))
+    full, m1 = jax.jit(make_update_step(loss, opt))(TrainState.create(params, opt), batch)
+    acc, m2 = jax.jit(make_update_step(loss, opt, accum=2))(TrainState.create(params, opt), batch)
+    assert not np.allclose(full.params["w"], params["w"])
+    np.testing.assert_allclose(acc.params["w"], full.params["w"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-6)

@@ -8,8 +8,8 @@
 
 The finite check happens on device (`jnp.where` over the trees), so a bad step costs no host round trip;
 the host loop reads `skipped` with the other metrics and stops after too many consecutive failures.
-Gradient accumulation over `accum` micro-batches (axis 0 of every batch leaf split into `accum` chunks)
-runs inside the same jitted step with `lax.scan`.
+Gradient accumulation over `accum` micro-batches (axis 0 of every batch leaf split into `accum` chunks;
+0-d leaves, per-step scalars, given whole to each) runs inside the same jitted step with `lax.scan`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,12 @@ def tree_all_finite(tree) -> jax.Array:
 
 
 def _split_micro(batch, accum: int):
+    """Every leaf `[R, ...]` -> `[accum, R / accum, ...]`; a 0-d leaf (a per-step scalar such as the anchor
+    KL coefficient) is the same for every micro-batch, so it is repeated: `[]` -> `[accum]`."""
+
     def split(x):
+        if jnp.ndim(x) == 0:
+            return jnp.broadcast_to(x, (accum,))
         if x.shape[0] % accum:
             raise ValueError(f"batch axis {x.shape[0]} is not divisible by grad_accum={accum}")
         return x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
