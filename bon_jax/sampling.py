@@ -24,6 +24,8 @@ cut-off is found by bisection, `nucleus_threshold`, not a sort), then a categori
 Log-probs: by default `log softmax(l)[token]`, the policy at temperature 1 whatever the sampling settings
 (what the objectives need); `logprobs='sampling'` gives the log-prob under the distribution actually
 sampled from (0 for greedy). Positions after a row has stopped hold `pad_id` and log-prob 0.
+Teacher-forced log-probs of given completions are `bon_jax.logprobs.sequence_logprobs` (re-exported
+here).
 
 RNG: the uniform of sample i of prompt b at step t is `uniform(key)` with
     key = fold_in(fold_in(fold_in(rng, prompt_id_b), i), t)
@@ -44,14 +46,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from bon_jax.errors import ConfigError
-from bon_jax.models.cache import DecodeKV, init_cache, tile_cache
+from bon_jax.logprobs import prompt_valid as _prompt_valid
+from bon_jax.logprobs import sequence_logprobs  # noqa: F401  (moved there; re-exported for old imports)
+from bon_jax.models.cache import DecodeKV, init_cache
 from bon_jax.models.config import ModelConfig
-from bon_jax.models.masks import (
-    causal_mask,
-    positions_from_valid,
-    take_last_valid,
-    valid_from_lengths,
-)
+from bon_jax.models.masks import causal_mask, positions_from_valid, take_last_valid
 from bon_jax.models.transformer import (
     Transformer,
     decode_step,
@@ -325,12 +324,6 @@ def _decode(params, prefix: DecodeKV, logits_BV, prompt_valid_BT, rng, prompt_id
 # ----------------------------------------------------------------------------- public API
 
 
-def _prompt_valid(prompts_BT, prompt_lengths_B, pad_id, padding_side):
-    if prompt_lengths_B is None:
-        return prompts_BT != pad_id
-    return valid_from_lengths(jnp.asarray(prompt_lengths_B), prompts_BT.shape[1], padding_side)
-
-
 def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_tokens: int,
            prompt_lengths_B=None, padding_side: str = "right", pad_id: int = 0,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -396,67 +389,3 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
     return SampleOutput(tokens_BNT=tokens_RT.reshape(B, n, -1),
                         logprobs_BNT=logprobs_RT.reshape(B, n, -1),
                         lengths_BN=lengths_R.reshape(B, n))
-
-
-def sequence_logprobs(params, model_cfg: ModelConfig, prompts_BT, completions_BNT, *,
-                      completion_lengths_BN=None, prompt_lengths_B=None,
-                      padding_side: str = "right", pad_id: int = 0, temperature: float = 1.0,
-                      share_prompt: bool = True):
-    """Teacher-forced per-token log-probs of completions: float32 [B, N, T_c], 0 past each length.
-
-        logprobs[b, i, j] = log softmax(l / temperature)[c_bij],  l = policy logits after
-                            prompt_b, c_bi0 .. c_bi(j-1)
-
-    Pure and differentiable in params (call it inside the trainer's jit); only the T_c predicting
-    positions are unembedded. Real prompt tokens come from `prompt_lengths_B` / `padding_side` or
-    `!= pad_id`, as in `sample`; real completion tokens are the first `completion_lengths_BN` (default:
-    those != pad_id).
-
-    `share_prompt` (default): each prompt runs through the model once, [B, T], writing its keys/values
-    into a cache of T + T_c slots; the cache is tiled N times and the B * N completions [B * N, T_c] run
-    against it, so the prompt's projections and MLPs cost B rows, not B * N (gradients reach the prompt's
-    keys/values through the tiling, summed over its N completions). `share_prompt=False`: one full forward
-    of the B * N concatenated (prompt, completion) rows, the reference the tests hold it to.
-    """
-    prompts_BT = jnp.asarray(prompts_BT, jnp.int32)
-    completions_BNT = jnp.asarray(completions_BNT, jnp.int32)
-    B, N, Tc = completions_BNT.shape
-    T = prompts_BT.shape[1]
-    pvalid_BT = _prompt_valid(prompts_BT, prompt_lengths_B, pad_id, padding_side)
-    if completion_lengths_BN is None:
-        cvalid_BNT = completions_BNT != pad_id
-    else:
-        cvalid_BNT = jnp.arange(Tc) < jnp.asarray(completion_lengths_BN)[..., None]
-    model = Transformer(model_cfg)
-    hidden = functools.partial(model.apply, {"params": params}, method=Transformer.hidden_states)
-    if share_prompt:
-        # The prompt's hidden states and keys/values once per prompt. A real completion token sits at
-        # position (real prompt tokens) + (real completion tokens before it) and reads the prompt's real
-        # slots and its own real slots up to itself: the masks and positions of the full forward.
-        cache = init_cache(model_cfg, B, T + Tc)
-        h_BTD, cache = hidden(prompts_BT, positions_from_valid(pvalid_BT), causal_mask(pvalid_BT, T + Tc),
-                              cache)
-        h_last_RD = jnp.repeat(take_last_valid(h_BTD, pvalid_BT), N, axis=0)
-        cvalid_RTc = cvalid_BNT.reshape(B * N, Tc)
-        plen_R = jnp.repeat(pvalid_BT.sum(-1, dtype=jnp.int32), N)
-        positions_RTc = jnp.where(cvalid_RTc, plen_R[:, None] + positions_from_valid(cvalid_RTc), 0)
-        prompt_part_RTcT = jnp.broadcast_to(jnp.repeat(pvalid_BT, N, axis=0)[:, None, :], (B * N, Tc, T))
-        mask_RTcS = jnp.concatenate([prompt_part_RTcT, causal_mask(cvalid_RTc)], axis=-1)
-        h_RTcD, _ = hidden(completions_BNT.reshape(B * N, Tc), positions_RTc, mask_RTcS,
-                           tile_cache(cache, N))
-        h_prev_RTcD = jnp.concatenate([h_last_RD[:, None], h_RTcD[:, :Tc - 1]], axis=1)
-    else:
-        pvalid_RT = jnp.repeat(pvalid_BT, N, axis=0)
-        tokens_RT = jnp.concatenate([jnp.repeat(prompts_BT, N, axis=0),
-                                     completions_BNT.reshape(B * N, Tc)], axis=1)
-        valid_RT = jnp.concatenate([pvalid_RT, cvalid_BNT.reshape(B * N, Tc)], axis=1)
-        h_RTD, _ = hidden(tokens_RT, positions_from_valid(valid_RT), causal_mask(valid_RT))
-        # Completion token j is predicted by the hidden state one real token earlier: the prompt's last
-        # real token for j = 0, completion token j - 1 otherwise.
-        h_prev_RTcD = jnp.concatenate([take_last_valid(h_RTD[:, :T], pvalid_RT)[:, None],
-                                       h_RTD[:, T:T + Tc - 1]], axis=1)
-    logits_RTcV = model.apply({"params": params}, h_prev_RTcD, method=Transformer.logits)
-    logprobs_RTcV = jax.nn.log_softmax(logits_RTcV / temperature, axis=-1)
-    logprobs_RTc = jnp.take_along_axis(
-        logprobs_RTcV, completions_BNT.reshape(B * N, Tc, 1), axis=-1)[..., 0]
-    return jnp.where(cvalid_BNT, logprobs_RTc.reshape(B, N, Tc), 0.0)

@@ -1,0 +1,224 @@
+"""Teacher-forced log-probs of given completions, without ever holding the [rows, T, V] logits.
+
+    sequence_logprobs(params, cfg, prompts_BT, completions_BNT, ...) -> logprobs_BNT float32
+    taken_logprobs(h_RD, embedding_VD, tokens_R, ...)                 -> logprobs_R float32
+
+These are the `logp_BM` (summed over tokens) and `expert_logp_B` the objectives differentiate
+(docs/objectives.md, "Inputs"). For one row r (a flattened (sample, position) pair) whose taken token is
+c_r and whose final-normed hidden state is h_r, with the tied embedding E [V, D] (`models/transformer.py`):
+
+    z_r = h_r E^T   (float32 accumulation),   l_r = c_f tanh(z_r / c_f)   (Gemma 2's final soft-cap;
+    l_r = z_r without one),   s_r = l_r / tau,   logp_r = s_rc_r - logsumexp_v s_rv
+
+`taken_logprobs` walks over the R rows in chunks of C rows (`lax.map`), holding one chunk's [C, V] logits
+at a time and keeping per row only the logsumexp and the taken logit; with Gemma 3's V = 262,144 the full
+logits of B * N = 128 rows of 192 tokens would be 128 * 192 * 262,144 * 4 bytes = 25.8 GB. Its backward
+pass (`jax.custom_vjp`) recomputes each chunk's logits rather than saving them. With p_r = softmax(s_r)
+and an incoming cotangent g_r,
+
+    d logp_r / d z_rv = (1[v = c_r] - p_rv) (1 - (l_rv / c_f)^2) / tau     (no cap: the last factor is 1)
+    grad h_r = sum_v g_r (d logp_r / d z_rv) E_v,     grad E_v = sum_r g_r (d logp_r / d z_rv) h_r
+
+the second accumulated over the chunks by a `lax.scan`. Peak memory: a chunk's [C, V] logits and a few
+temporaries of that size, plus grad E [V, D] (the size of the embedding) in the backward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bon_jax.models.cache import init_cache, tile_cache
+from bon_jax.models.config import ModelConfig
+from bon_jax.models.masks import causal_mask, positions_from_valid, take_last_valid, valid_from_lengths
+from bon_jax.models.transformer import Transformer
+
+# Default chunk: C = this // V rows (at least 1, at most R), so one chunk's float32 logits are <= 64 MiB.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def chunk_rows(num_rows: int, vocab_size: int, chunk: int | None = None) -> int:
+    """Rows per chunk: `chunk` if given, else CHUNK_ELEMENTS // V, clipped to [1, num_rows]."""
+    if chunk is None:
+        chunk = CHUNK_ELEMENTS // vocab_size
+    return max(1, min(int(chunk), num_rows))
+
+
+def _soft_capped(z, cap):
+    """(l, tanh(z / cap) or None): the final soft-cap of `layers.soft_cap`, keeping tanh for the VJP."""
+    if cap is None:
+        return z, None
+    t = jnp.tanh(z / cap)
+    return t * cap, t
+
+
+def _chunked(x, n_chunks: int, c: int):
+    """[R, ...] -> [n_chunks, c, ...], zero-padded at the end."""
+    pad = n_chunks * c - x.shape[0]
+    return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(n_chunks, c, *x.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _taken_logprobs(h_RD, embedding_VD, tokens_R, temperature, cap, c, dtype):
+    return _taken_fwd(h_RD, embedding_VD, tokens_R, temperature, cap, c, dtype)[0]
+
+
+def _taken_fwd(h_RD, embedding_VD, tokens_R, temperature, cap, c, dtype):
+    R = h_RD.shape[0]
+    n_chunks = -(-R // c)
+    e_VD = embedding_VD.astype(dtype)
+
+    def one_chunk(xs):
+        h_CD, tokens_C = xs
+        z_CV = jnp.einsum("CD,VD->CV", h_CD.astype(dtype), e_VD, preferred_element_type=jnp.float32)
+        s_CV = _soft_capped(z_CV, cap)[0]
+        if temperature != 1:
+            s_CV = s_CV / temperature
+        lse_C = jax.nn.logsumexp(s_CV, axis=-1)
+        return jnp.take_along_axis(s_CV, tokens_C[:, None], axis=-1)[:, 0] - lse_C, lse_C
+
+    logp_KC, lse_KC = lax.map(one_chunk, (_chunked(h_RD, n_chunks, c), _chunked(tokens_R, n_chunks, c)))
+    return logp_KC.reshape(-1)[:R], (h_RD, embedding_VD, tokens_R, lse_KC.reshape(-1)[:R])
+
+
+def _taken_bwd(temperature, cap, c, dtype, residuals, g_R):
+    h_RD, embedding_VD, tokens_R, lse_R = residuals
+    R, D = h_RD.shape
+    V = embedding_VD.shape[0]
+    n_chunks = -(-R // c)
+    e_VD = embedding_VD.astype(dtype)
+
+    def one_chunk(grad_e_VD, xs):
+        h_CD, tokens_C, lse_C, g_C = xs
+        h_CD = h_CD.astype(dtype)
+        z_CV = jnp.einsum("CD,VD->CV", h_CD, e_VD, preferred_element_type=jnp.float32)
+        l_CV, t_CV = _soft_capped(z_CV, cap)
+        p_CV = jnp.exp(l_CV / temperature - lse_C[:, None])
+        taken_CV = tokens_C[:, None] == lax.broadcasted_iota(tokens_C.dtype, z_CV.shape, 1)
+        dz_CV = (jnp.where(taken_CV, 1.0, 0.0) - p_CV) * (g_C / temperature)[:, None]
+        if t_CV is not None:
+            dz_CV = dz_CV * (1.0 - t_CV * t_CV)
+        dz_CV = dz_CV.astype(dtype)
+        grad_h_CD = jnp.einsum("CV,VD->CD", dz_CV, e_VD, preferred_element_type=jnp.float32)
+        grad_e_VD = grad_e_VD + jnp.einsum("CV,CD->VD", dz_CV, h_CD, preferred_element_type=jnp.float32)
+        return grad_e_VD, grad_h_CD
+
+    xs = tuple(_chunked(x, n_chunks, c) for x in (h_RD, tokens_R, lse_R, g_R))
+    grad_e_VD, grad_h_KCD = lax.scan(one_chunk, jnp.zeros((V, D), jnp.float32), xs)
+    grad_h_RD = grad_h_KCD.reshape(-1, D)[:R].astype(h_RD.dtype)
+    return grad_h_RD, grad_e_VD.astype(embedding_VD.dtype), None
+
+
+_taken_logprobs.defvjp(_taken_fwd, _taken_bwd)
+
+
+def taken_logprobs(h_RD, embedding_VD, tokens_R, *, temperature: float = 1.0,
+                   final_logit_soft_cap: float | None = None, compute_dtype=jnp.float32,
+                   chunk: int | None = None):
+    """log softmax(soft_cap(h_r E^T, c_f) / temperature)[tokens_r] for each row r: float32 [R].
+
+    The unembedding of `Transformer.logits` (h and E cast to `compute_dtype`, float32 accumulation),
+    computed in chunks of `chunk` rows (default `chunk_rows`) so that no [R, V] array exists, with a
+    backward pass that recomputes each chunk (module docstring). Differentiable in h_RD and embedding_VD.
+    """
+    if h_RD.ndim != 2 or embedding_VD.ndim != 2 or h_RD.shape[1] != embedding_VD.shape[1]:
+        raise ValueError(f"taken_logprobs wants h [R, D] and embedding [V, D], got {h_RD.shape} and "
+                         f"{embedding_VD.shape}")
+    if tokens_R.shape != h_RD.shape[:1]:
+        raise ValueError(f"taken_logprobs: tokens {tokens_R.shape} do not match h {h_RD.shape}")
+    if not temperature > 0:
+        raise ValueError(f"taken_logprobs: temperature must be > 0, got {temperature}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"taken_logprobs: chunk must be >= 1, got {chunk}")
+    if h_RD.shape[0] == 0:
+        return jnp.zeros((0,), jnp.float32)
+    c = chunk_rows(h_RD.shape[0], embedding_VD.shape[0], chunk)
+    return _taken_logprobs(h_RD, embedding_VD, tokens_R.astype(jnp.int32), float(temperature),
+                           None if final_logit_soft_cap is None else float(final_logit_soft_cap), c,
+                           jnp.dtype(compute_dtype))
+
+
+def prompt_valid(prompts_BT, prompt_lengths_B, pad_id, padding_side):
+    """Real prompt tokens [B, T]: the first/last `prompt_lengths_B` (per `padding_side`), else != pad_id."""
+    if prompt_lengths_B is None:
+        return prompts_BT != pad_id
+    return valid_from_lengths(jnp.asarray(prompt_lengths_B), prompts_BT.shape[1], padding_side)
+
+
+def sequence_logprobs(params, model_cfg: ModelConfig, prompts_BT, completions_BNT, *,
+                      completion_lengths_BN=None, prompt_lengths_B=None,
+                      padding_side: str = "right", pad_id: int = 0, temperature: float = 1.0,
+                      share_prompt: bool = True, chunk: int | None = None):
+    """Teacher-forced per-token log-probs of completions: float32 [B, N, T_c], 0 past each length.
+
+        logprobs[b, i, j] = log softmax(l / temperature)[c_bij],  l = policy logits after
+                            prompt_b, c_bi0 .. c_bi(j-1)
+
+    Pure and differentiable in params (call it inside the trainer's jit). The B * N * T_c predicting
+    hidden states are unembedded by `taken_logprobs` in chunks of `chunk` rows (default `chunk_rows`):
+    memory grows with V by one chunk's logits, not by B * N * T_c of them. Real prompt tokens come
+    from `prompt_lengths_B` / `padding_side` or `!= pad_id`, as in `sampling.sample`; real completion
+    tokens are the first `completion_lengths_BN` (default: those != pad_id).
+
+    `share_prompt` (default): each prompt runs through the model once, [B, T], writing its keys/values
+    into a cache of T + T_c slots; the cache is tiled N times and the B * N completions [B * N, T_c] run
+    against it, so the prompt's projections and MLPs cost B rows, not B * N (gradients reach the prompt's
+    keys/values through the tiling, summed over its N completions). `share_prompt=False`: one full forward
+    of the B * N concatenated (prompt, completion) rows, the reference the tests hold it to.
+    """
+    prompts_BT = jnp.asarray(prompts_BT, jnp.int32)
+    completions_BNT = jnp.asarray(completions_BNT, jnp.int32)
+    if prompts_BT.ndim != 2 or completions_BNT.ndim != 3 or completions_BNT.shape[0] != prompts_BT.shape[0]:
+        raise ValueError(f"sequence_logprobs wants prompts [B, T] and completions [B, N, T_c], got "
+                         f"{prompts_BT.shape} and {completions_BNT.shape}")
+    if not temperature > 0:
+        raise ValueError(f"sequence_logprobs: temperature must be > 0, got {temperature}")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"sequence_logprobs: padding_side must be 'left' or 'right', got {padding_side!r}")
+    B, N, Tc = completions_BNT.shape
+    T = prompts_BT.shape[1]
+    pvalid_BT = prompt_valid(prompts_BT, prompt_lengths_B, pad_id, padding_side)
+    if completion_lengths_BN is None:
+        cvalid_BNT = completions_BNT != pad_id
+    else:
+        cvalid_BNT = jnp.arange(Tc) < jnp.asarray(completion_lengths_BN)[..., None]
+    model = Transformer(model_cfg)
+    hidden = functools.partial(model.apply, {"params": params}, method=Transformer.hidden_states)
+    if share_prompt:
+        # The prompt's hidden states and keys/values once per prompt. A real completion token sits at
+        # position (real prompt tokens) + (real completion tokens before it) and reads the prompt's real
+        # slots and its own real slots up to itself: the masks and positions of the full forward.
+        cache = init_cache(model_cfg, B, T + Tc)
+        h_BTD, cache = hidden(prompts_BT, positions_from_valid(pvalid_BT), causal_mask(pvalid_BT, T + Tc),
+                              cache)
+        h_last_RD = jnp.repeat(take_last_valid(h_BTD, pvalid_BT), N, axis=0)
+        cvalid_RTc = cvalid_BNT.reshape(B * N, Tc)
+        plen_R = jnp.repeat(pvalid_BT.sum(-1, dtype=jnp.int32), N)
+        positions_RTc = jnp.where(cvalid_RTc, plen_R[:, None] + positions_from_valid(cvalid_RTc), 0)
+        prompt_part_RTcT = jnp.broadcast_to(jnp.repeat(pvalid_BT, N, axis=0)[:, None, :], (B * N, Tc, T))
+        mask_RTcS = jnp.concatenate([prompt_part_RTcT, causal_mask(cvalid_RTc)], axis=-1)
+        h_RTcD, _ = hidden(completions_BNT.reshape(B * N, Tc), positions_RTc, mask_RTcS,
+                           tile_cache(cache, N))
+        h_prev_RTcD = jnp.concatenate([h_last_RD[:, None], h_RTcD[:, :Tc - 1]], axis=1)
+    else:
+        pvalid_RT = jnp.repeat(pvalid_BT, N, axis=0)
+        tokens_RT = jnp.concatenate([jnp.repeat(prompts_BT, N, axis=0),
+                                     completions_BNT.reshape(B * N, Tc)], axis=1)
+        valid_RT = jnp.concatenate([pvalid_RT, cvalid_BNT.reshape(B * N, Tc)], axis=1)
+        h_RTD, _ = hidden(tokens_RT, positions_from_valid(valid_RT), causal_mask(valid_RT))
+        # Completion token j is predicted by the hidden state one real token earlier: the prompt's last
+        # real token for j = 0, completion token j - 1 otherwise.
+        h_prev_RTcD = jnp.concatenate([take_last_valid(h_RTD[:, :T], pvalid_RT)[:, None],
+                                       h_RTD[:, T:T + Tc - 1]], axis=1)
+    logprobs_R = taken_logprobs(
+        h_prev_RTcD.reshape(B * N * Tc, -1), params["embedder"]["input_embedding"],
+        completions_BNT.reshape(-1), temperature=temperature,
+        final_logit_soft_cap=model_cfg.final_logit_soft_cap, compute_dtype=model_cfg.compute_dtype,
+        chunk=chunk)
+    return jnp.where(cvalid_BNT, logprobs_R.reshape(B, N, Tc), 0.0)
+
+
+__all__ = ["CHUNK_ELEMENTS", "chunk_rows", "prompt_valid", "sequence_logprobs", "taken_logprobs"]
