@@ -39,6 +39,9 @@ def evaluate_policy(
     bootstrap: int = 1000,
 ) -> dict:
     seq_logp = make_sequence_logp(model_cfg, temperature)
+    # The base policy is its own reference (`ref_params is params`, or None): its KL is 0 by definition,
+    # and the teacher-forced reference pass, as costly as the sampling, is skipped.
+    is_reference = ref_params is None or ref_params is params
     rewards, scores, answers, logp, ref_logp, lengths = [], [], [], [], [], []
     for start in tqdm(range(0, len(examples), prompts_per_call), desc="eval", dynamic_ncols=True):
         chunk = examples[start : start + prompts_per_call]
@@ -64,7 +67,10 @@ def evaluate_policy(
         scores.append(g.scores_BN)
         answers.extend(list(row) for row in g.answers_BN)
         logp.append(g.logp_BN)
-        ref_logp.append(np.asarray(seq_logp(ref_params, prompts_BT, plen_B, g.tokens_BNT, g.lengths_BN)))
+        if is_reference:
+            ref_logp.append(g.logp_BN)
+        else:
+            ref_logp.append(np.asarray(seq_logp(ref_params, prompts_BT, plen_B, g.tokens_BNT, g.lengths_BN)))
         lengths.append(g.lengths_BN)
     R = np.concatenate(rewards)
     S = np.concatenate(scores)
