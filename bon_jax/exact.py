@@ -8,7 +8,9 @@ each estimator with this gradient.
 
     objective(name, logits_K, rewards_K, scores_K, ref_logits_K, *, n, beta=None, **options) -> scalar J
 
-beta None means the objective's own default (0, or 1 for vbon / vbon_bound / bond). Options that change J:
+beta None means the objective's declared default (`objectives.spec(name).default_beta`: 0, or 1 for vbon /
+vbon_bound / bond). What selects, whether rewards must be binary and whether KL terms are allowed also come
+from the objective's `ObjectiveSpec`. Options that change J:
   anchor_coef, anchor_logits_K    -anchor_coef KL(pi || softmax(anchor_logits)) (every objective but
                                   bon_distill_sft)
   expert_probs_K                  the demonstration distribution D over the K outcomes (sft, bon_sft)
@@ -21,8 +23,6 @@ ref_cdf_lt_BM, cdf_smoothing) are accepted and ignored, so the same options can 
 """
 
 from __future__ import annotations
-
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,6 @@ _ESTIMATOR_ONLY = frozenset(
         "cdf_smoothing",
     }
 )
-_BINARY = frozenset({"bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo"})
 
 
 def kl(probs_p, logp_p, logp_q):
@@ -61,10 +60,6 @@ def bon_reward(probs_K, rewards_K, scores_K, n):
 
 def _is_zero(x):
     return isinstance(x, (int, float)) and x == 0
-
-
-def _default_beta(name):
-    return inspect.signature(objectives.get(name)).parameters["beta"].default
 
 
 def objective(
@@ -95,11 +90,15 @@ def objective(
       beta: KL(pi || pi_ref) coefficient; None = the objective's default.
     Returns: scalar J.
     """
-    objectives.get(name)  # KeyError for unknown names
+    spec = objectives.spec(name)  # KeyError for unknown names
     unknown = set(options) - _ESTIMATOR_ONLY
     if unknown:
         raise TypeError(f"exact.objective({name!r}): unknown option(s) {sorted(unknown)}")
-    beta = _default_beta(name) if beta is None else beta
+    if select_by is not None and not spec.select_option:
+        raise TypeError(f"exact.objective({name!r}) has no select_by option (it selects by {spec.selects_by})")
+    if not spec.kl_terms and not (_is_zero(beta or 0.0) and _is_zero(anchor_coef)):
+        raise ValueError(f"{name} has no KL terms (its samples come from pi_ref)")
+    beta = spec.default_beta if beta is None else beta
     logits_K = jnp.asarray(logits_K)
     dtype = logits_K.dtype if jnp.issubdtype(logits_K.dtype, jnp.floating) else jnp.float32
     logits_K = logits_K.astype(dtype)
@@ -110,10 +109,8 @@ def objective(
     logref = jax.nn.log_softmax(jnp.asarray(ref_logits_K, dtype))
     ref = jnp.exp(logref)
 
-    def select(default):
-        by = default if select_by is None else select_by
-        if by not in ("reward", "score"):
-            raise ValueError(f"select_by must be 'reward' or 'score', got {by!r}")
+    def select():
+        by = spec.selection({} if select_by is None else {"select_by": select_by})
         return rewards_K if by == "reward" else scores_K
 
     def need_expert():
@@ -126,15 +123,13 @@ def objective(
     def expect_logpi(probs, log_probs):
         return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0))
 
-    if name in _BINARY:
+    if spec.binary_reward:
         if not isinstance(rewards_K, jax.core.Tracer) and not np.all(np.isin(np.asarray(rewards_K), [0, 1])):
             raise ValueError(f"exact.objective({name!r}) needs binary rewards")
         p_fail = jnp.sum(pi * (1.0 - rewards_K))
         j = 1.0 - p_fail**n
-    elif name in ("bon_rl", "bon_rl_v"):
-        j = bon_reward(pi, rewards_K, scores_K, n)
-    elif name == "bon_rl_s":
-        j = bon_reward(pi, rewards_K, rewards_K, n)
+    elif name in ("bon_rl", "bon_rl_v", "bon_rl_s"):
+        j = bon_reward(pi, rewards_K, select(), n)
     elif name == "kl_rl":
         j = jnp.sum(pi * rewards_K)
     elif name == "sft":
@@ -145,12 +140,10 @@ def objective(
         log_tw = jax.nn.log_softmax(logpi + tilt * cdf)
         j = expect_logpi(need_expert(), log_tw)
     elif name == "bon_distill_sft":
-        if not (_is_zero(beta) and _is_zero(anchor_coef)):
-            raise ValueError("bon_distill_sft has no KL terms (its samples come from pi_ref)")
-        target = bon.bon_distribution(ref, select("score"), n)
+        target = bon.bon_distribution(ref, select(), n)
         j = expect_logpi(target, logpi)
     elif name in ("vbon", "vbon_bound", "bond"):
-        sel = select("reward")
+        sel = select()
         cdf, cdf_lt = bon.bon_cdfs(ref, sel)
         if name == "vbon_bound":
             j = jnp.log(float(n)) + (n - 1) * jnp.sum(pi * jnp.log(cdf)) - beta * kl(pi, logpi, logref)

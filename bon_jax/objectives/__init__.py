@@ -1,5 +1,10 @@
 """Best-of-N-aware objectives as pure, registered surrogate losses.
 
+Registration. Each objective is registered with an `ObjectiveSpec` (`spec(name)`): where its samples come
+from (the policy or pi_ref), what selects the Best-of-N winner (verifier score or reward), whether it needs K
+reference samples, demonstrations or a value baseline, and its default beta. Trainers, the config validation
+and `bon_jax.exact` read it (docs/objectives.md, "What each objective needs").
+
 Contract. `get(name)` returns
 
     loss_fn(logp_BM, rollout, *, n, beta=<default>, expert_logp_B=None, **options) -> (loss, metrics)
@@ -31,13 +36,14 @@ outcome space for every name is `bon_jax.exact.objective`.
 """
 
 from bon_jax.objectives import binary, bon_rl, imitation, kl_rl, variational  # noqa: F401  (registration)
-from bon_jax.objectives._registry import get, names, register
+from bon_jax.objectives._registry import ObjectiveSpec, get, names, register, spec
 from bon_jax.objectives.regularizers import anchor_kl_coef, ema_update
 from bon_jax.objectives.rollout import InvalidRolloutError, Rollout, validate_rollout
 from bon_jax.objectives.weights import bon_rl_weights, bon_winner_weights, pass_at_k_weights
 
 __all__ = [
     "InvalidRolloutError",
+    "ObjectiveSpec",
     "Rollout",
     "anchor_kl_coef",
     "bon_rl_weights",
@@ -47,5 +53,6 @@ __all__ = [
     "names",
     "pass_at_k_weights",
     "register",
+    "spec",
     "validate_rollout",
 ]

@@ -25,8 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from bon_jax.objectives import _common as C
-from bon_jax.objectives._registry import register
+from bon_jax.objectives._registry import ObjectiveSpec, register
 from bon_jax.objectives.weights import bon_winner_weights, pass_at_k, pass_at_k_weights
+
+# Every objective here selects by the (binary) reward itself.
+_BINARY_SPEC = ObjectiveSpec(selects_by="reward", binary_reward=True, needs_n_samples=True)
 
 
 def _check_p_options(name, p_estimate, p_clip, weight_clip):
@@ -139,7 +142,7 @@ def _lemma3_objective(name: str, sign: float):
         )
 
     objective.__name__ = objective.__qualname__ = name
-    return register(name)(objective)
+    return register(name, _BINARY_SPEC)(objective)
 
 
 bon_rlb = _lemma3_objective("bon_rlb", sign=1.0)
@@ -170,7 +173,7 @@ bon_rlb_printed.__doc__ = (
 )
 
 
-@register("bon_rlbp")
+@register("bon_rlbp", _BINARY_SPEC)
 def bon_rlbp(
     logp_BM,
     rollout,
@@ -212,7 +215,7 @@ def bon_rlbp(
 bon_rlbp.__doc__ += _OPTIONS_DOC
 
 
-@register("pkpo")
+@register("pkpo", _BINARY_SPEC)
 def pkpo(logp_BM, rollout, *, n, beta=0.0, expert_logp_B=None, anchor_coef=0.0, clip_eps=None):
     """Unbiased pass@k policy gradient, k = N (Walder & Karkhanis 2025, "Pass@K Policy Optimization").
 

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 
 from bon_jax.objectives import _common as C
-from bon_jax.objectives._registry import register
+from bon_jax.objectives._registry import ObjectiveSpec, register
 from bon_jax.objectives.weights import bon_rl_weights, bon_winner_weights
 
 
-@register("bon_rl")
+@register("bon_rl", ObjectiveSpec(selects_by="score", needs_n_samples=True))
 def bon_rl(
     logp_BM, rollout, *, n, beta=0.0, expert_logp_B=None, anchor_coef=0.0, baseline="loo", clip_eps=None
 ):
@@ -107,7 +107,7 @@ _PRINTED_DOC = """
 """
 
 
-@register("bon_rl_v")
+@register("bon_rl_v", ObjectiveSpec(selects_by="score", needs_n_samples=True, value_baseline=True))
 def bon_rl_v(
     logp_BM,
     rollout,
@@ -141,7 +141,7 @@ _V_HEAD = """BoN-RL-V, Chow et al. Lemma 2, estimator as printed: BoN selects by
 bon_rl_v.__doc__ = _V_HEAD + _PRINTED_DOC.format(sel="verifier score s", need=", scores_BM")
 
 
-@register("bon_rl_s")
+@register("bon_rl_s", ObjectiveSpec(selects_by="reward", needs_n_samples=True, value_baseline=True))
 def bon_rl_s(
     logp_BM,
     rollout,

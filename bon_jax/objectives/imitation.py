@@ -12,11 +12,11 @@ import jax.numpy as jnp
 
 from bon_jax import bon
 from bon_jax.objectives import _common as C
-from bon_jax.objectives._registry import register
+from bon_jax.objectives._registry import ObjectiveSpec, register
 from bon_jax.objectives.weights import bon_winner_weights
 
 
-@register("sft")
+@register("sft", ObjectiveSpec(demonstrations="dataset"))
 def sft(logp_BM, rollout, *, n=None, beta=0.0, expert_logp_B=None, anchor_coef=0.0, clip_eps=None):
     """Supervised fine-tuning (maximum likelihood of demonstrations).
 
@@ -54,7 +54,7 @@ def sft(logp_BM, rollout, *, n=None, beta=0.0, expert_logp_B=None, anchor_coef=0
     return C.finish(per, w, p, metrics)
 
 
-@register("bon_sft")
+@register("bon_sft", ObjectiveSpec(selects_by="score", needs_n_samples=True, demonstrations="dataset"))
 def bon_sft(
     logp_BM,
     rollout,
@@ -115,7 +115,10 @@ def bon_sft(
     return C.finish(per, w, p, metrics, n_bad=p.n_bad + bad_e)
 
 
-@register("bon_distill_sft")
+@register(
+    "bon_distill_sft",
+    ObjectiveSpec(samples="reference", selects_by="score", select_option=True, needs_n_samples=True),
+)
 def bon_distill_sft(logp_BM, rollout, *, n, beta=0.0, expert_logp_B=None, anchor_coef=0.0, select_by="score"):
     """BoN-SFT baseline of Amini et al. 2025: SFT on Best-of-N samples of the reference policy.
 

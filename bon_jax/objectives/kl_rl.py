@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from bon_jax.objectives import _common as C
-from bon_jax.objectives._registry import register
+from bon_jax.objectives._registry import ObjectiveSpec, register
 
 
-@register("kl_rl")
+@register("kl_rl", ObjectiveSpec())
 def kl_rl(logp_BM, rollout, *, n=None, beta=0.0, expert_logp_B=None, anchor_coef=0.0, clip_eps=None):
     """KL-regularised RL (the standard baseline; Ahmadian et al. 2024 RLOO, Schulman et al. 2017 PPO-clip).
 

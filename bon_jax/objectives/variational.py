@@ -15,11 +15,56 @@ F - F_ >= 1/(K+1) so log G is finite), or passed exactly (options ref_cdf_BM, re
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax.numpy as jnp
 
 from bon_jax import bon
 from bon_jax.objectives import _common as C
-from bon_jax.objectives._registry import register
+from bon_jax.objectives._registry import ObjectiveSpec, register
+
+__all__ = ["MAX_LOG_G_BIAS", "log_g_bias", "min_ref_samples"]
+
+# The target is Best-of-N of pi_ref: CDFs from K reference samples per prompt, selecting by the reward.
+_CDF_SPEC = ObjectiveSpec(selects_by="reward", select_option=True, reference_samples=True, default_beta=1.0)
+
+# Largest accepted bias of E_ref[log G-hat] (nats), see `log_g_bias`; `min_ref_samples` turns it into a K.
+MAX_LOG_G_BIAS = 0.1
+
+
+def log_g_bias(k: int, n: int) -> float:
+    """Bias E[log G-hat(y)] - E[log G(y)], y ~ pi_ref, of the add-one-smoothed estimate from K = `k` samples.
+
+    For a continuous reward the rank of y's reward among K iid reference rewards, k_lt, is uniform on
+    {0, ..., K}, so with F = (k_lt + 1)/(K + 1), F_ = k_lt/(K + 1):
+        E[log G-hat] = (1/(K+1)) sum_{j=0..K} log(((j+1)^N - j^N) / (K+1)^(N-1)),
+    while log G = log N + (N-1) log U, U ~ Uniform(0, 1), has mean log N - (N - 1). The bias is positive
+    (log G-hat is floored at the lowest rank, where log G -> -inf) and grows with N and shrinks like 1/K:
+    0.20 nats at K = 32, N = 8; 0.56 at K = 32, N = 16; 0.06 at K = 300, N = 16 (docs/objectives.md,
+    "How many reference samples").
+    """
+    if k < 1 or n < 1:
+        raise ValueError(f"log_g_bias needs k >= 1 and n >= 1, got k={k}, n={n}")
+    total = 0.0
+    for j in range(k + 1):
+        # log((j+1)^N - j^N) = N log(j+1) + log(1 - (j/(j+1))^N)
+        total += n * math.log(j + 1) + (math.log1p(-((j / (j + 1)) ** n)) if j else 0.0)
+    estimated = total / (k + 1) - (n - 1) * math.log(k + 1)
+    return estimated - (math.log(n) - (n - 1))
+
+
+def min_ref_samples(n: int, max_bias: float = MAX_LOG_G_BIAS) -> int:
+    """The smallest K with `log_g_bias(K, n) <= max_bias` (1 for N = 1, where G = 1)."""
+    if log_g_bias(1, n) <= max_bias:
+        return 1
+    lo, hi = 1, 2
+    while log_g_bias(hi, n) > max_bias:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # the bias decreases in K
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if log_g_bias(mid, n) > max_bias else (lo, mid)
+    return hi
 
 
 def _cdf_needs(name, select_by, ref_cdf_BM, ref_cdf_lt_BM, cdf_smoothing):
@@ -93,7 +138,7 @@ def _prepare_with_cdfs(
     return p, f, f_lt, n_bad
 
 
-@register("vbon")
+@register("vbon", _CDF_SPEC)
 def vbon(
     logp_BM,
     rollout,
@@ -152,7 +197,7 @@ vbon.__doc__ = (
 )
 
 
-@register("vbon_bound")
+@register("vbon_bound", _CDF_SPEC)
 def vbon_bound(
     logp_BM,
     rollout,
@@ -212,7 +257,7 @@ vbon_bound.__doc__ = (
 )
 
 
-@register("bond")
+@register("bond", dataclasses.replace(_CDF_SPEC, demonstrations="bon_of_reference"))
 def bond(
     logp_BM,
     rollout,
