@@ -30,9 +30,13 @@ Grading. The program run in the sandbox is
   HumanEval: prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})\\n"
   MBPP:      completion + "\\n\\n" + test_setup_code + "\\n\\n" + the asserts of test_list
              (+ challenge_test_list with `challenge_tests=True`) + "\\n"
-and the reward is 1.0 if it exits with status 0 within the time limit, else 0.0. `reason` is the
-sandbox's: "timeout", "sandbox error: ...", or the failing exception line, a bare AssertionError
-with the failing assert's source ("AssertionError: assert candidate(1) == 2"). Before that, the
+under the harness of `bon_jax.tasks.code_harness`, and the reward is 1.0 only if the tests ran to
+their end: the harness prints a line with a per-run random nonce after the program's last statement
+returns, and the run must exit with status 0 within the time limit and show that line (an early
+`SystemExit(0)` or `os._exit(0)` scores 0.0). `reason` is the sandbox's: "timeout", "sandbox
+error: ...", or the failing exception line, a bare AssertionError with the failing assert's source
+("AssertionError: assert candidate(1) == 2"), or the harness's for a run that exited 0 without
+finishing its tests. Before that, the
 completion is cut at the first stop sequence (`truncate_at_stop`, as the Codex paper and the
 bigcode harness do: a base model goes on writing after the function): HUMANEVAL_STOP for HumanEval,
 MBPP_STOP for MBPP (no "\\ndef"/"\\nclass" there: its programs may hold several). `grade_batch` runs
@@ -52,6 +56,7 @@ from pathlib import Path
 
 from bon_jax import sandbox
 from bon_jax.errors import DataError
+from bon_jax.tasks import code_harness
 from bon_jax.tasks.base import Example, Grade, Grades, Task, batch_shape, stack_grades
 
 log = logging.getLogger(__name__)
@@ -76,10 +81,10 @@ def truncate_at_stop(completion: str, stop: Sequence[str] = HUMANEVAL_STOP) -> s
     return completion[:cut]
 
 
-def _grade_of(result: sandbox.RunResult) -> Grade:
-    if result.status == "error":
-        log.warning("sandbox error while grading: %s", result.error)
-    return Grade(reward=1.0 if result.passed else 0.0, reason=sandbox.failure_reason(result))
+def _grade_of(run: code_harness.TestRun) -> Grade:
+    if run.result.status == "error":
+        log.warning("sandbox error while grading: %s", run.result.error)
+    return Grade(reward=1.0 if run.passed else 0.0, reason=run.reason)
 
 
 class _CodeTask(Task):
@@ -109,20 +114,19 @@ class _CodeTask(Task):
     def _clean(self, completion: str) -> str:
         return truncate_at_stop(completion, self.stop) if self.truncate else completion
 
+    def _run(self, programs: Sequence[str]) -> list[code_harness.TestRun]:
+        return code_harness.run_tests(
+            programs, timeout_s=self.timeout_s, limits=self.limits, max_workers=self.max_workers or os.cpu_count()
+        )
+
     def grade(self, example: Example, completion: str) -> Grade:
-        result = sandbox.run(self.program(example, completion), timeout_s=self.timeout_s, limits=self.limits)
-        return _grade_of(result)
+        return _grade_of(self._run([self.program(example, completion)])[0])
 
     def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
         """Runs all B x N programs in parallel (`max_workers`, default os.cpu_count())."""
         _, n = batch_shape(examples_B, completions_BN)
         programs = [self.program(ex, c) for ex, row in zip(examples_B, completions_BN) for c in row]
-        results = sandbox.run_many(
-            programs,
-            timeout_s=self.timeout_s,
-            max_workers=self.max_workers or os.cpu_count(),
-            limits=self.limits,
-        )
+        results = self._run(programs)
         grades = [[_grade_of(r) for r in results[b * n : (b + 1) * n]] for b in range(len(examples_B))]
         return stack_grades(grades)
 
