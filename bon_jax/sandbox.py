@@ -19,12 +19,18 @@ What is enforced, and how (every field of `Enforced` reports what a run actually
                 the namespace, so no grandchild (daemonised, setsid'd or forked) survives a run.
   network       unshare(CLONE_NEWNET): a new network namespace with no interface up, not even
                 loopback: every connect() fails.
-  mount         unshare(CLONE_NEWNS): the root filesystem is re-bound read-only, /tmp, /var/tmp,
-                /dev/shm and /run/lock get small private tmpfs, /proc is the new pid namespace's own,
-                and the work directory is bound read-write at /tmp/sandbox. Directories the sandbox
-                uid may not traverse but the interpreter lives under (a pyenv in /root) are replaced by
-                a tmpfs holding only a read-only bind of the interpreter's prefix, which also hides
-                the rest of them.
+  mount         unshare(CLONE_NEWNS), then pivot_root into a private root: a small read-only tmpfs
+                holding read-only binds of /usr, /bin, /sbin, /lib* (as the host has them), the
+                interpreter's prefix (a pyenv in /root: only that prefix), six files of /etc
+                (ld.so.cache, localtime, passwd, group, nsswitch.conf, hosts) and /dev/{null, zero,
+                full, random, urandom}; /proc is the new pid namespace's own. Nothing else of the
+                host is there: not the project, its runs/, /home, /root, /srv, /sys, the host's /tmp
+                (`private_root`). A program can read only what a stock system image holds.
+  disk quota    everything the program may write (its work directory, copied in at /tmp/sandbox,
+                and /tmp, /var/tmp, /dev/shm, /run/lock) is on one tmpfs of `Limits.disk_bytes`
+                bytes and `Limits.disk_inodes` inodes: past them a write fails with ENOSPC; nothing
+                it writes reaches a disk (its pages are memory, bounded by the quota: one program per
+                core costs at most cores x disk_bytes). `disk_quota='tmpfs'`.
   uid           as root, the program runs as a dedicated unprivileged uid/gid (no supplementary
                 groups), one per concurrent run, taken from a pool guarded by flock'ed lock files so
                 that concurrent processes never share one. That is what makes RLIMIT_NPROC bite (it is
@@ -45,10 +51,14 @@ What is enforced, and how (every field of `Enforced` reports what a run actually
   wall clock    `timeout_s` from the moment the sandbox is set up; then the whole group is killed.
   output        stdout / stderr are read as they come and truncated to `Limits.output_bytes` each.
 
-Files: work directories are `<tmp>/bon_jax_sbx_*` (or under `work_root`), removed after each run,
-timeouts included (not if the trainer itself is SIGKILLed: its runs die with it, their directories
-stay). `<tmp>/bon_jax_sandbox.<euid>/` (0700) keeps the uid lock files and the launcher's compiled
-code between runs.
+Files: the trainer writes each program into a work directory
+`<tmp>/bon_jax_sbx_<pid namespace>-<pid>-<start time>_*` (or under `work_root`), which names the
+process that made it. It is removed after each run, timeouts included; at the trainer's normal exit
+(atexit) for runs still in progress; and if the trainer was killed (SIGKILL, an unhandled SIGTERM)
+by the next run under the same root, which removes every such directory whose owner process is
+gone (checked at most once a minute per root). Its runs die with it (PR_SET_PDEATHSIG, the pid
+namespace), and their tmpfs with their mount namespace. `<tmp>/bon_jax_sandbox.<euid>/` (0700)
+keeps the uid lock files and the launcher's compiled code between runs.
 
 Degrading: without root, the launcher first creates a user namespace (unprivileged user namespaces)
 and gets the same namespaces inside it, but the program keeps the caller's uid (RLIMIT_NPROC then
@@ -58,7 +68,14 @@ CAP_SYS_ADMIN, seccomp), the run goes on without it, a warning is logged once, a
 and, when the uid was dropped, by uid. Without a mount namespace, the uid is only dropped if it can
 reach an interpreter (the trainer's, else /usr/bin/python3 or /usr/local/bin/python3, with a
 warning), otherwise it runs as root with the rest of the containment; world-writable directories
-(/tmp) stay writable to the program.
+(/tmp) stay writable to the program. Without a private root (no mount namespace, or its set-up
+failed: the half-built root is detached and the run goes on with the host's view) a warning says
+that the program can read whatever its uid can, and the disk quota becomes a watchdog
+(`disk_quota='watchdog'`): the supervisor measures the work directory every 20 ms and kills the
+run's process group once it holds more than the quota (status 'failed', `error` says so). That is
+best effort: a fast writer overshoots by what it writes in 20 ms, and writes elsewhere (/tmp) are
+bounded only by RLIMIT_FSIZE per file. Not used as a fallback: Landlock (it would restrict reads
+without a mount namespace, but needs its own ABI handling).
 """
 
 from __future__ import annotations
@@ -102,8 +119,20 @@ _MS_RELATIME = 1 << 21
 _ST_TO_MS = ((1, _MS_RDONLY), (2, _MS_NOSUID), (4, _MS_NODEV), (8, _MS_NOEXEC),
              (1024, _MS_NOATIME), (2048, _MS_NODIRATIME), (4096, _MS_RELATIME))  # fmt: skip
 
-_SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 _SANDBOX_DIR = "/tmp/sandbox"  # where the work directory appears inside a mount namespace
+_MNT_DETACH = 2
+# pivot_root has no libc wrapper: its syscall number, per architecture.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41, "ppc64le": 203,
+                   "ppc64": 203, "s390x": 217, "i686": 217, "armv7l": 218}  # fmt: skip
+# What the program sees of the host, read-only (when they exist): system programs and libraries,
+# the interpreter's prefix, and these few files of /etc (the dynamic loader's cache, user and time
+# zone look-ups). Nothing else: not the project, not its runs/, not /home, /root, /srv, /opt, ...
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = ("ld.so.cache", "localtime", "passwd", "group", "nsswitch.conf", "hosts")
+_DEV_NODES = ("null", "zero", "full", "random", "urandom")
+# Writable for the program: all of them (and its work directory, /tmp/sandbox) on one tmpfs.
+_WRITABLE_DIRS = (("/tmp", "tmp"), ("/var/tmp", "var_tmp"), ("/dev/shm", "shm"), ("/run/lock", "lock"))
+_SKELETON_BYTES = 1 << 20  # the new root's own tmpfs: only directories, mount points and links
 
 _libc = None
 
@@ -140,14 +169,29 @@ def _traversable_by_others(path):
     return True
 
 
-def _blocking_ancestor(path):
-    """The first directory on the way to `path` that others cannot traverse (None if none)."""
-    parts = os.path.abspath(path).split(os.sep)
-    for i in range(2, len(parts) + 1):
-        p = os.sep.join(parts[:i])
-        if not os.stat(p).st_mode & 0o001:
-            return p
-    return None
+def _copy_tree(src_fd, dst, uid, gid):
+    """Copies the regular files and directories under the directory `src_fd` into `dst`."""
+    for dirpath, _dirnames, filenames, dfd in os.fwalk(".", dir_fd=src_fd):
+        target = os.path.normpath(os.path.join(dst, dirpath))
+        if dirpath != ".":
+            os.mkdir(target, 0o700)
+            os.chown(target, uid, gid)
+        for name in filenames:
+            fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+            try:
+                fout = os.open(os.path.join(target, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    while True:
+                        chunk = os.read(fin, 1 << 20)
+                        if not chunk:
+                            break
+                        while chunk:
+                            chunk = chunk[os.write(fout, chunk) :]
+                    os.fchown(fout, uid, gid)
+                finally:
+                    os.close(fout)
+            finally:
+                os.close(fin)
 
 
 def _write_file(path, text):
@@ -169,6 +213,8 @@ class _Launcher:
             "pid_namespace": False,
             "mount_namespace": False,
             "readonly_root": False,
+            "private_root": False,
+            "disk_quota": "",
             "ipc_namespace": False,
             "user_namespace": False,
             "uid_dropped": False,
@@ -214,47 +260,116 @@ class _Launcher:
         if self._unshare(_CLONE_NEWNS, "mount_namespace", "mount namespace"):
             try:
                 self.setup_mounts()
-            except OSError as e:
-                # The namespace exists but is only partly set up: say so, keep going.
+            except Exception as e:  # noqa: BLE001 - any failure: the host's view, as without one
                 self.props["mount_namespace"] = False
-                self.warn(f"mount namespace setup failed ({e})")
+                self.warn(f"mount namespace setup failed ({e!r})")
 
     def setup_mounts(self):
+        """Builds the program's root (in our private mount namespace) and pivots into it.
+
+        The new root is a small tmpfs, read-only once built, holding read-only binds of what the
+        program may read (`_SYSTEM_DIRS`, the interpreter's prefix, `_ETC_FILES`, a few /dev
+        nodes) and nothing else of the host. Everything the program may write (`_WRITABLE_DIRS`,
+        its work directory at /tmp/sandbox) is on a second tmpfs whose size and inode count are
+        the program's disk quota: past them a write fails with ENOSPC, and nothing it writes
+        reaches a disk. The files the trainer wrote into the host work directory are copied in.
+        On failure before the pivot, the half-built root is detached and the host's view is left
+        as it was (the caller then runs the program without a mount namespace).
+        """
         uid = self.uid if self.root else os.getuid()
         gid = self.uid if self.root else os.getgid()
+        pivot_nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
+        if pivot_nr is None:
+            raise OSError(0, f"pivot_root: unknown syscall number on {os.uname().machine}")
+        os.umask(0o022)
         _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+        # The new root is built where nothing of interest is hidden meanwhile (only from us).
+        stage = next((d for d in ("/tmp", "/mnt") if os.path.isdir(d) and not os.path.islink(d)), None)
+        if stage is None:
+            raise OSError(0, "no /tmp or /mnt to build the sandbox root on")
         # Open what must stay reachable before anything is mounted over it.
-        work_fd = os.open(self.cfg["workdir"], os.O_PATH | os.O_DIRECTORY)
+        work_fd = os.open(self.cfg["workdir"], os.O_RDONLY | os.O_DIRECTORY)
         prefix = self.cfg["python_prefix"]
-        hidden = [d for d in _SHARED_WRITABLE_DIRS if os.path.isdir(d) and not os.path.islink(d)]
-        blocker = prefix_fd = None
+        prefix_fd = None
         if os.path.isdir(prefix):  # (a missing interpreter fails at exec, with a clear error)
             prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY)
-            blocker = _blocking_ancestor(prefix) if self.root else None
-            under = [d for d in hidden if prefix == d or prefix.startswith(d + "/")]
-            if blocker is None and under:
-                blocker = under[0]
-        _mount(None, "/", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags("/"))
-        self.props["readonly_root"] = True
-        size = int(self.cfg["tmpfs_bytes"])
-        for d in hidden:
-            _mount("tmpfs", d, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},nr_inodes=4096,mode=1777")
-        if blocker is not None and blocker not in hidden:
-            _mount("tmpfs", blocker, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=65536,mode=0755")
-        if blocker is not None:
-            os.makedirs(prefix, 0o755, exist_ok=True)
-            _mount(f"/proc/self/fd/{prefix_fd}", prefix, None, _MS_BIND | _MS_REC)
-            _mount(None, prefix, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags(prefix))
-            if blocker not in hidden:
-                _mount(None, blocker, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-        if prefix_fd is not None:
-            os.close(prefix_fd)
-        os.mkdir(_SANDBOX_DIR, 0o700)
-        os.chown(_SANDBOX_DIR, uid, gid)
-        _mount(f"/proc/self/fd/{work_fd}", _SANDBOX_DIR, None, _MS_BIND)
-        _mount(None, _SANDBOX_DIR, None, _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV)
-        os.close(work_fd)
+        try:
+            _mount("tmpfs", stage, "tmpfs", _MS_NOSUID | _MS_NODEV,
+                   f"size={_SKELETON_BYTES},nr_inodes=1024,mode=0755")  # fmt: skip
+            try:
+                self._build_root(stage, work_fd, prefix, prefix_fd, uid, gid)
+                os.chdir(stage)
+                _libc_call("syscall", ctypes.c_long(pivot_nr), b".", b".")  # pivot_root
+            except BaseException:
+                os.chdir("/")
+                _libc_call("umount2", os.fsencode(stage), ctypes.c_int(_MNT_DETACH))
+                raise
+        finally:
+            os.close(work_fd)
+            if prefix_fd is not None:
+                os.close(prefix_fd)
+        # The old root now sits on top of the new one: detach it (with everything under it).
+        _libc_call("umount2", b".", ctypes.c_int(_MNT_DETACH))
+        os.chdir("/")
         self.workdir_inside = _SANDBOX_DIR
+        self.props.update(readonly_root=True, private_root=True, disk_quota="tmpfs")
+
+    def _build_root(self, root, work_fd, prefix, prefix_fd, uid, gid):
+        at = lambda p: root + p  # noqa: E731 - host path p -> its place in the new root
+
+        def bind_ro(src, dst):
+            _mount(src, dst, None, _MS_BIND | _MS_REC)
+            _mount(None, dst, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags(dst))
+
+        for d in _SYSTEM_DIRS:
+            if os.path.islink(d):
+                os.symlink(os.readlink(d), at(d))
+            elif os.path.isdir(d):
+                os.mkdir(at(d))
+                bind_ro(d, at(d))
+        os.mkdir(at("/etc"))
+        for name in _ETC_FILES:
+            if os.path.isfile(f"/etc/{name}"):
+                os.close(os.open(at(f"/etc/{name}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                bind_ro(os.path.realpath(f"/etc/{name}"), at(f"/etc/{name}"))
+        real_prefix = os.path.realpath(prefix)
+        covered = any(real_prefix == os.path.realpath(d) or
+                      real_prefix.startswith(os.path.realpath(d) + "/") for d in _SYSTEM_DIRS)  # fmt: skip
+        if prefix_fd is not None and not covered and real_prefix != "/":
+            os.makedirs(at(prefix))  # 0755 (umask 022): traversable by the sandbox uid
+            bind_ro(f"/proc/self/fd/{prefix_fd}", at(prefix))
+        os.mkdir(at("/dev"))
+        for name in _DEV_NODES:
+            if os.path.exists(f"/dev/{name}"):
+                os.close(os.open(at(f"/dev/{name}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                _mount(f"/dev/{name}", at(f"/dev/{name}"), None, _MS_BIND)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+            os.symlink(target, at(f"/dev/{name}"))
+        for d, _ in _WRITABLE_DIRS:
+            os.makedirs(at(d), exist_ok=True)
+        os.mkdir(at("/proc"))
+        # The program's writable space: one tmpfs, staged on /proc (empty until the end) and bound
+        # at each writable directory; the binds keep it alive after the stage is detached.
+        w = at("/proc")
+        q_bytes, q_inodes = int(self.cfg["disk_bytes"]), int(self.cfg["disk_inodes"])
+        _mount("tmpfs", w, "tmpfs", _MS_NOSUID | _MS_NODEV,
+               f"size={q_bytes},nr_inodes={q_inodes},mode=0755")  # fmt: skip
+        for _, sub in _WRITABLE_DIRS:
+            os.mkdir(f"{w}/{sub}")
+            os.chmod(f"{w}/{sub}", 0o1777)
+        sbx = w + "/tmp/" + os.path.basename(_SANDBOX_DIR)
+        os.mkdir(sbx, 0o700)
+        os.chown(sbx, uid, gid)
+        _copy_tree(work_fd, sbx, uid, gid)
+        for d, sub in _WRITABLE_DIRS:
+            _mount(f"{w}/{sub}", at(d), None, _MS_BIND)
+        _libc_call("umount2", os.fsencode(w), ctypes.c_int(_MNT_DETACH))
+        if not self.root:
+            # In a user namespace the kernel lets init mount a fresh /proc only where one is
+            # already fully visible: the host's, which the new one then covers.
+            _mount("/proc", w, None, _MS_BIND | _MS_REC)
+        _mount(None, root, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags(root))
 
     # --- uid ------------------------------------------------------------------------------
     def choose_uid(self):
@@ -363,6 +478,11 @@ class _Launcher:
             self.enter_namespaces()
         else:
             self.warn("namespaces turned off by the caller")
+        if not self.props["private_root"]:
+            self.warn(
+                "no private root: the program can read every file its uid can read, and only its "
+                "work directory's size is watched (by polling)"
+            )
         # Not dumpable (inherited by init, reset by the program's exec): a program of the same uid
         # (no root here) can neither ptrace us nor open /proc/<pid>/fd/<report pipe> to fake a pass.
         _libc_call("prctl", ctypes.c_int(4), ctypes.c_ulong(0), ctypes.c_ulong(0),
@@ -451,6 +571,7 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------------------------
 
 import ast  # noqa: E402
+import atexit  # noqa: E402
 import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
 import fcntl  # noqa: E402
@@ -458,9 +579,11 @@ import hashlib  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402,F811 - the full module (Signals) for the API side
+import stat  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -497,8 +620,11 @@ class Limits:
 
     memory_bytes: RLIMIT_AS (address space). cpu_s: RLIMIT_CPU, None = ceil(timeout_s) + 1.
     max_processes: RLIMIT_NPROC (processes + threads of the sandbox uid). file_size_bytes:
-    RLIMIT_FSIZE. open_files: RLIMIT_NOFILE. tmpfs_bytes: size of each private tmpfs (/tmp, ...).
-    output_bytes: stdout and stderr are each truncated to this many bytes.
+    RLIMIT_FSIZE (one file). open_files: RLIMIT_NOFILE. disk_bytes / disk_inodes: the program's
+    total disk quota, over its work directory, /tmp, /var/tmp, /dev/shm and /run/lock together
+    (the size and inode count of the one tmpfs they are on; a few inodes go to those directories
+    and the program's own files). output_bytes: stdout and stderr are each truncated to this many
+    bytes.
     """
 
     memory_bytes: int = 1 << 30
@@ -506,7 +632,8 @@ class Limits:
     max_processes: int = 32
     file_size_bytes: int = 16 << 20
     open_files: int = 128
-    tmpfs_bytes: int = 16 << 20
+    disk_bytes: int = 32 << 20
+    disk_inodes: int = 4096
     output_bytes: int = 64 << 10
 
 
@@ -518,6 +645,8 @@ class Enforced:
     pid_namespace: bool = False
     mount_namespace: bool = False
     readonly_root: bool = False
+    private_root: bool = False
+    disk_quota: str = ""
     private_proc: bool = False
     ipc_namespace: bool = False
     user_namespace: bool = False
@@ -721,6 +850,100 @@ def _rmtree(path: str) -> None:
         _warn_once(f"could not remove the work directory {path}")
 
 
+_WORKDIR_PREFIX = "bon_jax_sbx_"
+# <prefix><pid namespace>-<owner pid>-<owner start time>_<random>: whose it is, to sweep it once
+# its owner is dead (killed before its clean-up could run).
+_WORKDIR_RE = re.compile(re.escape(_WORKDIR_PREFIX) + r"(\d+)-(\d+)-(\d+)_[^/]*")
+_SWEEP_EVERY_S = 60.0
+_swept_at: dict[str, float] = {}
+_live_workdirs: dict[str, int] = {}  # work directories of runs in progress -> the owner pid
+_workdirs_lock = threading.Lock()
+_DISK_POLL_S = 0.02  # the watchdog's period, where there is no tmpfs quota
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid, names one process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_namespace_id() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def _owner_tag() -> str:
+    pid = os.getpid()
+    return f"{_pid_namespace_id()}-{pid}-{_start_time(pid)}"
+
+
+def _sweep_stale_workdirs(root: str) -> None:
+    """Removes work directories under `root` whose owner process is gone (at most once a minute).
+
+    Only directories of this pid namespace (another one's pids mean nothing here) and owned by us
+    or by a pool uid (as root) are touched.
+    """
+    now = time.monotonic()
+    with _workdirs_lock:
+        if now - _swept_at.get(root, -math.inf) < _SWEEP_EVERY_S:
+            return
+        _swept_at[root] = now
+    ns, euid = _pid_namespace_id(), os.geteuid()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        m = _WORKDIR_RE.fullmatch(entry.name)
+        if m is None or m[1] != ns or _start_time(int(m[2])) == m[3]:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        ours = st.st_uid == euid or (euid == 0 and UID_BASE <= st.st_uid < UID_BASE + UID_POOL_SIZE)
+        if stat.S_ISDIR(st.st_mode) and ours:
+            _rmtree(entry.path)
+
+
+@atexit.register
+def _remove_live_workdirs() -> None:
+    """At interpreter exit, the work directories of runs still in progress (daemon threads)."""
+    with _workdirs_lock:
+        mine = [d for d, pid in _live_workdirs.items() if pid == os.getpid()]
+    for d in mine:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _disk_usage(path: str, max_bytes: int, max_inodes: int) -> tuple[int, int]:
+    """Allocated bytes and inodes under `path`; stops counting once either is over its maximum."""
+    total = inodes = 0
+    stack = [path]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                inodes += 1
+                total += st.st_blocks * 512
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                if total > max_bytes or inodes > max_inodes:
+                    return total, inodes
+    return total, inodes
+
+
 def run(
     program: str,
     *,
@@ -744,6 +967,11 @@ def run(
     limits = limits or Limits()
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if limits.disk_bytes < 64 << 10 or limits.disk_inodes < 16:
+        raise ValueError(
+            f"Limits.disk_bytes must be >= 64 KiB and Limits.disk_inodes >= 16 (the program's own "
+            f"files live there), got {limits.disk_bytes} and {limits.disk_inodes}"
+        )
     python = python or default_python()
     t0 = time.monotonic()
     lease = _uid_pool.acquire() if (drop_uid and os.geteuid() == 0) else None
@@ -751,7 +979,11 @@ def run(
     workdir = proc = result = None
     fds: list[int] = []
     try:
-        workdir = tempfile.mkdtemp(prefix="bon_jax_sbx_", dir=work_root)
+        root = os.path.abspath(work_root or tempfile.gettempdir())
+        _sweep_stale_workdirs(root)
+        workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{_owner_tag()}_", dir=root)
+        with _workdirs_lock:
+            _live_workdirs[workdir] = os.getpid()
         _write_program(workdir, program, files or {}, uid)
         report_r, report_w = os.pipe()
         fds += [report_r, report_w]
@@ -765,7 +997,8 @@ def run(
             "python_args": _python_args(python),
             "env": _PROGRAM_ENV,
             "rlimits": _rlimits(limits, timeout_s),
-            "tmpfs_bytes": int(limits.tmpfs_bytes),
+            "disk_bytes": int(limits.disk_bytes),
+            "disk_inodes": int(limits.disk_inodes),
             "parent_pid": os.getpid(),
             "backstop_s": math.ceil(_SETUP_TIMEOUT_S + timeout_s + 2 * _TERM_GRACE_S),
             "namespaces": bool(namespaces),
@@ -782,7 +1015,7 @@ def run(
         )
         os.close(report_w)
         fds.remove(report_w)
-        result = _supervise(proc, report_r, timeout_s, limits, cfg["rlimits"], t0)
+        result = _supervise(proc, report_r, timeout_s, limits, cfg["rlimits"], t0, workdir)
         return result
     finally:
         if proc is not None:
@@ -804,6 +1037,8 @@ def run(
                 _reap_uid(uid)
         if workdir is not None:
             _rmtree(workdir)
+            with _workdirs_lock:
+                _live_workdirs.pop(workdir, None)
         if lease:
             _uid_pool.release(lease[1])
 
@@ -893,7 +1128,18 @@ def processes_of_uid(uid: int) -> list[int]:
     return pids
 
 
-def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
+def _props_of(report: bytes) -> dict | None:
+    """The launcher's first (complete) props report, once it has come."""
+    for line in report.split(b"\n")[:-1]:
+        if line.startswith(b"{'props':"):
+            try:
+                return ast.literal_eval(line.decode("utf-8", errors="replace"))["props"]
+            except (ValueError, SyntaxError, KeyError):
+                return {}
+    return None
+
+
+def _supervise(proc, report_r, timeout_s, limits, rlimits, t0, workdir) -> RunResult:
     out, err = _Capped(limits.output_bytes), _Capped(limits.output_bytes)
     report = bytearray()
     sel = selectors.DefaultSelector()
@@ -914,6 +1160,10 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
     deadline = t0 + _SETUP_TIMEOUT_S
     started = timed_out = setup_hung = done = False
     term_at = drain_until = None
+    # Without a tmpfs quota (no private root), a watchdog measures the work directory instead.
+    watch: bool | None = None
+    next_poll = 0.0
+    over_quota: tuple[int, int] | None = None
     try:
         while True:
             now = time.monotonic()
@@ -943,6 +1193,8 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
             wait = max(0.0, limit - now)
             if pidfd is None:
                 wait = min(wait, 0.01)
+            if watch:
+                wait = min(wait, max(0.0, next_poll - now))
             events = sel.select(wait) if sel.get_map() else time.sleep(wait) or []
             for key, _ in events:
                 if key.data == "exit":
@@ -961,6 +1213,18 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
                     key.data.add(data)
             if pidfd is None and not done and exited():
                 done = True
+            if started and watch is None:
+                props = _props_of(bytes(report))
+                if props is not None:
+                    watch = props.get("disk_quota") != "tmpfs"
+            if watch and not done and drain_until is None and time.monotonic() >= next_poll:
+                used = _disk_usage(workdir, limits.disk_bytes, limits.disk_inodes)
+                next_poll = time.monotonic() + _DISK_POLL_S
+                if used[0] > limits.disk_bytes or used[1] > limits.disk_inodes:
+                    over_quota = used
+                    _kill_group(proc.pid)
+                    drain_until = time.monotonic() + _DRAIN_S
+                    continue
             if done and drain_until is None:
                 _kill_group(proc.pid)  # leftovers of the group, before the launcher is reaped
                 drain_until = time.monotonic() + _DRAIN_S
@@ -991,6 +1255,8 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
     if not props.get("nproc_limited"):
         applied.pop("RLIMIT_NPROC", None)
     fields = {f.name for f in dataclasses.fields(Enforced)}
+    if props and props.get("disk_quota") != "tmpfs":
+        props["disk_quota"] = "watchdog"
     enforced = Enforced(
         **{k: v for k, v in props.items() if k in fields and k != "rlimits"},
         rlimits=applied,
@@ -1003,6 +1269,12 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0) -> RunResult:
     error = None
     if len(exits) > 1:
         status, error = "failed", "the program wrote into the sandbox's report pipe"
+    elif over_quota is not None:
+        status = "failed"
+        error = (
+            f"disk quota exceeded: killed at {over_quota[0]} bytes / {over_quota[1]} inodes in its "
+            f"work directory (limits {limits.disk_bytes} / {limits.disk_inodes})"
+        )
     elif timed_out:
         status = "timeout"
     elif setup_hung:
@@ -1087,6 +1359,8 @@ def failure_reason(result: RunResult, max_chars: int = 300) -> str | None:
     if result.status == "error":
         first = (result.error or "unknown").splitlines()[0]
         return f"sandbox error: {first}"[:max_chars]
+    if result.error:  # a failure the sandbox diagnosed (disk quota, forged report)
+        return result.error.splitlines()[0][:max_chars]
     if result.signal is not None:
         try:
             return f"killed by {signal.Signals(result.signal).name}"

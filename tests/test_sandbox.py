@@ -228,6 +228,138 @@ def test_large_file_write_is_refused(work_root):
     assert "File too large" in r.stderr
 
 
+DISK_FILLER = """
+import os
+written, files, errors = 0, 0, set()
+for d in (".", "/tmp", "/var/tmp", "/dev/shm"):   # one quota over all of them
+    for i in range(24):
+        try:
+            with open(os.path.join(d, f"fill{i}.bin"), "wb") as f:
+                for _ in range(4):
+                    f.write(b"x" * (256 << 10))
+                    f.flush()
+                    written += 256 << 10
+        except OSError as e:
+            errors.add(e.strerror)
+            break
+for i in range(20000):                             # and inodes: many empty files
+    try:
+        open(f"empty{i}", "w").close()
+        files += 1
+    except OSError as e:
+        errors.add(e.strerror)
+        break
+st = os.statvfs(".")
+print(written, files, st.f_blocks * st.f_frsize, sorted(errors))
+"""
+
+
+def test_disk_quota_bounds_everything_the_program_writes(work_root, probe):
+    """One byte and inode quota over the work directory and every writable directory."""
+    if not probe.private_root:
+        pytest.skip(f"no private root (mount namespace): the quota is a watchdog here {probe.warnings}")
+    quota, inodes = 8 << 20, 512
+    r = _run(
+        DISK_FILLER, work_root, timeout_s=30, limits=sandbox.Limits(disk_bytes=quota, disk_inodes=inodes)
+    )
+    assert r.status == "passed", r
+    written, files, fs_size, errors = r.stdout.split(" ", 3)
+    assert int(written) <= quota  # (of 4 x 24 MiB tried)
+    assert int(files) < inodes  # (of 20000 tried)
+    assert int(fs_size) <= quota  # the work directory is on the capped filesystem, not the disk
+    assert "No space left on device" in errors
+    assert r.enforced.disk_quota == "tmpfs" and r.enforced.readonly_root
+
+
+def test_disk_quota_watchdog_without_a_mount_namespace(work_root):
+    """Degraded (no private root): a watchdog measures the work directory and kills the program."""
+    r = _run(
+        """
+        import time
+        for i in range(400):
+            with open(f"fill{i}.bin", "wb") as f:
+                f.write(b"x" * (1 << 20))
+            time.sleep(0.005)
+        print("done")
+        """,
+        work_root,
+        timeout_s=30,
+        namespaces=False,
+        limits=sandbox.Limits(disk_bytes=8 << 20),
+    )
+    assert r.enforced.disk_quota == "watchdog" and not r.enforced.private_root
+    assert any("no private root" in w for w in r.enforced.warnings)
+    assert r.status == "failed" and "done" not in r.stdout, r
+    assert sandbox.failure_reason(r).startswith("disk quota exceeded"), r
+
+
+def test_bad_disk_quota_is_refused():
+    with pytest.raises(ValueError, match="disk_bytes"):
+        sandbox.run("pass", timeout_s=5, limits=sandbox.Limits(disk_bytes=0))
+
+
+def test_cannot_read_the_host_files(work_root, probe):
+    """Only the system directories, the interpreter and a few /etc files are visible."""
+    if not probe.private_root:
+        pytest.skip(f"no private root (mount namespace) here: {probe.warnings}")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__)))
+    scratch = os.path.join(repo, "tmp")  # git-ignored
+    made_scratch = not os.path.exists(scratch)
+    os.makedirs(scratch, exist_ok=True)
+    secret_dir = tempfile.mkdtemp(prefix="sandbox_secret_", dir=scratch)
+    os.chmod(secret_dir, 0o755)
+    secret = os.path.join(secret_dir, "secret.txt")
+    with open(secret, "w") as f:
+        f.write("bon-jax-sandbox-secret")
+    os.chmod(secret, 0o644)  # world-readable: only the mount view can hide it
+    try:
+        r = _run(
+            f"""
+            import os
+            for path in ({secret!r}, {os.path.abspath(sandbox.__file__)!r}, {repo!r},
+                         "/etc/hostname", "/home", "/sys/class"):
+                try:
+                    print("read", path, open(path).read(40) if os.path.isfile(path) else os.listdir(path))
+                except OSError as e:
+                    print("refused", path, type(e).__name__)
+            print(sorted(os.listdir("/")))
+            """,
+            work_root,
+            timeout_s=30,
+        )
+    finally:
+        shutil.rmtree(secret_dir)
+        if made_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    assert r.status == "passed", r
+    lines = r.stdout.splitlines()
+    assert "bon-jax-sandbox-secret" not in r.stdout
+    assert all(line.startswith("refused") for line in lines[:-1]), r.stdout
+    prefix_top = sandbox._python_prefix(r.enforced.python).split("/")[1]
+    allowed = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "tmp"}
+    assert set(eval(lines[-1])) <= allowed | {"usr", "var", prefix_top}, lines[-1]
+
+
+def test_the_private_root_still_runs_ordinary_programs(work_root, probe):
+    if not probe.private_root:
+        pytest.skip(f"no private root (mount namespace) here: {probe.warnings}")
+    r = _run(
+        """
+        import decimal, json, os, sqlite3, subprocess, sys, tempfile, time
+        print(time.strftime("%Z", time.localtime(0)) != "", json.dumps(decimal.Decimal(1) is not None))
+        print(subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True).stdout.strip())
+        print(subprocess.run(["/bin/sh", "-c", "echo sh"], capture_output=True, text=True).stdout.strip())
+        with tempfile.NamedTemporaryFile() as f, open("/dev/null", "w") as null:
+            null.write("x")
+        print(len(os.urandom(8)), sqlite3.connect(":memory:").execute("select 1").fetchone()[0])
+        """,
+        work_root,
+        timeout_s=30,
+    )
+    assert r.status == "passed", r
+    assert r.stdout.split() == ["True", "true", "42", "sh", "8", "1"]
+
+
 def test_cannot_write_outside_its_directory(work_root, tmp_path, probe):
     private = tmp_path / "escape.txt"  # in a root-owned 0700 tree
     shared_dir = tempfile.mkdtemp(prefix="bon_jax_test_shared_")
@@ -376,6 +508,7 @@ def test_enforced_properties_on_this_machine(probe):
     if not (probe.network_isolated and probe.pid_namespace and probe.mount_namespace):
         pytest.skip(f"root without namespaces (a container?): {probe.warnings}")
     assert probe.readonly_root and probe.private_proc and probe.warnings == ()
+    assert probe.private_root and probe.disk_quota == "tmpfs"
 
 
 def test_unprivileged_caller_degrades_gracefully():
@@ -399,6 +532,8 @@ def test_unprivileged_caller_degrades_gracefully():
             r = sb.run("print(6 * 7)", timeout_s=30)
             f = sb.run(sys.argv[1], timeout_s=30)
             print(r.status, r.stdout.strip(), r.enforced.uid_dropped, f.status)
+            # a mount namespace in a user namespace: the same private root and tmpfs quota
+            print(r.enforced.private_root == (r.enforced.disk_quota == "tmpfs") == r.enforced.mount_namespace)
             """
             )
         )
@@ -423,7 +558,7 @@ def test_unprivileged_caller_degrades_gracefully():
     if proc.returncode and "Permission denied" in proc.stderr:
         pytest.skip(f"the unprivileged user cannot reach the code: {proc.stderr[-200:]}")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["passed", "42", "False", "failed"]
+    assert proc.stdout.split() == ["passed", "42", "False", "failed", "True"]
 
 
 def test_degraded_without_namespaces_still_cleans_up(work_root):
@@ -472,11 +607,11 @@ def test_works_without_pidfd(work_root, monkeypatch):
     assert r.status == "timeout"
 
 
-def test_runs_die_with_the_trainer(work_root):
-    """If the process that called the sandbox is SIGKILLed, its runs are killed too.
-
-    (Its work directory stays: nobody is left to remove it; this test removes it.)
-    """
+@pytest.mark.parametrize("end", ["sigkill", "exit"])
+def test_runs_die_with_the_trainer_and_leave_no_directory(work_root, end):
+    """If the process that called the sandbox ends mid-run, its runs are killed too, and its work
+    directory does not stay: at a normal exit it is removed then (atexit), after a SIGKILL by the
+    next run that uses the same place (its owner is dead)."""
     helper = textwrap.dedent(
         """
         import os, sys, threading, time
@@ -498,16 +633,30 @@ def test_runs_die_with_the_trainer(work_root):
             time.sleep(0.01)
         time.sleep(1.0)  # let the launcher set up and start the program
         print(kids[0], flush=True)
+        if sys.argv[2] == "exit":
+            sys.stdin.readline()
+            sys.exit(0)
         time.sleep(600)
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", helper, work_root], stdout=subprocess.PIPE, text=True, cwd="/"
+        [sys.executable, "-c", helper, work_root, end],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/",
     )
+    live = os.path.join(work_root, f"bon_jax_sbx_{sandbox._owner_tag()}_live")  # ours: alive
+    unrelated = os.path.join(work_root, "bon_jax_sbx_unrelated")
     try:
         try:
             launcher = int(proc.stdout.readline())
             assert len(_pgroup_members(launcher)) >= 2  # launcher + init (+ the program)
+            assert len(os.listdir(work_root)) == 1  # the run's work directory
+            if end == "exit":
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                assert proc.wait(30) == 0
         finally:
             proc.kill()
             proc.wait()
@@ -516,6 +665,16 @@ def test_runs_die_with_the_trainer(work_root):
                 break
             threading.Event().wait(0.01)
         assert _pgroup_members(launcher) == []
+        if end == "sigkill":
+            assert len(os.listdir(work_root)) == 1  # nobody was left to remove it
+            os.mkdir(live)
+            os.mkdir(unrelated)
+            r = sandbox.run("print(1)", timeout_s=30, work_root=work_root)  # sweeps the dead's
+            assert r.status == "passed", r
+            assert sorted(os.listdir(work_root)) == sorted(map(os.path.basename, (live, unrelated)))
+            os.rmdir(live)
+            os.rmdir(unrelated)
+        assert os.listdir(work_root) == []
     finally:  # the helper is dead: no new work directory can appear
         for d in os.listdir(work_root):
             shutil.rmtree(os.path.join(work_root, d))
