@@ -103,3 +103,30 @@ def test_restore_of_dataclass_and_optax_state_from_a_fresh_manager(tmp_path):
         restored, _ = ckpt.restore(jax.tree.map(jnp.zeros_like, state))
     assert isinstance(restored, TrainState)
     jax.tree.map(np.testing.assert_array_equal, restored, state)
+
+
+def test_saving_a_step_that_exists_replaces_it(tmp_path):
+    """A rerun saves again what its killed predecessor had committed (a stage's params, step 0)."""
+    with Checkpointer(tmp_path / "params", max_to_keep=1) as ckpt:
+        ckpt.save(0, _state(1))
+    with Checkpointer(tmp_path / "params", max_to_keep=1) as ckpt:
+        ckpt.save(0, _state(2))
+        assert ckpt.all_steps() == [0]
+        state, _ = ckpt.restore(_state())
+    jax.tree.map(np.testing.assert_array_equal, state, _state(2))
+
+
+def test_metrics_writer_resuming_drops_the_rows_after_the_checkpoint(tmp_path):
+    """Rows a killed run logged after its last checkpoint (and a line torn by the kill) are dropped, as
+    the restarted run logs those steps again."""
+    from bon_jax.train.metrics_log import MetricsWriter, read_jsonl
+
+    with MetricsWriter(str(tmp_path), "rl", tensorboard=False) as w:
+        for step in (1, 2, 3, 4):
+            w.write(step, {"loss": float(step)})
+    with open(tmp_path / "rl.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')
+    with MetricsWriter(str(tmp_path), "rl", resume_step=2) as w:
+        w.write(3, {"loss": 30.0})
+    rows = read_jsonl(str(tmp_path / "rl.jsonl"))
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]

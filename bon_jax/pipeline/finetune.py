@@ -100,7 +100,7 @@ def finetune_stage(
     c = ctx.config
     rl = c.rl
     st = stage(ctx.cache_root, "finetune", base_key, verifier_key, c.rl, c.seed)
-    if st.done:
+    if not st.claim():  # done, or produced meanwhile by another run sharing the cache
         return load_params(st.file("params"), model_cfg), st
     ctx.require_training("finetune")
     options = dict(rl.options.to_dict())

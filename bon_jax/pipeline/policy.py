@@ -42,7 +42,7 @@ def tokenizer_stage(ctx: RunContext):
         return Tokenizer.load(c.tokenizer.path), st
     if c.model.checkpoint.endswith(".gguf"):
         return Tokenizer.from_gguf(c.model.checkpoint), st  # the vocabulary inside the GGUF
-    if not st.done:
+    if st.claim():
         texts = itertools.islice(task_corpus(ctx.task), c.tokenizer.max_corpus_texts)
         tok = Tokenizer.train(texts, vocab_size=c.tokenizer.vocab_size, model_type=c.tokenizer.model_type)
         tok.save(st.file("tokenizer.model"))
@@ -88,11 +88,12 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
     st = stage(ctx.cache_root, "base_policy", tok_stage.key, c.task, c.model, c.sft, c.seed)
     cfg = model_config(ctx, tokenizer)
     params_file = st.file("params")
-    if st.done:
+    if not st.claim():  # done, or produced meanwhile by another run sharing the cache
         return cfg, load_params(params_file, cfg), st
     if c.model.checkpoint:
         params = pretrained_params(ctx, cfg)
         if c.sft.steps == 0:
+            st.release()  # nothing to produce: the pretrained weights are the base policy
             return cfg, params, st
     else:
         params = None

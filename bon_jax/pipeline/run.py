@@ -61,7 +61,7 @@ def run_experiment(
         for name, params in policies.items():
             key = base_st.key if name == "base" else ft_st.key
             st = stage(ctx.cache_root, f"eval_{name}", key, ver_st.key, c.eval, c.seed)
-            if not st.done:
+            if st.claim():
                 print(
                     f"[bon_jax] evaluating {name} policy on {len(examples)} {c.eval.split} prompts x {c.eval.m}"
                 )

@@ -4,14 +4,21 @@ A stage's directory is `<root>/<stage>-<key>` where `key` hashes the config sect
 the keys of the stages it consumes, so changing `rl.n` re-runs fine-tuning and evaluation but reuses the
 tokenizer, base policy and verifier, and a sweep over N shares them. A stage is complete when its
 `done.json` exists; a stage interrupted midway keeps its directory (and checkpoints) and resumes.
+
+Runs that share a cache (two sweep shards, two experiments with a stage in common) produce each stage
+once: a run claims a stage before producing it (`Stage.claim`, an exclusive `fcntl.flock` on `.lock` in
+the stage's directory, held until `mark_done` or the process ends), and a run that finds the stage
+claimed waits, then loads what the other produced (or, if the other died, resumes it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +37,10 @@ def config_key(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (ConfigDicts, dicts, scalars, other keys)."""
     blob = json.dumps([_canonical(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Stage path -> file descriptor of its lock file, for the stages this process has claimed.
+_HELD: dict[str, int] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +63,50 @@ class Stage:
         os.makedirs(self.path, exist_ok=True)
         return os.path.join(self.path, *names)
 
+    def claim(self) -> bool:
+        """Whether this process is to produce the stage: True once it holds the stage's lock and the stage
+        is not done (it then calls `mark_done`, or `release` if it leaves the stage unproduced); False if
+        the stage is done, after waiting for a run of another process that holds the lock to finish.
+
+        The lock is per process (a second claim in the process that holds it returns True at once) and
+        the operating system drops it when the process dies, so a killed run never blocks the next one.
+        """
+        if self.done:
+            return False
+        if self.path in _HELD:
+            return True
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"[bon_jax] waiting for another run producing {self.path}", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        if self.done:  # the run we waited for finished it
+            os.close(fd)
+            return False
+        _HELD[self.path] = fd
+        return True
+
+    def release(self) -> None:
+        """Drops this process's lock on the stage, if it holds it."""
+        fd = _HELD.pop(self.path, None)
+        if fd is not None:
+            os.close(fd)
+
     def mark_done(self, result: Mapping[str, Any] | None = None) -> None:
-        """Writes `done.json` atomically (a crash leaves the stage incomplete, never half-done)."""
+        """Writes `done.json` atomically (a crash leaves the stage incomplete, never half-done), then
+        releases the stage's lock."""
         os.makedirs(self.path, exist_ok=True)
         tmp = os.path.join(self.path, "done.json.tmp")
         with open(tmp, "w") as f:
             json.dump(dict(result or {}), f, indent=1, default=str)
         os.replace(tmp, os.path.join(self.path, "done.json"))
+        self.release()
 
     def result(self) -> dict:
         with open(os.path.join(self.path, "done.json")) as f:

@@ -43,7 +43,7 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
         return (lambda ex, texts, *_: sv.score(ex, texts)), st
     from bon_jax.verifiers import LearnedVerifier, load_verifier, save_verifier, train_verifier
 
-    if not st.done:
+    if st.claim():
         ctx.require_training("verifier")
         prompts, completions, labels, groups, holdout = _graded_samples(ctx, tokenizer, model_cfg, base_params)
         # Same named model as the policy: the verifier starts from the policy's backbone (Chow et al.).

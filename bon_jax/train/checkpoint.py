@@ -93,9 +93,16 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, meta: Mapping[str, Any] | None = None, *, force: bool = True):
-        """Saves `state` (pytree of arrays) and `meta` (JSON-serialisable) as checkpoint `step`."""
+        """Saves `state` (pytree of arrays) and `meta` (JSON-serialisable) as checkpoint `step`.
+
+        A checkpoint of the same step already on disk is replaced: a rerun may save again what its killed
+        predecessor had committed (a stage's final params, written before its `done.json` was).
+        """
+        step = int(step)
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
         self._manager.save(
-            int(step),
+            step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 meta=ocp.args.JsonSave(dict(meta or {})),

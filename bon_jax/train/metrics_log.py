@@ -30,18 +30,26 @@ def to_python(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends `{"step", "time", **metrics}` rows to `<logdir>/<stage>.jsonl` and scalars to TensorBoard."""
+    """Appends `{"step", "time", **metrics}` rows to `<logdir>/<stage>.jsonl` and scalars to TensorBoard.
 
-    def __init__(self, logdir: str, stage: str, *, tensorboard: bool = True):
+    `resume_step` (a run restarting from its checkpoint of that step, 0 for one restarting from scratch)
+    first drops the rows logged after that step by the interrupted run, which the restarted run logs
+    again, so each step has one row; TensorBoard is told to purge its events after the step likewise.
+    """
+
+    def __init__(self, logdir: str, stage: str, *, tensorboard: bool = True, resume_step: int | None = None):
         os.makedirs(logdir, exist_ok=True)
         self.path = os.path.join(logdir, f"{stage}.jsonl")
+        if resume_step is not None and os.path.exists(self.path):
+            _truncate_rows(self.path, int(resume_step))
         self._file = open(self.path, "a", buffering=1)
         self._stage = stage
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(logdir, "tb", stage))
+            purge = None if resume_step is None else int(resume_step) + 1
+            self._tb = SummaryWriter(os.path.join(logdir, "tb", stage), purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict:
         row = {"step": int(step), "time": time.time(), **to_python(dict(metrics))}
@@ -64,6 +72,24 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _truncate_rows(path: str, last_step: int) -> None:
+    """Rewrites the JSONL log at `path` without its rows of steps > `last_step` (and without a torn last
+    line left by a kill mid-write), atomically."""
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if int(row.get("step", 0)) <= last_step:
+                kept.append(json.dumps(row) + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def read_jsonl(path: str) -> list[dict]:
