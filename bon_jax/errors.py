@@ -23,3 +23,7 @@ class ConfigError(BonJaxError, ValueError):
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(f"config.{key}: {message}")
+
+
+class NonFiniteScoreError(BonJaxError, ValueError):
+    """A verifier score that cannot be ranked (NaN). The message names the prompt."""

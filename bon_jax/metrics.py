@@ -32,6 +32,7 @@ __all__ = [
     "kl_k3",
     "maj_at_k",
     "pass_at_k",
+    "require_finite_scores",
     "sequence_entropy",
     "sequence_token_entropy",
 ]
@@ -100,7 +101,10 @@ def bon_at_k_weights(scores_M, k, mask_M=None):
       scores_M: [..., M] verifier scores.
       k: subset size, a Python int or an array broadcastable to the batch shape [...].
       mask_M: optional [..., M] bool, valid samples; M per row = their count. Invalid samples get weight 0.
-    Returns: [..., M] weights, each row summing to 1; rows with k > M_valid or k < 1 are NaN.
+    Returns: [..., M] weights, each row summing to 1; rows with k > M_valid or k < 1 are NaN, and so are
+      rows where a valid sample's score is NaN (a NaN compares false with every score, so it would hold no
+      rank: the other weights would sum to less than 1 and BoN@k would be biased low). Evaluation refuses
+      such scores before it gets here (`require_finite_scores`).
     """
     scores_M = jnp.asarray(scores_M)
     valid = jnp.ones(scores_M.shape, bool) if mask_M is None else jnp.asarray(mask_M, bool)
@@ -128,7 +132,8 @@ def bon_at_k_weights(scores_M, k, mask_M=None):
     in_group = (r >= a) & (r < a + g)  # [..., M(sample), M(rank)]
     group_weight = jnp.sum(jnp.where(in_group, w_r[..., None, :], 0), axis=-1)
     w = jnp.where(valid, group_weight / jnp.maximum(g[..., 0], 1), 0)
-    ok = (kk >= 1) & (kk <= m)
+    nan_score = jnp.any(valid & jnp.isnan(scores_M), axis=-1, keepdims=True)
+    ok = (kk >= 1) & (kk <= m) & ~nan_score
     return jnp.where(ok, w, jnp.nan)
 
 
@@ -143,29 +148,77 @@ def bon_at_k(scores_M, rewards_M, k, mask_M=None):
       rewards_M: [..., M] rewards (count these).
       k: Python int or array broadcastable to [...].
       mask_M: optional [..., M] bool of valid samples (invalid rewards may be anything, NaN included).
-    Returns: [...] float; NaN where k > M_valid.
+    Returns: [...] float; NaN where k > M_valid or a valid sample's score is NaN.
     """
     w = bon_at_k_weights(scores_M, k, mask_M)
     rewards_M = jnp.asarray(rewards_M, w.dtype)
     return jnp.sum(jnp.where(w > 0, w * rewards_M, jnp.where(jnp.isnan(w), jnp.nan, 0)), axis=-1)
 
 
+def require_finite_scores(scores_BM, prompt_ids=None, mask_BM=None, *, what: str = "verifier score") -> None:
+    """Refuses NaN scores on the host, naming the first prompt that has one (and its sample).
+
+    A NaN score cannot be ranked, so BoN@k (and any Best-of-N selection) has no meaning for its prompt;
+    evaluation calls this before computing any metric rather than report a number that silently leaves the
+    sample out. +-inf are valid scores (they rank, and tie with each other).
+
+    Args:
+      scores_BM: [B, M] scores.
+      prompt_ids: optional length-B ids (e.g. `Example.id`) used in the message; default the row index.
+      mask_BM: optional [B, M] bool, the samples that count (masked ones may hold anything).
+    Raises:
+      NonFiniteScoreError (a ValueError) naming the prompt, its row, the sample and how many rows are hit.
+    """
+    from bon_jax.errors import NonFiniteScoreError
+
+    s = np.asarray(scores_BM, np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"require_finite_scores: scores must be [B, M], got shape {s.shape}")
+    bad = np.isnan(s)
+    if mask_BM is not None:
+        bad &= np.asarray(mask_BM, bool)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad.any(axis=1))
+    b = int(rows[0])
+    samples = np.flatnonzero(bad[b]).tolist()
+    name = f"prompt {prompt_ids[b]!r} (row {b})" if prompt_ids is not None else f"prompt row {b}"
+    raise NonFiniteScoreError(
+        f"{what} is NaN for {name}, samples {samples} of {s.shape[1]}"
+        f"{f' (and {len(rows) - 1} more prompts)' if len(rows) > 1 else ''}: a NaN score cannot be ranked, "
+        "so Best-of-N metrics would silently drop the sample; fix the scorer (or its inputs) for this prompt"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ maj@k
 
 
-def answers_to_ids(answers, normalize: Callable[[Any], Any] | None = None):
-    """Map each prompt's final answers to integer ids: equal answers share an id, unparsable ones get -1.
+def answers_to_ids(
+    answers,
+    normalize: Callable[[Any], Any] | None = None,
+    equivalent: Callable[[Any, Any], bool] | None = None,
+):
+    """Map each prompt's final answers to integer ids: equivalent answers share an id, unparsable ones get -1.
+
+    Answers are first keyed by `normalize` (identity by default); equal keys share an id. With `equivalent`
+    (a task's answer equivalence, e.g. `MathTask.same_answer`, where "1.5" and "\\frac{3}{2}" are the same
+    answer), each new key is compared with one representative (the first key) of every class found so far,
+    in order of first appearance, and joins the first class whose representative it is equivalent to; a key
+    equivalent to none starts a class. Comparing with representatives only, never chaining through other
+    members, keeps a class from drifting when the equivalence is not transitive (numeric tolerance).
+    `equivalent` is called on distinct keys only: at most D (D - 1) / 2 calls for D distinct answers.
 
     Args:
       answers: [B][M] nested sequences (ragged allowed) or a 1-D sequence of one prompt's answers. None and
         empty strings are unparsable.
       normalize: optional map applied to each answer before comparison (e.g. str.strip).
+      equivalent: optional symmetric predicate on two keys; default: equal keys only.
     Returns: an int64 array [B, M] (or [M]); for ragged input a list of int64 arrays. Ids are per prompt, in
       order of first appearance.
     """
 
     def one(row):
-        ids, table = [], {}
+        ids, table, reps = [], {}, []
         for a in row:
             if a is None or (isinstance(a, str) and a == ""):
                 ids.append(-1)
@@ -174,7 +227,15 @@ def answers_to_ids(answers, normalize: Callable[[Any], Any] | None = None):
             if key is None or (isinstance(key, str) and key == ""):
                 ids.append(-1)
                 continue
-            ids.append(table.setdefault(key, len(table)))
+            if key not in table:
+                match = None
+                if equivalent is not None:
+                    match = next((i for i, rep in enumerate(reps) if equivalent(rep, key)), None)
+                if match is None:
+                    match = len(reps)
+                    reps.append(key)
+                table[key] = match
+            ids.append(table[key])
         return np.asarray(ids, np.int64)
 
     first = answers[0] if len(answers) else None

@@ -274,3 +274,139 @@ def test_bootstrap_ci():
         r = metrics.bootstrap_ci(d, rng=t, num_resamples=300, alpha=0.1)
         hits += r.low <= 1.0 <= r.high
     assert 0.8 <= hits / 200 <= 0.97
+
+
+# ---------------------------------------------------------------- non-finite scores (issue 13, defect 9)
+
+
+def test_bon_at_k_with_a_nan_score_is_nan_not_biased():
+    # A NaN score held no rank: its sample got weight 0 and the weights summed to 3/4 (BoN@1 = 0.25, not 0.5).
+    scores, rewards = jnp.array([jnp.nan, 1.0, 0.0, 0.5]), jnp.array([1.0, 1.0, 0.0, 0.0])
+    for k in (1, 2, 4):
+        assert np.isnan(metrics.bon_at_k(scores, rewards, k))
+        assert np.isnan(metrics.bon_at_k_weights(scores, k)).all()
+    # Masked out, the NaN sample is simply not there; other rows of a batch are unaffected.
+    mask = jnp.array([False, True, True, True])
+    assert float(metrics.bon_at_k(scores, rewards, 1, mask)) == pytest.approx(1 / 3)
+    assert float(metrics.bon_at_k(scores, rewards, 2, mask)) == pytest.approx(brute_bon([1.0, 0.0, 0.5], [1, 0, 0], 2))
+    batch = metrics.bon_at_k(jnp.stack([scores, jnp.array([0.0, 1.0, 0.0, 0.5])]), rewards, 2)
+    assert np.isnan(batch[0]) and float(batch[1]) == pytest.approx(brute_bon([0.0, 1.0, 0.0, 0.5], [1, 1, 0, 0], 2))
+    # -inf still ranks (lowest) and ties with itself.
+    inf = jnp.array([-jnp.inf, 1.0, -jnp.inf, 0.5])
+    assert float(metrics.bon_at_k(inf, rewards, 2)) == pytest.approx(brute_bon(list(np.asarray(inf)), [1, 1, 0, 0], 2))
+
+
+def test_require_finite_scores_names_the_prompt():
+    from bon_jax.errors import BonJaxError
+
+    ok = np.array([[0.0, -np.inf], [np.inf, 1.0]])
+    metrics.require_finite_scores(ok, ["a", "b"])
+    bad = np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, np.nan]])
+    with pytest.raises(BonJaxError, match=r"NaN for prompt 'b' \(row 1\), samples \[0\] of 2 \(and 1 more"):
+        metrics.require_finite_scores(bad, ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"prompt row 1"):
+        metrics.require_finite_scores(bad)
+    metrics.require_finite_scores(bad, mask_BM=~np.isnan(bad))
+
+
+# ---------------------------------------------------------------- the evaluation path, on fixed samples
+
+
+class _Task:
+    """Answers are the completion text itself; reward 1 when it equals the example's answer."""
+
+    def grade_batch(self, examples_B, completions_BN):
+        from bon_jax.tasks.base import Grade, stack_grades
+
+        return stack_grades([[Grade(float(c == ex.answer), c or None) for c in row]
+                             for ex, row in zip(examples_B, completions_BN)])
+
+    def same_answer(self, a, b):
+        return a == b
+
+
+def _evaluate_fixed(monkeypatch, task, examples, completions_BM, scores_BM, ks):
+    """`evaluate_policy` with the sampler replaced by fixed completions and verifier scores per prompt."""
+    import dataclasses
+
+    from bon_jax.pipeline import evaluate as ev
+    from bon_jax.pipeline.rollouts import GradedSamples
+
+    m = len(completions_BM[0])
+
+    class Tokenizer:
+        def encode_batch(self, texts, **kwargs):
+            return np.ones((len(texts), 2), np.int32), np.full(len(texts), 2, np.int32)
+
+    def draw_graded(params, model_cfg, tokenizer, task_, scorer, chunk, prompts_BT, plen_B, n, rng, *,
+                    prompt_ids_B, **kwargs):
+        texts = [list(completions_BM[i]) for i in prompt_ids_B]
+        grades = task_.grade_batch(chunk, texts)
+        b, t = len(chunk), 3
+        fields = dict(
+            prompt_tokens_BT=prompts_BT, prompt_lengths_B=plen_B, tokens_BNT=np.ones((b, n, t), np.int32),
+            lengths_BN=np.full((b, n), t), logp_BN=np.zeros((b, n)), token_logp_BNT=np.zeros((b, n, t)),
+            texts_BN=texts, rewards_BN=grades.rewards_BN, answers_BN=grades.answers_BN,
+            scores_BN=np.asarray(scores_BM, np.float32)[prompt_ids_B], finished_BN=np.ones((b, n), bool),
+        )
+        return GradedSamples(**{f.name: fields[f.name] for f in dataclasses.fields(GradedSamples)})
+
+    def make_sequence_logp(model_cfg, temperature=1.0, *, per_token=False):
+        # The evaluated policy is the reference here: every log-prob 0 (KL 0).
+        return lambda params, p_BT, pl_B, tokens_BNT, lengths_BN: np.zeros(
+            tokens_BNT.shape if per_token else lengths_BN.shape)
+
+    monkeypatch.setattr(ev, "draw_graded", draw_graded)
+    monkeypatch.setattr(ev, "make_sequence_logp", make_sequence_logp)
+    return ev.evaluate_policy(None, None, None, Tokenizer(), task, None, examples, jax.random.key(0), m=m, ks=ks,
+                              max_new_tokens=3, temperature=1.0, max_prompt_len=8, prompts_per_call=2,
+                              bootstrap=10)
+
+
+def test_evaluation_refuses_nan_scores_naming_the_prompt(monkeypatch):
+    from bon_jax.errors import BonJaxError
+    from bon_jax.tasks.base import Example
+
+    examples = [Example(id=f"q{i}", prompt="?", answer="1") for i in range(3)]
+    completions = [["1", "1", "0", "0"]] * 3
+    scores = [[0.0, 1.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5]]
+    out = _evaluate_fixed(monkeypatch, _Task(), examples, completions, scores, ks=(1, 2))
+    assert out["bon_at_k"]["1"]["mean"] == pytest.approx(0.5)
+    scores[2] = [np.nan, 1.0, 0.0, 0.5]  # the issue's example: BoN@1 was reported as 0.25 for this prompt
+    with pytest.raises(BonJaxError, match=r"NaN for prompt 'q2' \(row 2\), samples \[0\]"):
+        _evaluate_fixed(monkeypatch, _Task(), examples, completions, scores, ks=(1, 2))
+
+
+# ---------------------------------------------------------------- maj@k by answer equivalence (defect 14)
+
+
+def test_answers_to_ids_clusters_by_equivalence():
+    from bon_jax.tasks.math import answers_equivalent
+
+    raw = ["\\frac{1}{2}", "0.5", "1/2", "\\dfrac{2}{4}", "0.25", "\\frac14", None, "1/4", "3"]
+    np.testing.assert_array_equal(metrics.answers_to_ids(raw, equivalent=answers_equivalent),
+                                  [0, 0, 0, 0, 1, 1, -1, 1, 2])
+    # Plain string ids split the same answer; maj@k then lets a wrong answer with fewer votes tie or win.
+    assert len(set(metrics.answers_to_ids(raw).tolist()) - {-1}) == 8
+    # Each key is compared with class representatives only: a non-transitive equivalence does not chain.
+    close = lambda a, b: abs(a - b) <= 1  # noqa: E731
+    np.testing.assert_array_equal(metrics.answers_to_ids([0, 1, 2, 3, 2], equivalent=close), [0, 0, 1, 1, 1])
+    calls = []
+    metrics.answers_to_ids(["a", "b", "a", "b", "a"], equivalent=lambda a, b: calls.append((a, b)) or False)
+    assert calls == [("a", "b")]  # distinct keys only
+
+
+def test_evaluation_maj_at_k_votes_by_the_tasks_answer_equivalence(monkeypatch):
+    from bon_jax.tasks.base import Example
+    from bon_jax.tasks.math import MathTask
+
+    task = MathTask(str(__import__("pathlib").Path(__file__).parent / "data" / "math_sample" / "official"))
+    assert task.same_answer("1.5", "\\frac{3}{2}") and not task.same_answer("1.5", "2")
+    examples = [Example(id="p", prompt="?", answer="\\frac{3}{2}")]
+    # Three correct samples written three ways (the grader's normalisation keeps "1.5" apart from the
+    # other two) against two identical wrong ones: the correct answer has the majority.
+    completions = [["\\boxed{1.5}", "\\boxed{3/2}", "\\boxed{\\dfrac32}", "\\boxed{2}", "\\boxed{2}"]]
+    out = _evaluate_fixed(monkeypatch, task, examples, completions, [[0.0] * 5], ks=(5,))
+    assert out["mean_reward"]["mean"] == pytest.approx(0.6)
+    assert out["maj_at_k"]["5"]["mean"] == pytest.approx(1.0)  # by strings: a 2-2 tie, 0.5
+    assert out["distinct_answers"]["mean"] == pytest.approx(2.0)

@@ -74,7 +74,9 @@ def evaluate_policy(
         lengths.append(g.lengths_BN)
     R = np.concatenate(rewards)
     S = np.concatenate(scores)
-    ids = metrics.answers_to_ids(answers)
+    metrics.require_finite_scores(S, [e.id for e in examples])
+    # Equivalent answers ("1.5", "\\frac{3}{2}") vote together: ids are classes of the task's answer equivalence.
+    ids = metrics.answers_to_ids(answers, equivalent=task.same_answer)
     kl_B = (np.concatenate(logp) - np.concatenate(ref_logp)).mean(1)
     binary = bool(np.isin(R, (0.0, 1.0)).all())
     has_answers = bool((ids >= 0).any())

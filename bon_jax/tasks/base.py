@@ -73,6 +73,12 @@ class Task(abc.ABC):
     def grade(self, example: Example, completion: str) -> Grade:
         """Grades one completion of `example.prompt`. Never raises on bad completion text."""
 
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers (`Grade.answer`) are the same final answer, for majority voting
+        (`bon_jax.metrics.answers_to_ids`). Symmetric. The default compares the strings; tasks whose answers
+        have many written forms override it."""
+        return a == b
+
     def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
         """Grades every completion; the default loops in Python (cheap graders only)."""
         batch_shape(examples_B, completions_BN)

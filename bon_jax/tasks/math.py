@@ -295,6 +295,14 @@ def check_equivalence(gold: str, pred: str, *, timeout_s: int | None = 5) -> tup
     return result
 
 
+def answers_equivalent(a: str, b: str, *, timeout_s: int | None = 5) -> bool:
+    """Whether two final answers are the same answer: each is graded correct with the other as the gold
+    answer (`check_equivalence` both ways, since math_verify's check is not symmetric). Never raises."""
+    if a == b:
+        return True
+    return check_equivalence(a, b, timeout_s=timeout_s)[0] and check_equivalence(b, a, timeout_s=timeout_s)[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Reading the data.
 
@@ -599,3 +607,7 @@ class MathTask(Task):
         normalized = strip_string(pred)
         ok, reason = check_equivalence(gold, pred, timeout_s=self.timeout_s)
         return Grade(1.0 if ok else 0.0, normalized, reason)
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Majority voting's equivalence: `answers_equivalent` ("0.25", "\\frac{1}{4}" and "1/4" are one)."""
+        return answers_equivalent(a, b, timeout_s=self.timeout_s)
