@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -127,6 +128,12 @@ def base_config() -> ConfigDict:
     c.eval.max_new_tokens = 96
     c.eval.bootstrap = 1000
     c.eval.split = "test"
+    # The task evaluated on (its `split`); name "" = the training task `task` itself. Chow et al. train on
+    # MBPP and report HumanEval pass@k: task.name = "mbpp", eval.task.name = "humaneval".
+    c.eval.task = ConfigDict()
+    c.eval.task.name = ""
+    c.eval.task.kwargs = ConfigDict()
+    c.eval.task.data_dir = ""
 
     c.checkpoint = ConfigDict()
     c.checkpoint.every = 50
@@ -292,7 +299,14 @@ PATH_KEYS = {
     "tokenizer.path": "a sentencepiece .model file (or a .gguf, whose vocabulary is used)",
     "model.checkpoint": "a model checkpoint (orbax directory, Gemma release, .safetensors or .gguf)",
     "task.data_dir": "the task's local data",
+    "eval.task.data_dir": "the evaluation task's local data",
 }
+
+
+def _lookup(c: ConfigDict, key: str):
+    for part in key.split("."):
+        c = c[part]
+    return c
 
 
 def check_paths(c: ConfigDict) -> None:
@@ -304,8 +318,7 @@ def check_paths(c: ConfigDict) -> None:
     required = dict(c.requires)
     problems = []
     for key in sorted(set(PATH_KEYS) | set(required)):
-        section, field = key.split(".")
-        path = c[section][field]
+        path = _lookup(c, key)
         how = f" {required[key]}" if key in required else ""
         what = PATH_KEYS.get(key, "a local file or directory")
         if not path and key in required:
@@ -317,11 +330,74 @@ def check_paths(c: ConfigDict) -> None:
         raise ConfigError(keys, "missing paths (nothing was computed):\n  " + "\n  ".join(problems))
 
 
+def task_arguments(section: ConfigDict) -> dict:
+    """The constructor arguments of the task a `task` / `eval.task` section names: kwargs + data_dir."""
+    kwargs = dict(section.kwargs.to_dict())
+    if section.data_dir:
+        kwargs.setdefault("data_dir", section.data_dir)
+    return kwargs
+
+
+def check_tasks(c: ConfigDict) -> None:
+    """The training and evaluation tasks exist, take the arguments given, and have the splits used.
+
+    Imports the task modules (no data is read): a missing optional dependency is reported here too.
+    """
+    from bon_jax.tasks.registry import get_task_class, task_names
+
+    sections = [("task", c.task)] + ([("eval.task", c.eval.task)] if c.eval.task.name else [])
+    classes = {}
+    for prefix, section in sections:
+        _require(
+            section.name in task_names(),
+            f"{prefix}.name",
+            f"unknown task {section.name!r}; registered: {', '.join(task_names())}",
+        )
+        try:
+            cls = get_task_class(section.name)
+        except ImportError as e:
+            raise ConfigError(f"{prefix}.name", f"task {section.name!r} cannot be imported: {e}") from e
+        params = inspect.signature(cls).parameters
+        args = task_arguments(section)
+        if "data_dir" in args and "data_dir" not in params:
+            raise ConfigError(
+                f"{prefix}.data_dir",
+                f"task {section.name!r} reads no local data; leave {prefix}.data_dir empty",
+            )
+        needs_data = "data_dir" in params and params["data_dir"].default is inspect.Parameter.empty
+        if needs_data and "data_dir" not in args:
+            raise ConfigError(
+                f"{prefix}.data_dir", f"is not set; task {section.name!r} reads its local data from it"
+            )
+        try:
+            inspect.signature(cls).bind(**args)
+        except TypeError as e:
+            takes = sorted(p for p in params if p != "data_dir")
+            raise ConfigError(f"{prefix}.kwargs", f"task {section.name!r}: {e}; it takes {takes}") from e
+        classes[prefix] = cls
+    training, evaluated = classes["task"], classes.get("eval.task", classes["task"])
+    eval_name = c.eval.task.name or c.task.name
+    if "eval" in c.stages:
+        _require(
+            c.eval.split in evaluated.splits,
+            "eval.split",
+            f"task {eval_name!r} has splits {evaluated.splits}, not {c.eval.split!r}",
+        )
+    if "finetune" in c.stages and c.rl.steps > 0:
+        _require(
+            "train" in training.splits,
+            "task.name",
+            f"task {c.task.name!r} has no train split to fine-tune on (splits {training.splits}); train on "
+            "another task and evaluate on this one with eval.task.name",
+        )
+
+
 def validate(config: ConfigDict, extra_rules: tuple[Rule, ...] = ()) -> ConfigDict:
     """Runs every check; returns the config unchanged, or raises `ConfigError` naming the key and fix."""
     check_known_keys(config)
     check_values(config)
     check_paths(config)
+    check_tasks(config)
     for rule in extra_rules:
         rule(config)
     return config

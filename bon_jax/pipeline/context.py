@@ -1,4 +1,5 @@
-"""What every stage of a run shares: the validated config, the mesh, the task and the run directory."""
+"""What every stage of a run shares: the validated config, the mesh, the training and evaluation tasks and
+the run directory."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jax
 from ml_collections import ConfigDict
 
 from bon_jax import parallel
+from bon_jax.config import task_arguments
 from bon_jax.errors import BonJaxError
 from bon_jax.tasks.registry import get_task
 
@@ -46,10 +48,22 @@ class RunContext:
 
     @functools.cached_property
     def task(self):
-        kwargs = dict(self.config.task.kwargs.to_dict())
-        if self.config.task.data_dir:
-            kwargs.setdefault("data_dir", self.config.task.data_dir)
-        return get_task(self.config.task.name, **kwargs)
+        """The training task (config `task`): prompts for the base policy, the verifier and fine-tuning."""
+        return get_task(self.config.task.name, **task_arguments(self.config.task))
+
+    @functools.cached_property
+    def eval_task(self):
+        """The task evaluated on (config `eval.task`); the training task itself when its name is empty."""
+        section = self.config.eval.task
+        if not section.name:
+            return self.task
+        return get_task(section.name, **task_arguments(section))
+
+    def load_tasks(self) -> None:
+        """Builds (reads the data of) both tasks now, so that a bad path or file fails before any compute."""
+        self.task  # noqa: B018
+        if "eval" in self.config.stages:
+            self.eval_task  # noqa: B018
 
     def rng(self, stage: str) -> jax.Array:
         """A key per stage, so stages do not share random streams."""

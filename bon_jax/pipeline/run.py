@@ -42,6 +42,7 @@ def run_experiment(
     validate(config)
     t0 = time.time()
     ctx = RunContext(config, allow_training=only != "eval", shared_cache_root=cache_root)
+    ctx.load_tasks()  # reads the data: a bad file fails here, before a checkpoint is loaded
     c = config
     print(
         f"[bon_jax] {c.name}: workdir {ctx.workdir}, devices {jax.device_count()} x {jax.devices()[0].platform}"
@@ -57,20 +58,21 @@ def run_experiment(
         policies["tuned"] = tuned
     evals = {}
     if "eval" in c.stages:
-        examples = list(ctx.task.examples(c.eval.split))[: c.eval.num_prompts]
+        examples = list(ctx.eval_task.examples(c.eval.split))[: c.eval.num_prompts]
         for name, params in policies.items():
             key = base_st.key if name == "base" else ft_st.key
             st = stage(ctx.cache_root, f"eval_{name}", key, ver_st.key, c.eval, c.seed)
             if st.claim():
                 print(
-                    f"[bon_jax] evaluating {name} policy on {len(examples)} {c.eval.split} prompts x {c.eval.m}"
+                    f"[bon_jax] evaluating {name} policy on {len(examples)} {ctx.eval_task.name} {c.eval.split} "
+                    f"prompts x {c.eval.m}"
                 )
                 ev = evaluate_policy(
                     params,
                     model_cfg,
                     base_params,
                     tok,
-                    ctx.task,
+                    ctx.eval_task,
                     scorer,
                     examples,
                     ctx.rng("eval"),
@@ -92,16 +94,20 @@ def run_experiment(
         "wall_s": time.time() - t0,
         "stages": {"tokenizer": tok_st.path, "base_policy": base_st.path, "verifier": ver_st.path},
         "verifier": ver_st.result() if ver_st.done else {"kind": c.verifier.kind},
+        "eval_task": {"name": ctx.eval_task.name, "split": c.eval.split},
         "eval": evals,
         "compare": report.paired_differences(evals),
     }
     path = report.write_summary(ctx.workdir, summary)
     if evals:
+        evaluated_on = f"{ctx.eval_task.name} {c.eval.split}"
+        print(f"[bon_jax] evaluation on {evaluated_on} (trained on {ctx.task.name}):")
         print(report.table(evals))
         if summary["compare"]:
             print("paired differences over the same prompts (* = 95% CI above 0):")
             print(report.difference_table(summary["compare"]))
-        report.plot_accuracy_vs_n(evals, os.path.join(ctx.workdir, "accuracy_vs_n.png"), c.name)
+        plot = os.path.join(ctx.workdir, "accuracy_vs_n.png")
+        report.plot_accuracy_vs_n(evals, plot, f"{c.name}: {evaluated_on}")
     print(f"[bon_jax] done in {summary['wall_s']:.0f} s; summary: {path}")
     return summary
 

