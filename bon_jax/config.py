@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -193,9 +194,61 @@ def _require(cond: bool, key: str, message: str):
         raise ConfigError(key, message)
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_numbers(c: ConfigDict) -> None:
+    """Seeds, learning rates, temperatures, clipping, warmup and bootstrap: finite and in range.
+
+    NaN fails every comparison, so each rule is written as what must hold (`x > 0`), never as what must not.
+    """
+    _require(
+        isinstance(c.seed, int) and not isinstance(c.seed, bool) and c.seed >= 0,
+        "seed",
+        f"must be an integer >= 0 (it seeds jax.random and the data order), got {c.seed!r}",
+    )
+    for key in ("sft.lr", "verifier.lr", "rl.lr"):
+        value = _lookup(c, key)
+        _require(
+            _is_number(value) and value > 0,
+            key,
+            f"learning rate must be > 0 and finite, got {value!r} (to skip the stage, set its steps to 0)",
+        )
+    for key in ("rl.temperature", "eval.temperature", "verifier.temperature"):
+        value = _lookup(c, key)
+        _require(
+            _is_number(value) and value > 0,
+            key,
+            f"sampling temperature must be > 0 and finite (a small value for near-greedy), got {value!r}",
+        )
+    _require(
+        _is_number(c.rl.max_grad_norm) and c.rl.max_grad_norm >= 0,
+        "rl.max_grad_norm",
+        f"must be >= 0 and finite (0 turns clipping off), got {c.rl.max_grad_norm!r}",
+    )
+    for key in ("sft.warmup", "rl.warmup"):
+        value = _lookup(c, key)
+        _require(
+            isinstance(value, int) and value >= 0,
+            key,
+            f"warmup steps must be an integer >= 0 (0: no warmup), got {value!r}",
+        )
+    for key in ("sft.weight_decay", "rl.weight_decay"):
+        value = _lookup(c, key)
+        _require(_is_number(value) and value >= 0, key, f"must be >= 0 and finite, got {value!r}")
+    _require(
+        isinstance(c.eval.bootstrap, int) and c.eval.bootstrap >= 2,
+        "eval.bootstrap",
+        f"number of bootstrap resamples for the confidence intervals must be >= 2 (1000 is usual), got "
+        f"{c.eval.bootstrap!r}",
+    )
+
+
 def check_values(c: ConfigDict) -> None:
     """Range and consistency checks that need no imports of heavy modules."""
     _require(bool(c.name), "name", "must be a non-empty string")
+    check_numbers(c)
     for key in ("sft.steps", "verifier.steps", "rl.steps"):
         section, field = key.split(".")
         _require(c[section][field] >= 0, key, "must be >= 0")

@@ -104,3 +104,84 @@ def test_corrupted_references_need_a_task_that_can_corrupt():
     c.task.name = "sentiment"
     with pytest.raises(ConfigError, match=r"verifier\.corrupted_references: task 'sentiment' cannot corrupt"):
         cfg.validate(c)
+
+
+# ---------------------------------------------------------------- issue 13, defect 11: refused before compute
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("sft.lr", -1e-3),
+        ("verifier.lr", float("nan")),
+        ("rl.lr", -1.0),
+        ("rl.lr", float("nan")),
+        ("rl.lr", float("inf")),
+        ("rl.lr", 0.0),
+        ("seed", -1),
+        ("rl.temperature", float("nan")),
+        ("eval.temperature", 0.0),
+        ("eval.temperature", -0.5),
+        ("verifier.temperature", 0.0),
+        ("rl.max_grad_norm", -1.0),
+        ("rl.max_grad_norm", float("nan")),
+        ("sft.warmup", -1),
+        ("rl.warmup", -5),
+        ("rl.weight_decay", -0.1),
+        ("eval.bootstrap", 0),
+        ("eval.bootstrap", 1),
+        ("rl.objective", "bon_rl_vv"),
+        ("eval.split", "dev"),
+    ],
+)
+def test_out_of_range_values_are_refused_naming_the_key(key, value):
+    c = cfg.base_config()
+    *parents, field = key.split(".")
+    section = c
+    for p in parents:
+        section = section[p]
+    section[field] = value
+    with pytest.raises(ConfigError) as err:
+        cfg.validate(c)
+    assert err.value.key == key
+    assert str(err.value).startswith(f"config.{key}: ") and len(str(err.value)) < 300
+
+
+def test_in_range_edge_values_are_accepted():
+    c = cfg.base_config()
+    c.seed, c.rl.max_grad_norm, c.rl.warmup, c.sft.warmup, c.eval.bootstrap = 0, 0.0, 0, 0, 2
+    c.eval.temperature = 1e-3
+    cfg.validate(c)
+
+
+def _cli(*args, timeout=240):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-m", *args], cwd=root, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        # an unknown key: ml_collections' 57-line traceback before
+        (("bon_jax.cli.train", "--config=experiments/smoke.py", "--config.rl.lrr=1"), "config.rl.lrr"),
+        (("bon_jax.cli.sweep", "--config=experiments/smoke.py", "--config.rl.optionz.x=1"), "config.rl.optionz"),
+        # `make train EXP=nope`: a traceback before, not the list of experiments
+        (("bon_jax.cli.train", "--config=experiments/nope.py"), "no experiment file experiments/nope.py"),
+        # a full run exited 0 with a negative learning rate
+        (("bon_jax.cli.train", "--config=experiments/smoke.py", "--config.rl.lr=-1"), "config.rl.lr"),
+    ],
+)
+def test_command_line_errors_are_one_short_message(tmp_path, args, key):
+    out = _cli(*args, f"--workdir={tmp_path}")
+    assert out.returncode not in (0, None), out.stderr[-2000:]
+    assert key in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3, out.stderr[-2000:]
+    assert not any(tmp_path.iterdir())  # nothing was computed
+    if "nope" in key:
+        assert "smoke" in out.stderr and "arith_bo32" in out.stderr
+    elif "lrr" in key:
+        assert "Did you mean --config.rl.lr?" in out.stderr

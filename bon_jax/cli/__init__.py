@@ -2,8 +2,89 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+
+def _config_file(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _overrides(argv: Sequence[str]) -> list[str]:
+    """The dotted keys of `--config.a.b=value` / `--config.a.b value` overrides."""
+    return [arg.partition("=")[0][len("--config."):] for arg in argv if arg.startswith("--config.")]
+
+
+def _config_keys(config, prefix: str = "") -> list[str]:
+    from ml_collections import ConfigDict
+
+    keys = []
+    for key in config.keys():
+        keys.append(f"{prefix}{key}")
+        if isinstance(config[key], ConfigDict):
+            keys.extend(_config_keys(config[key], f"{prefix}{key}."))
+    return keys
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """Refuses a missing experiment file or an override of a key its config lacks, before flag parsing.
+
+    ml_collections would answer either with a long traceback from inside its flag parser; this answers with
+    one line naming the key, and the known experiments or the closest known key. Raises `ConfigError`.
+    """
+    from bon_jax.config import load_experiment
+    from bon_jax.errors import ConfigError
+
+    path = _config_file(argv)
+    if path is None:
+        return  # the command reports the missing --config itself
+    config = load_experiment(path).get_config()
+    keys = _config_keys(config)
+    known = set(keys)
+    for key in _overrides(argv):
+        if key in known:
+            continue
+        parent = key.rpartition(".")[0]
+        if parent and parent not in known:
+            missing = next(p for p in _prefixes(key) if p not in known)
+        else:
+            missing = key
+        if parent.rpartition(".")[2] in ("kwargs", "options", "overrides") and parent in known:
+            # A free-form section: any key is valid in the experiment file, but ml_collections cannot add one.
+            hint = f" A command line sets only keys that {path} already sets in {parent}: set it there."
+        else:
+            close = difflib.get_close_matches(missing, keys, n=1, cutoff=0.6)
+            hint = f" Did you mean --config.{close[0]}?" if close else ""
+        source = f" (from --config.{key})" if missing != key else ""
+        raise ConfigError(missing, f"unknown key{source} in {path}.{hint}")
+
+
+def _prefixes(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl `flags_parser` for the commands: a bad experiment or override is one line on stderr, exit 2."""
+    from absl import flags
+
+    from bon_jax.errors import BonJaxError
+
+    try:
+        check_command_line(argv)
+        return flags.FLAGS(list(argv))
+    except BonJaxError as e:
+        print(f"[bon_jax] error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except flags.Error as e:
+        print(f"[bon_jax] error: {e}\n  (--helpfull lists the flags)", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_reporting_errors(fn: Callable[[], object]) -> None:

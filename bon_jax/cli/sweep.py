@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bon_jax.cli import run_reporting_errors
+from bon_jax.cli import parse_flags, run_reporting_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<name>.py", lock_config=True)
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/k: run every k-th grid point starting at i")
@@ -57,7 +57,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bon_jax.cli import run_reporting_errors
+from bon_jax.cli import parse_flags, run_reporting_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<name>.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "overrides config.workdir (default runs/<name>)")
@@ -34,7 +34,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
