@@ -287,7 +287,9 @@ def maj_at_k(
     estimated from `num_draws` uniformly random k-subsets (Monte Carlo; standard error std/sqrt(num_draws)).
 
     Args:
-      answers: int ids [B, M] or [M] (see `answers_to_ids`), or a ragged list of 1-D id arrays.
+      answers: int ids [B, M] or [M] (see `answers_to_ids`), or a ragged list of 1-D id arrays. Votes go
+        by id, so equivalent answers must share one: build the ids with the task's answer equivalence
+        (`answers_to_ids(..., equivalent=task.same_answer)`), not from raw strings.
       rewards: same shape(s), float.
       k: subset size (k > M gives NaN).
       num_draws, rng, max_subsets: Monte Carlo settings (rng: seed or numpy Generator).
