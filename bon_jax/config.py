@@ -20,6 +20,8 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from bon_jax.errors import ConfigError
+from bon_jax.tasks.registry import get_task_class, task_names
+from bon_jax.verifiers.learned import POOLINGS
 
 # Stages of the pipeline, in order; each caches its output under <workdir>/<stage>-<hash of its config>.
 STAGES = ("tokenizer", "base_policy", "verifier", "finetune", "eval", "report")
@@ -307,8 +309,6 @@ def check_values(c: ConfigDict) -> None:
         f"must be >= 0, got {c.verifier.corrupted_references}",
     )
     if c.verifier.corrupted_references and c.verifier.kind == "learned":
-        from bon_jax.tasks.registry import get_task_class
-
         _require(
             hasattr(get_task_class(c.task.name), "corrupt"),
             "verifier.corrupted_references",
@@ -325,8 +325,6 @@ def check_values(c: ConfigDict) -> None:
         "adds references and their corruptions: set verifier.corrupted_references > 0 too (with none, the "
         "extra prompts would add correct examples only)",
     )
-    from bon_jax.verifiers.learned import POOLINGS
-
     _require(
         c.verifier.pooling in POOLINGS,
         "verifier.pooling",
@@ -396,8 +394,6 @@ def check_tasks(c: ConfigDict) -> None:
 
     Imports the task modules (no data is read): a missing optional dependency is reported here too.
     """
-    from bon_jax.tasks.registry import get_task_class, task_names
-
     sections = [("task", c.task)] + ([("eval.task", c.eval.task)] if c.eval.task.name else [])
     classes = {}
     for prefix, section in sections:

@@ -138,3 +138,101 @@ def test_stage_whose_params_were_saved_but_not_marked_done_completes_on_rerun(tm
         saved, _ = ckpt.restore({"params": _init().params})
         assert ckpt.all_steps() == [0]
     jax.tree.map(np.testing.assert_array_equal, saved["params"], state.params)
+
+
+def test_verifier_stage_resumes_its_samples_after_preemption_and_checkpoints_its_training(
+    tmp_path, monkeypatch
+):
+    """The learned verifier's stage, SIGTERMed while drawing its second chunk of samples, raises
+    `Preempted`; the rerun draws the third chunk only and trains on the samples of an uninterrupted run,
+    in the stage's directory (so its training checkpoints and resumes: next test). The sampler and the
+    training are stand-ins: what is tested is what the stage saves, reads back and passes on."""
+    import types
+
+    from smoke import smoke_config
+
+    from bon_jax.models import get_config
+    from bon_jax.pipeline import verifier as verifier_mod
+    from bon_jax.pipeline.context import RunContext
+
+    overrides = {"verifier.num_prompts": 40, "verifier.samples_per_prompt": 2}  # chunks of 16, 16, 8 prompts
+    c_ref, c = smoke_config(tmp_path, "reference", **overrides), smoke_config(tmp_path, "run", **overrides)
+    tok = types.SimpleNamespace(
+        encode_batch=lambda texts, **kw: (np.ones((len(texts), 4), np.int32), np.full(len(texts), 4)),
+        encode=lambda text: [1] * len(text),
+    )
+    drawn, trained = [], []
+
+    def fake_draw(params, cfg, tokenizer, task, scorer, ex, toks, lens, n, key, *, prompt_ids_B, **kw):
+        drawn.append(int(prompt_ids_B[0]))
+        if sigterm_at_draw and len(drawn) == sigterm_at_draw:
+            os.kill(os.getpid(), signal.SIGTERM)
+        right = lambda p, i: (p + i) % 2 == 0
+        texts = [[e.reference if right(p, i) else f"wrong {p}" for i in range(n)] for e, p in zip(ex, prompt_ids_B)]
+        rewards = np.array([[float(right(p, i)) for i in range(n)] for p in prompt_ids_B], np.float32)
+        return types.SimpleNamespace(texts_BN=texts, rewards_BN=rewards)
+
+    def fake_train(cfg, tokenizer, prompts, completions, labels, **kw):
+        trained.append((prompts, completions, labels.tolist(), kw["groups"].tolist(), kw["eval_data"][0], kw))
+        raise Preempted("verifier: checkpointed at step 1; restart to resume")
+
+    monkeypatch.setattr(verifier_mod, "draw_graded", fake_draw)
+    monkeypatch.setattr("bon_jax.verifiers.train_verifier", fake_train)
+    model_cfg = get_config("tiny", vocab_size=300)
+    stage = lambda ctx, **kw: verifier_mod.verifier_stage(ctx, tok, model_cfg, None, "base", **kw)
+
+    sigterm_at_draw = None
+    with pytest.raises(Preempted, match="at step 1"):
+        stage(RunContext(c_ref))
+    assert drawn == [0, 16, 32]
+
+    def killed(signum, frame):  # what a SIGTERM that nothing intercepts does: the run dies
+        raise Killed
+
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        drawn.clear()
+        sigterm_at_draw = 2
+        with pytest.raises(Preempted, match="samples of 32 of 40 prompts saved"):
+            stage(RunContext(c))
+        assert drawn == [0, 16] and len(trained) == 1
+        drawn.clear()
+        sigterm_at_draw = None
+        with pytest.raises(Preempted, match="at step 1"):
+            stage(RunContext(c), stop_after=3)
+        assert drawn == [32]  # the saved chunks are read back, not drawn again
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (*data_ref, kw_ref), (*data, kw) = trained
+    assert data == data_ref and len(data[0]) > 80  # samples, references and corruptions of 40 prompts
+    stage_dir = kw["stage_dir"]
+    assert os.path.basename(stage_dir).startswith("verifier-") and kw_ref["stage_dir"] != stage_dir
+    assert kw["stop_after"] == 3 and kw_ref["stop_after"] is None
+    assert sorted(os.listdir(os.path.join(stage_dir, "samples"))) == [f"prompts_{i:06d}.json" for i in (0, 16, 32)]
+
+
+def test_train_verifier_preempted_resumes_to_the_uninterrupted_verifier(tmp_path):
+    from bon_jax.models import get_config
+    from bon_jax.tokenizer import Tokenizer
+    from bon_jax.verifiers import init_verifier_params, train_verifier
+
+    words = [f"{a} plus {b} is {a + b}" for a in range(12) for b in range(12)]
+    tok = Tokenizer.train(words, vocab_size=300, hard_vocab_limit=False)
+    cfg = get_config("tiny", vocab_size=tok.vocab_size, num_layers=1, attention_types=("global",))
+    r = np.random.default_rng(0)
+    prompts = [f"{a} plus {b} is" for a, b in r.integers(0, 12, (24, 2))]
+    labels = r.integers(0, 2, 24)
+    completions = [str(eval(p[:-3].replace("plus", "+")) + (1 - y)) for p, y in zip(prompts, labels)]
+    train = lambda d, **kw: train_verifier(
+        cfg, tok, prompts, completions, labels, steps=6, batch_size=8, lr=1e-2, stage_dir=d, ckpt_every=4, **kw
+    )
+    want, report_want = train(str(tmp_path / "uninterrupted"))
+    with pytest.raises(Preempted, match="verifier: checkpointed at step 3"):
+        train(str(tmp_path / "preempted"), stop_after=3)
+    got, report = train(str(tmp_path / "preempted"))
+    init, _ = init_verifier_params(cfg, jax.random.key(0))
+    assert not np.allclose(got["value_head"]["kernel"], init["value_head"]["kernel"])
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert report == report_want  # train/loss_first etc. include the steps before the preemption
+    rows = read_jsonl(os.path.join(tmp_path / "preempted", "logs", "verifier.jsonl"))
+    assert [r["step"] for r in rows] == list(range(1, 7))

@@ -11,10 +11,17 @@
   gives AUC, within-prompt pairwise accuracy, BoN@k vs pass@k and calibration (ECE) on policy samples.
 
 Returns a scorer with the `bon_jax.pipeline.rollouts.Scorer` signature and the stage (for cache keys).
+
+The learned verifier's stage is preemptible like the training stages: its samples are drawn in chunks of
+prompts, each saved in the stage's directory as it is graded, and its training checkpoints there; a SIGTERM
+raises `Preempted` once the chunk or step in flight is saved, and a rerun resumes from what was saved.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
 
 import numpy as np
@@ -22,30 +29,34 @@ from tqdm.auto import tqdm
 
 from bon_jax.models import get_config
 from bon_jax.pipeline.context import RunContext
+from bon_jax.pipeline.loop import Preempted
 from bon_jax.pipeline.rollouts import draw_graded, reward_scorer
 from bon_jax.pipeline.stage_cache import stage
+from bon_jax.train.preemption import PreemptionGuard
+from bon_jax.verifiers import LearnedVerifier, SentimentVerifier, load_verifier, save_verifier, train_verifier
 
 # Part of the verifier stage's cache key: bumped whenever `_graded_samples` draws other data for the same
 # config, so a cached verifier trained on the old data is not reused (2: held-out prompts from validation).
 VERIFIER_DATA_VERSION = 2
 
 
-def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key: str):
+def verifier_stage(
+    ctx: RunContext, tokenizer, model_cfg, base_params, base_key: str, *, stop_after: int | None = None
+):
+    """`stop_after` (tests) stops the verifier's training after that many steps, as a preemption would."""
     c = ctx.config
     v = c.verifier
     st = stage(ctx.cache_root, "verifier", base_key, c.verifier, c.seed, VERIFIER_DATA_VERSION)
     if v.kind == "oracle":
         return reward_scorer, st
     if v.kind == "sentiment":
-        from bon_jax.verifiers import SentimentVerifier
-
         sv = SentimentVerifier()
         return (lambda ex, texts, *_: sv.score(ex, texts)), st
-    from bon_jax.verifiers import LearnedVerifier, load_verifier, save_verifier, train_verifier
-
     if st.claim():
         ctx.require_training("verifier")
-        prompts, completions, labels, groups, holdout = _graded_samples(ctx, tokenizer, model_cfg, base_params)
+        prompts, completions, labels, groups, holdout = _graded_samples(
+            ctx, tokenizer, model_cfg, base_params, chunk_dir=st.file("samples")
+        )
         # Same named model as the policy: the verifier starts from the policy's backbone (Chow et al.).
         same = v.model == c.model.name
         vcfg = (
@@ -81,6 +92,11 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
             ranking_weight=v.ranking_weight,
             pooling=v.pooling,
             zero_init_head=v.zero_init_head,
+            stage_dir=st.path,
+            ckpt_every=c.checkpoint.every,
+            keep=c.checkpoint.keep,
+            log_every=c.log_every,
+            stop_after=stop_after,
         )
         report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
         save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=dict(report, pooling=v.pooling))
@@ -90,7 +106,7 @@ def verifier_stage(ctx: RunContext, tokenizer, model_cfg, base_params, base_key:
     return (lambda ex, texts, *_: lv.score(ex, texts)), st
 
 
-def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
+def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk_dir: str | None = None):
     """(prompts, completions, labels, prompt ids, holdout mask) from base-policy samples on `num_prompts`
     prompts, plus the references and corrupted references of the training prompts among them and of the
     `reference_only_prompts` training prompts after them (never held out).
@@ -100,6 +116,11 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
     (and its likelihood, which the surprisal pooling reads) behave differently on prompts it has seen,
     and a report on those would not say how the verifier does on test prompts. Without a validation split,
     every fifth training prompt is held out.
+
+    With `chunk_dir`, each chunk of prompts' samples and grades is saved there as it is drawn and read back
+    instead of drawn again, and a SIGTERM raises `Preempted` once the chunk in flight is saved (the chunks
+    are the same on every run: a chunk's randomness comes from its prompts' ids, not from the chunks
+    drawn before it).
     """
     c = ctx.config
     v = c.verifier
@@ -136,35 +157,57 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params):
             add(e.prompt, ctx.task.corrupt(e.reference, corrupt_rng), 0.0, group, False)
 
     chunk = 16
-    for start in tqdm(range(0, len(examples), chunk), desc="verifier data", dynamic_ncols=True):
-        ex = examples[start : start + chunk]
-        toks, lens = tokenizer.encode_batch(
-            [e.prompt for e in ex],
-            pad_side="left",
-            add_bos=True,
-            max_len=c.model.max_len - c.rl.max_new_tokens,
-            truncate=True,
-        )
-        g = draw_graded(
-            base_params,
-            model_cfg,
-            tokenizer,
-            ctx.task,
-            reward_scorer,
-            ex,
-            toks,
-            lens,
-            v.samples_per_prompt,
-            key,
-            max_new_tokens=c.rl.max_new_tokens,
-            temperature=v.temperature,
-            prompt_ids_B=np.arange(start, start + len(ex)),
-        )
-        for b, e in enumerate(ex):
-            for i in range(v.samples_per_prompt):
-                add(e.prompt, g.texts_BN[b][i], float(g.rewards_BN[b, i] > 0.5), start + b, is_held(start + b))
-            if not is_held(start + b):
-                add_references(e, start + b)
+    if chunk_dir:
+        os.makedirs(chunk_dir, exist_ok=True)
+    with PreemptionGuard() if chunk_dir else contextlib.nullcontext() as guard:
+        starts = range(0, len(examples), chunk)
+        for start in tqdm(starts, desc="verifier data", dynamic_ncols=True):
+            ex = examples[start : start + chunk]
+            path = os.path.join(chunk_dir, f"prompts_{start:06d}.json") if chunk_dir else None
+            if path and os.path.exists(path):
+                with open(path) as f:
+                    saved = json.load(f)
+                texts_BN, rewards_BN = saved["texts_BN"], np.asarray(saved["rewards_BN"], np.float32)
+            else:
+                toks, lens = tokenizer.encode_batch(
+                    [e.prompt for e in ex],
+                    pad_side="left",
+                    add_bos=True,
+                    max_len=c.model.max_len - c.rl.max_new_tokens,
+                    truncate=True,
+                )
+                g = draw_graded(
+                    base_params,
+                    model_cfg,
+                    tokenizer,
+                    ctx.task,
+                    reward_scorer,
+                    ex,
+                    toks,
+                    lens,
+                    v.samples_per_prompt,
+                    key,
+                    max_new_tokens=c.rl.max_new_tokens,
+                    temperature=v.temperature,
+                    prompt_ids_B=np.arange(start, start + len(ex)),
+                )
+                texts_BN = [[str(t) for t in row] for row in g.texts_BN]
+                rewards_BN = np.asarray(g.rewards_BN, np.float32)
+                if path:
+                    with open(path + ".tmp", "w") as f:
+                        json.dump({"texts_BN": texts_BN, "rewards_BN": rewards_BN.tolist()}, f)
+                    os.replace(path + ".tmp", path)
+            for b, e in enumerate(ex):
+                for i in range(v.samples_per_prompt):
+                    held = is_held(start + b)
+                    add(e.prompt, texts_BN[b][i], float(rewards_BN[b, i] > 0.5), start + b, held)
+                if not is_held(start + b):
+                    add_references(e, start + b)
+            if guard is not None and guard.requested():
+                done = min(start + chunk, len(examples))
+                raise Preempted(
+                    f"verifier data: samples of {done} of {len(examples)} prompts saved; restart to resume"
+                )
     # config requires corrupted_references > 0 with reference_only_prompts, so each adds its reference too
     for i, e in enumerate(train_examples[train_used : train_used + v.reference_only_prompts]):
         add_references(e, len(examples) + i)

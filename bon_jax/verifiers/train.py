@@ -29,21 +29,25 @@ way (ties count 1/2): the within-prompt AUC, which is what selection by Best-of-
 
 Minibatches are drawn without replacement within each pass over the shuffled triples (seeded), all at one
 static width, so the jitted update (`bon_jax.train.step.make_update_step`, non-finite steps skipped on device)
-compiles once.
+compiles once. Step t's minibatch is a function of t, and the steps run in the training loop of every stage
+(`bon_jax.train.loop.run_loop`): given a `stage_dir`, training checkpoints there, a SIGTERM checkpoints
+and raises `Preempted`, and a rerun resumes to the parameters of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
+from bon_jax.metrics import bon_at_k, pass_at_k
 from bon_jax.models import ModelConfig
+from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
-from bon_jax.train.step import BadStepMonitor, TrainState, make_update_step
+from bon_jax.train.step import TrainState, make_update_step
 from bon_jax.verifiers.calibration import binary_metrics
 from bon_jax.verifiers.learned import (
     check_pooling,
@@ -157,8 +161,6 @@ def held_out_selection(z, labels, groups) -> dict[str, float]:
     """What selecting by the verifier buys on held-out prompts: for k = 1, 2, 4, ... up to the smallest
     group, the mean over prompts of BoN@k (exact, ties shared; `bon_jax.metrics.bon_at_k`) next to pass@k
     (the oracle's ceiling) of the prompt's samples. Keys `bon_at_{k}`, `pass_at_{k}`."""
-    from bon_jax.metrics import bon_at_k, pass_at_k
-
     z, y, groups = np.asarray(z, np.float64), np.asarray(labels, np.float64), np.asarray(groups)
     members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     if not members:
@@ -194,13 +196,24 @@ def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _update_step(cfg: ModelConfig, weights, ranking_weight, pooling, lr, steps, warmup, weight_decay,
+                 max_grad_norm):
+    """(optimizer, jitted update step), one per distinct setting: a resumed training (or a second verifier
+    trained alike) reuses the compiled step."""
+    optimizer = adamw(lr, steps, warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    loss = bce_loss(cfg, weights, ranking_weight, pooling)
+    return optimizer, jax.jit(make_update_step(loss, optimizer), donate_argnums=0)
+
+
 def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completions: Sequence[str], labels, *,
                    steps: int, batch_size: int, lr: float, seed: int = 0, init_params=None,
                    class_weight=None, warmup: int = 0, weight_decay: float = 0.0,
                    max_grad_norm: float | None = 1.0, width: int | None = None, eval_data=None,
                    log_every: int = 50, max_bad_steps: int = 10, groups=None,
                    ranking_weight: float = 0.0, pooling: str = "last", zero_init_head: bool = False,
-                   progress: bool = True) -> tuple[dict, dict[str, float]]:
+                   progress: bool = True, stage_dir: str | None = None, ckpt_every: int = 50, keep: int = 3,
+                   stop_after: int | None = None) -> tuple[dict, dict[str, float]]:
     """Fits a scalar-head verifier by (weighted) BCE; returns (params, metrics).
 
     Args:
@@ -218,6 +231,10 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
       pooling: one of `bon_jax.verifiers.learned.POOLINGS`.
       zero_init_head: start the value head at zero (`init_verifier_params`).
       log_every: how often the host reads the step metrics (and checks for runs of skipped steps).
+      stage_dir: where to checkpoint (every `ckpt_every` steps, the last `keep`, and on SIGTERM, which then
+        raises `bon_jax.train.loop.Preempted`) and log; a call with the same arguments and directory
+        resumes from its latest checkpoint. None: nothing is written and a SIGTERM is not intercepted.
+      stop_after: (tests) raise `Preempted` after that many steps, as a SIGTERM would.
 
     Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width,
     train/loss_first and train/loss_last (means over the first and last `min(10, steps)` steps),
@@ -249,37 +266,28 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     width = tokens_NT.shape[1]
 
     params, copied = init_verifier_params(cfg, jax.random.key(seed), init_params, zero_head=zero_init_head)
-    optimizer = adamw(lr, steps, warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-    state = TrainState.create(params, optimizer)
-    loss = bce_loss(cfg, (w0, w1), ranking_weight, pooling)
-    update = jax.jit(make_update_step(loss, optimizer), donate_argnums=0)
+    optimizer, update = _update_step(cfg, (w0, w1), ranking_weight, pooling, lr, steps, warmup, weight_decay,
+                                     max_grad_norm)
+    # Committed to the device a restored checkpoint is placed on: fresh and resumed runs share one compile.
+    state = jax.device_put(TrainState.create(params, optimizer), jax.devices()[0])
 
     order = _epoch_batches(y.size, batch_size, steps, np.random.default_rng([seed, 1]), groups)
-    monitor = BadStepMonitor(max_bad_steps)
-    pending: list[dict] = []
-    history: list[dict] = []
 
-    def drain():
-        for m in jax.device_get(pending):
-            monitor.update(int(m["skipped"]), len(history))
-            history.append({k: float(v) for k, v in m.items()})
-        pending.clear()
-
-    for s in tqdm(range(steps), desc="verifier", dynamic_ncols=True, disable=not progress):
-        idx = order[s]
+    def batch_fn(step, state):
+        idx = order[step]
         batch = {"tokens_BT": tokens_NT[idx], "valid_BT": valid_NT[idx], "label_B": y[idx]}
         if pooling != "last":
             batch["completion_BT"] = completion_NT[idx]
         if ranking_weight:
             batch["group_B"] = groups[idx]
-        state, m = update(state, batch)
-        pending.append(m)
-        if len(pending) >= log_every:
-            drain()
-    drain()
+        return batch
+
+    history: list[dict] = []  # every step's metrics, those before a resume read back from the log
+    loop = LoopConfig(steps, ckpt_every, keep, log_every, max_bad_steps, "verifier", progress)
+    state = run_loop(stage_dir, state, update, batch_fn, loop, stop_after=stop_after, history=history)
 
     k = min(10, steps)
-    mean_of = lambda key, rows: float(np.mean([h[key] for h in rows]))
+    mean_of = lambda key, rows: float(np.mean([float(h[key]) for h in rows]))  # float("nan"): logged NaN
     metrics = {
         "positive_rate": positive_rate,
         "w0": w0,
@@ -292,7 +300,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         "train/loss_last": mean_of("loss", history[-k:]),
         "train/bce_last": mean_of("bce", history[-k:]),
         "train/accuracy_last": mean_of("accuracy", history[-k:]),
-        "skipped_steps": float(monitor.total),
+        "skipped_steps": float(sum(int(h["skipped"]) for h in history)),
     }
     if ranking_weight:
         metrics["train/rank_last"] = mean_of("rank", history[-k:])
