@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bon_jax.pipeline.loop import LoopConfig, Preempted, run_loop
 from bon_jax.train.checkpoint import Checkpointer
+from bon_jax.train.loop import LoopConfig, Preempted, run_loop
 from bon_jax.train.metrics_log import read_jsonl
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step

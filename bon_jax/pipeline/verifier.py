@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from bon_jax.models import get_config
 from bon_jax.pipeline.context import RunContext
-from bon_jax.pipeline.loop import Preempted
 from bon_jax.pipeline.rollouts import draw_graded, reward_scorer
 from bon_jax.pipeline.stage_cache import stage
+from bon_jax.train.loop import Preempted
 from bon_jax.train.preemption import PreemptionGuard
 from bon_jax.verifiers import LearnedVerifier, SentimentVerifier, load_verifier, save_verifier, train_verifier
 
