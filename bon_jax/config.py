@@ -19,7 +19,9 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from bon_jax import objectives
 from bon_jax.errors import ConfigError
+from bon_jax.objectives import variational
 from bon_jax.tasks.registry import get_task_class, task_names
 from bon_jax.verifiers.learned import POOLINGS
 
@@ -115,7 +117,13 @@ def base_config() -> ConfigDict:
     c.rl.top_k = 0
     c.rl.top_p = 1.0
     c.rl.max_new_tokens = 96
-    c.rl.ref_samples = 0  # K reference samples per prompt for CDF estimates (vbon); 0: not needed
+    # K samples of pi_ref per training prompt for the reward CDFs of vbon / vbon_bound / bond, drawn once per
+    # prompt and cached; at least `objectives.variational.min_ref_samples(rl.n)` (checked); 0: not needed.
+    c.rl.ref_samples = 0
+    # A learned value baseline b(x) for the objectives that take one (bon_rl_v, bon_rl_s; Chow et al. App. B):
+    # the policy backbone with a scalar head, regressed on each prompt's BoN reward at its own lr.
+    c.rl.value_baseline = False
+    c.rl.value_lr = 1e-5
     c.rl.anchor_ema = 0.0  # Chow's EMA anchor rate (0.01 in the paper); 0: no anchor
     c.rl.anchor_kl_start = 1.0
     c.rl.anchor_kl_end = 0.075
@@ -281,10 +289,7 @@ def check_values(c: ConfigDict) -> None:
     _require(c.rl.top_k >= 0, "rl.top_k", "must be >= 0 (0 disables top-k)")
     _require(c.rl.beta >= 0, "rl.beta", "KL coefficient must be >= 0")
     _require(0 <= c.rl.anchor_ema < 1, "rl.anchor_ema", "EMA rate must be in [0, 1)")
-    if c.rl.objective == "bon_distill_sft":
-        # Its samples come from the reference policy: a KL term on them would not be a KL of pi.
-        for key in ("beta", "anchor_ema"):
-            _require(c.rl[key] == 0, f"rl.{key}", "must be 0 for bon_distill_sft (its samples are the reference's)")
+    check_objective_needs(c)
     _require(c.rl.max_new_tokens >= 1, "rl.max_new_tokens", "must be >= 1")
     _require(
         c.rl.max_new_tokens < c.model.max_len,
@@ -344,6 +349,36 @@ def check_values(c: ConfigDict) -> None:
     unknown_stages = set(c.stages) - set(STAGES)
     _require(not unknown_stages, "stages", f"unknown stages {sorted(unknown_stages)}; known: {STAGES}")
     _require(c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1")
+
+
+def check_objective_needs(c: ConfigDict) -> None:
+    """What the objective's registration (`objectives.spec`) declares it needs, against the rl section."""
+    try:
+        spec = objectives.spec(c.rl.objective)
+    except KeyError as e:
+        raise ConfigError("rl.objective", e.args[0]) from None
+    name = spec.name
+    if not spec.kl_terms:  # its samples come from pi_ref: a KL term on them would not be a KL of pi
+        for key in ("beta", "anchor_ema"):
+            _require(c.rl[key] == 0, f"rl.{key}", f"must be 0 for {name} (its samples are the reference's)")
+    if spec.reference_samples:
+        k, k_min = c.rl.ref_samples, variational.min_ref_samples(c.rl.n)
+        bias = f"{variational.log_g_bias(k, c.rl.n):.2f} nats" if k >= 1 else "no CDF at all"
+        _require(
+            k >= k_min,
+            "rl.ref_samples",
+            f"{name} estimates the reward CDFs under pi_ref from K = rl.ref_samples reference samples per "
+            f"prompt; K = {k} biases log G-hat by {bias} at N = {c.rl.n} (mean over pi_ref; lowest ranks far "
+            f"more). Set rl.ref_samples >= {k_min} (bias <= {variational.MAX_LOG_G_BIAS} nats; Amini et al. "
+            "use ~300). They are drawn once per prompt and cached, shared by the sweep points.",
+        )
+    _require(
+        not c.rl.value_baseline or spec.value_baseline,
+        "rl.value_baseline",
+        f"{name} takes no value baseline (objectives that do: "
+        f"{', '.join(n for n in objectives.names() if objectives.spec(n).value_baseline)}); set it to False",
+    )
+    _require(c.rl.value_lr > 0, "rl.value_lr", f"must be > 0, got {c.rl.value_lr}")
 
 
 PATH_KEYS = {

@@ -26,6 +26,7 @@ def get_config():
     c.eval.num_prompts = 164
     c.verifier.kind = "oracle"
     c.rl.objective = "bon_rlbp"
+    c.rl.value_baseline = False  # math_bo32's value baseline is BoN-RL-V's; BoN-RLBP takes none
     c.rl.n = 16
     c.rl.m = 16
     c.rl.max_new_tokens = 512

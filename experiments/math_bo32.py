@@ -32,7 +32,7 @@ def get_config():
     c.mesh.fsdp = -1
     c.verifier.kind = "learned"
     c.verifier.model = "gemma2_2b"
-    c.verifier.lr = 1e-5
+    c.verifier.lr = 1e-5  # not given by Chow et al.; a usual full fine-tuning rate for a 2B model
     c.rl.objective = "bon_rl_v"
     c.rl.n = 32
     c.rl.m = 32
@@ -46,6 +46,9 @@ def get_config():
     c.rl.anchor_kl_start = 1.0
     c.rl.anchor_kl_end = 0.075
     c.rl.anchor_kl_delay = 10
+    # Chow et al. App. B: a value model (the policy backbone with a scalar head) as BoN-RL-V's baseline, lr 1e-5.
+    c.rl.value_baseline = True
+    c.rl.value_lr = 1e-5
     c.sft.steps = 0
     c.eval.num_prompts = 500
     c.eval.m = 32

@@ -1,16 +1,26 @@
 """The Best-of-N-aware fine-tuning stage: sample [B, M] -> grade and score -> objective -> AdamW.
 
 Per step t (all randomness from fold_in(stage key, t), prompts from a grain pipeline whose state is
-checkpointed, so a restarted run repeats exactly the steps an uninterrupted one takes):
+checkpointed, so a restarted run repeats exactly the steps an uninterrupted one takes). What is built is
+what the objective's `ObjectiveSpec` declares (`objectives.spec(rl.objective)`, docs/objectives.md):
 
     prompts_B            <- next batch of training prompts
-    y_BM ~ pi_theta      (sampler: prefill once, cache tiled M times)
+    y_BM ~ pi_theta      (sampler: prefill once, cache tiled M times); ~ pi_ref instead where the spec's
+                         samples are the reference's (bon_distill_sft: SFT on Best-of-N samples of pi_ref)
     R_BM, s_BM           <- task.grade (text), verifier scores
     logp_ref_BM          <- reference policy (the base policy, frozen): KL metrics and KL objectives
     logp_anchor_BM       <- EMA anchor (Chow et al.), if rl.anchor_ema > 0
-    r_ref_BK             <- K reference samples per prompt, graded (vbon / vbon_bound / bond CDFs)
+    r_ref_BK, s_ref_BK   <- K samples of pi_ref per prompt, graded, drawn once per prompt and cached on disk
+                         (`rollouts.ReferenceSamples`; vbon / vbon_bound / bond CDFs)
+    demonstrations       <- the prompt's reference solution (sft, bon_sft), or the Best-of-N winner of N
+                         fresh samples of pi_ref (bond's forward KL part)
+    values_B             <- a learned value of the prompt (rl.value_baseline; bon_rl_v / bon_rl_s): the
+                         policy backbone with a scalar head, regressed on the prompt's BoN reward estimate
     theta <- AdamW(theta, grad of objective(logp_theta_BM, rollout))      (jitted, donated, guarded)
     anchor <- EMA(anchor, theta)
+
+Logged: the objective's metrics under their own names, and what the host measures of the samples under
+`sample/...` (never overwriting an objective's metric of the same meaning but another estimator).
 """
 
 from __future__ import annotations
@@ -22,27 +32,27 @@ import numpy as np
 
 from bon_jax import objectives, parallel
 from bon_jax.data.pipeline import PromptBatches
+from bon_jax.models.masks import valid_from_lengths
 from bon_jax.pipeline.context import RunContext
 from bon_jax.pipeline.loop import LoopConfig, run_loop
 from bon_jax.pipeline.policy import load_params, save_params
-from bon_jax.pipeline.rollouts import draw_graded, make_sequence_logp
+from bon_jax.pipeline.rollouts import ReferenceSamples, bon_winners, draw_graded, make_sequence_logp
 from bon_jax.pipeline.stage_cache import stage
 from bon_jax.sampling import sequence_logprobs
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
+from bon_jax.verifiers.learned import init_verifier_params, sequence_logits
 
-# Objectives that need K reference samples per prompt (CDF of the reward under pi_ref).
-NEEDS_REF_SAMPLES = ("vbon", "vbon_bound", "bond")
-# Imitation objectives: they also take the log-prob of each prompt's demonstration (reference solution).
-IMITATION = ("sft", "bon_sft")
-# Objectives whose J selects by the ground-truth reward, not the verifier.
-SELECTS_BY_REWARD = ("bon_rl_s", "bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo")
+# Samples of pi_ref per prompt per sampling call when filling the reference-sample cache: fixed (not rl.m),
+# so that sweep points with different M draw the same reference samples and share the cache.
+REF_CHUNK = 32
 
 
 @flax.struct.dataclass
 class RLState:
     train: TrainState
     anchor: dict | None
+    value: TrainState | None = None  # the value baseline's model (rl.value_baseline)
 
     @property
     def step(self):
@@ -67,6 +77,8 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, te
         )
         logp_BM = tok_logp_BMT.sum(-1)
         extra = {"anchor_coef": batch["anchor_coef"]} if "anchor_coef" in batch else {}
+        if "values_B" in batch:
+            extra["values_B"] = jax.lax.stop_gradient(batch["values_B"])
         if "expert_tokens_BT" in batch:
             extra["expert_logp_B"] = sequence_logprobs(
                 params,
@@ -83,6 +95,58 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, te
         return value, metrics
 
     return loss
+
+
+def value_baseline(model_cfg, *, lr: float, steps: int, warmup: int = 0, max_grad_norm: float | None = 1.0):
+    """Chow et al.'s learned value b(x) for BoN-RL-V (docs/objectives.md, "Value baseline").
+
+    The value model is the policy's backbone with a scalar head (`ScalarHeadTransformer`), started from the
+    base policy with a zero head (b = 0 at step 0), reading the prompt only: b(x) = the head's value at the
+    prompt's last token. It is regressed by AdamW (`lr`, Chow et al.: 1e-5) on the squared error to the
+    prompt's Best-of-N reward estimate sum_j u_j R_j (`objectives.bon_winner_weights`), so that b(x) tracks
+    V(x) = E_{pi_BoN}[R | x] as the policy moves. Returns `(init, predict, update)`:
+        init(base_params, rng) -> TrainState
+        predict(params, prompt_tokens_BT, prompt_lengths_B) -> values_B          (left-padded prompts)
+        update(state, {"prompt_tokens_BT", "prompt_lengths_B", "target_B"}) -> (state, metrics)
+    metrics: value/loss (the mean squared error before the update), value/mean, value/target_mean.
+    """
+    opt = adamw(lr, steps, warmup=warmup, max_grad_norm=max_grad_norm)
+
+    def init(base_params, rng):
+        params, _ = init_verifier_params(model_cfg, rng, init_params_from=base_params, zero_head=True)
+        return TrainState.create(params, opt)
+
+    def predict(params, prompt_tokens_BT, prompt_lengths_B):
+        valid_BT = valid_from_lengths(prompt_lengths_B, prompt_tokens_BT.shape[1], padding_side="left")
+        return sequence_logits(params, model_cfg, prompt_tokens_BT, valid_BT, pooling="last")
+
+    def loss(params, batch):
+        values_B = predict(params, batch["prompt_tokens_BT"], batch["prompt_lengths_B"])
+        mse = jnp.mean(jnp.square(values_B - batch["target_B"]))
+        return mse, {"value/mean": jnp.mean(values_B), "value/target_mean": jnp.mean(batch["target_B"])}
+
+    step = make_update_step(loss, opt)
+
+    def update(state, batch):
+        state, metrics = step(state, batch)
+        out = {k: v for k, v in metrics.items() if k.startswith("value/")}
+        out["value/loss"] = metrics["loss"]
+        out["value/grad_norm"] = metrics["grad_norm"]
+        return state, out
+
+    return init, predict, update
+
+
+def reference_sample_stage(ctx: RunContext, base_key: str, verifier_key: str):
+    """The stage directory of the cached reference samples (`rollouts.ReferenceSamples`). Keyed by what
+    they depend on -- pi_ref, the verifier, the prompts and the sampling settings -- and not by the
+    objective, N, M or the learning rate, so the points of a sweep sharing the stage cache share them."""
+    c, rl = ctx.config, ctx.config.rl
+    sampling = {k: rl[k] for k in ("ref_samples", "temperature", "top_k", "top_p", "max_new_tokens")}
+    return stage(
+        ctx.cache_root, "reference_samples", base_key, verifier_key, c.task, c.seed, c.model.max_len, sampling,
+        REF_CHUNK,
+    )
 
 
 def finetune_stage(
@@ -104,6 +168,8 @@ def finetune_stage(
         return load_params(st.file("params"), model_cfg), st
     ctx.require_training("finetune")
     options = dict(rl.options.to_dict())
+    spec = objectives.spec(rl.objective)
+    selection = spec.selection(options)  # what picks a Best-of-N winner for this objective
     task = ctx.task
     examples = task.examples("train")
     batches = PromptBatches(
@@ -124,26 +190,46 @@ def finetune_stage(
         model_cfg, rl.objective, n=rl.n, beta=rl.beta, options=options, temperature=rl.temperature
     )
     update = make_update_step(loss, opt, accum=rl.grad_accum)
+    use_value = bool(rl.value_baseline)
+    if use_value:
+        value_init, value_predict, value_update = value_baseline(
+            model_cfg, lr=rl.value_lr, steps=rl.steps, warmup=rl.warmup, max_grad_norm=rl.max_grad_norm
+        )
 
     def step_fn(state: RLState, batch):
         host = batch.pop("host")
+        value, value_metrics = state.value, {}
+        if use_value:
+            target_B = batch.pop("value_target_B")
+            prompts = {k: batch[k] for k in ("prompt_tokens_BT", "prompt_lengths_B")}
+            batch["values_B"] = value_predict(value.params, *prompts.values())
+            value, value_metrics = value_update(value, dict(prompts, target_B=target_B))
         train, metrics = update(state.train, batch)
         anchor = objectives.ema_update(state.anchor, train.params, rl.anchor_ema) if use_anchor else None
-        return RLState(train, anchor), {**metrics, **host}
+        metrics = {**metrics, **value_metrics}
+        clash = sorted(metrics.keys() & host.keys())
+        if clash:  # a host measurement must never replace the objective's estimate of the same name
+            raise ValueError(f"host metrics {clash} would overwrite the objective's metrics of the same name")
+        return RLState(train, anchor, value), {**metrics, **host}
 
     base_params = jax.device_put(base_params, parallel.param_sharding(base_params, ctx.mesh))
     # Fresh buffers for the trained copies: the step donates its state, the reference must survive.
     fresh = lambda: jax.tree.map(jnp.copy, base_params)
-    state = RLState(TrainState.create(fresh(), opt), fresh() if use_anchor else None)
+    value0 = value_init(base_params, ctx.rng("value_baseline")) if use_value else None
+    state = RLState(TrainState.create(fresh(), opt), fresh() if use_anchor else None, value0)
     state = jax.device_put(state, parallel.param_sharding(state, ctx.mesh))
     jitted_step = jax.jit(step_fn, donate_argnums=0)
     seq_logp = make_sequence_logp(model_cfg, rl.temperature)
     key = ctx.rng("finetune")
+    if spec.reference_samples:
+        ref_st = reference_sample_stage(ctx, base_key, verifier_key)
+        ref_store = ReferenceSamples(ref_st.file("reference_samples.npz"), rl.ref_samples)
+        ref_key = ctx.rng("reference_samples")  # not step-dependent: a prompt's samples are fixed
 
     def batch_fn(step, state: RLState):
         pb = next(data["it"])
         ex_B = [examples[i] for i in pb["index_B"]]
-        k_sample, k_ref = jax.random.split(jax.random.fold_in(key, step))
+        k_sample, k_bon, k_tie = jax.random.split(jax.random.fold_in(key, step), 3)
         draw = lambda params, m, k: draw_graded(
             params,
             model_cfg,
@@ -161,34 +247,53 @@ def finetune_stage(
             top_p=rl.top_p,
             prompt_ids_B=pb["index_B"],
         )
-        g = draw(state.train.params, rl.m, k_sample)
+        # Whose samples the objective's rollout holds (bon_distill_sft: pi_ref's, Amini et al.'s baseline).
+        g = draw(base_params if spec.samples == "reference" else state.train.params, rl.m, k_sample)
+        select_BM = g.rewards_BN if selection == "reward" else g.scores_BN
         args = (g.prompt_tokens_BT, g.prompt_lengths_B, g.tokens_BNT, g.lengths_BN)
-        ref_logp_BM = seq_logp(base_params, *args)
-        rollout = dict(
-            rewards_BM=g.rewards_BN,
-            scores_BM=g.rewards_BN if rl.objective in SELECTS_BY_REWARD else g.scores_BN,
-            ref_logp_BM=ref_logp_BM,
-        )
-        if use_anchor:
-            rollout["anchor_logp_BM"] = seq_logp(state.anchor, *args)
-        if rl.objective in NEEDS_REF_SAMPLES:
-            ref = draw(base_params, rl.ref_samples, k_ref)
-            rollout["ref_rewards_BK"] = ref.rewards_BN
-            rollout["ref_scores_BK"] = ref.scores_BN
+        rollout = dict(rewards_BM=g.rewards_BN, scores_BM=g.scores_BN)
+        host = {
+            "sample/reward_mean": float(g.rewards_BN.mean()),
+            "sample/score_mean": float(g.scores_BN.mean()),
+            "sample/bon_reward_argmax_M": float(_bon_reward(select_BM, g.rewards_BN)),
+            "sample/pass_at_M": float((g.rewards_BN.max(1) > 0).mean()),
+            "sample/length": float(g.lengths_BN.mean()),
+            "sample/finished": float(g.finished_BN.mean()),
+        }
+        if spec.kl_terms:  # samples of pi: KL(pi || pi_ref) is estimable from them
+            ref_logp_BM = seq_logp(base_params, *args)
+            rollout["ref_logp_BM"] = ref_logp_BM
+            host["sample/kl_ref_k1"] = float(np.mean(g.logp_BN - np.asarray(ref_logp_BM)))
+            if use_anchor:
+                rollout["anchor_logp_BM"] = seq_logp(state.anchor, *args)
+        if spec.reference_samples:
+            rollout["ref_rewards_BK"], rollout["ref_scores_BK"] = ref_store.lookup(
+                pb["index_B"], lambda: _draw_reference(draw, base_params, rl.ref_samples, ref_key)
+            )
         expert = {}
-        if rl.objective in IMITATION:
+        if spec.demonstrations == "dataset":
             expert["expert_tokens_BT"], expert["expert_lengths_B"] = _demonstrations(
                 tokenizer, ex_B, rl.max_new_tokens
             )
-            rollout["expert_scores_B"] = scorer(
-                ex_B,
-                [[e.reference] for e in ex_B],
-                None,
-                None,
-                None,
-                None,
-                np.ones((len(ex_B), 1), np.float32),
-            )[:, 0]
+            if spec.selects_by == "score":
+                rollout["expert_scores_B"] = scorer(
+                    ex_B,
+                    [[e.reference] for e in ex_B],
+                    None,
+                    None,
+                    None,
+                    None,
+                    np.ones((len(ex_B), 1), np.float32),
+                )[:, 0]
+        elif spec.demonstrations == "bon_of_reference":
+            # One draw of pi_BoN(pi_ref, selection, N): the winner of N fresh samples of pi_ref.
+            bon = draw(base_params, rl.n, k_bon)
+            win_B = bon_winners(bon.rewards_BN if selection == "reward" else bon.scores_BN, k_tie)
+            expert["expert_tokens_BT"], expert["expert_lengths_B"] = _fit_width(
+                bon.tokens_BNT[np.arange(len(win_B)), win_B], bon.lengths_BN[np.arange(len(win_B)), win_B],
+                rl.max_new_tokens,
+            )
+            host["sample/bon_of_reference_reward"] = float(bon.rewards_BN[np.arange(len(win_B)), win_B].mean())
         rollout = objectives.Rollout(**rollout)
         objectives.validate_rollout(rollout)
         out = {
@@ -198,16 +303,12 @@ def finetune_stage(
             "lengths_BM": g.lengths_BN,
             "rollout": rollout,
             **expert,
-            "host": {
-                "reward": float(g.rewards_BN.mean()),
-                "score": float(g.scores_BN.mean()),
-                "bon_reward": float(_bon_reward(g.scores_BN, g.rewards_BN)),
-                "pass_at_m": float((g.rewards_BN.max(1) > 0).mean()),
-                "kl_ref": float(np.mean(g.logp_BN - np.asarray(ref_logp_BM))),
-                "length": float(g.lengths_BN.mean()),
-                "finished": float(g.finished_BN.mean()),
-            },
+            "host": host,
         }
+        if use_value:
+            # The regression target: the unbiased BoN@N estimate of each prompt, sum_j u_j R_j.
+            u_BM = objectives.bon_winner_weights(jnp.asarray(select_BM), jnp.ones(select_BM.shape, bool), rl.n)
+            out["value_target_B"] = np.asarray(jnp.sum(u_BM * g.rewards_BN, axis=-1), np.float32)
         if use_anchor:
             out["anchor_coef"] = jnp.float32(
                 objectives.anchor_kl_coef(
@@ -238,6 +339,23 @@ def finetune_stage(
     return state.train.params, st
 
 
+def _draw_reference(draw, ref_params, k: int, ref_key):
+    """`[B, K]` rewards and scores of K samples of pi_ref per prompt, drawn REF_CHUNK at a time."""
+    chunks = [draw(ref_params, REF_CHUNK, jax.random.fold_in(ref_key, c)) for c in range(-(-k // REF_CHUNK))]
+    rewards_BK = np.concatenate([g.rewards_BN for g in chunks], axis=1)[:, :k]
+    scores_BK = np.concatenate([g.scores_BN for g in chunks], axis=1)[:, :k]
+    return rewards_BK, scores_BK
+
+
+def _fit_width(tokens_BT, lengths_B, width: int):
+    """Completion tokens `[B, width]` (zero-padded or cut) and their lengths, cut at `width`."""
+    out = np.zeros((tokens_BT.shape[0], width), np.int32)
+    w = min(width, tokens_BT.shape[1])
+    out[:, :w] = tokens_BT[:, :w]
+    lengths_B = np.minimum(np.asarray(lengths_B, np.int32), width)
+    return np.where(np.arange(width) < lengths_B[:, None], out, 0), lengths_B
+
+
 def _demonstrations(tokenizer, examples_B, width: int):
     """Reference solutions as completion tokens `[B, width]` (+ eos, cut at `width`) and their lengths."""
     tokens = np.zeros((len(examples_B), width), np.int32)
@@ -250,9 +368,10 @@ def _demonstrations(tokenizer, examples_B, width: int):
 
 
 def _bon_reward(scores_BM, rewards_BM):
-    """Reward of the top-scored sample of each prompt (first on ties), averaged: a cheap progress metric."""
+    """Reward of the top-scored sample of each prompt (first on ties) among all M, averaged: a cheap
+    progress metric, not the objective's BoN@N estimate (logged as `sample/bon_reward_argmax_M`)."""
     best = np.argmax(scores_BM, axis=1)
     return rewards_BM[np.arange(len(best)), best].mean()
 
 
-__all__ = ["RLState", "finetune_stage", "rl_loss"]
+__all__ = ["RLState", "finetune_stage", "reference_sample_stage", "rl_loss", "value_baseline"]

@@ -9,6 +9,7 @@ text, and it moves `[B, N, T]` int32 tokens, not activations.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -31,6 +32,7 @@ class GradedSamples:
     tokens_BNT: np.ndarray
     lengths_BN: np.ndarray
     logp_BN: np.ndarray  # sequence log-prob under pi_tau = softmax(logits / temperature) (see draw_graded)
+    token_logp_BNT: np.ndarray  # its per-token terms (0 after each completion's end)
     texts_BN: list[list[str]]
     rewards_BN: np.ndarray
     answers_BN: np.ndarray
@@ -100,6 +102,7 @@ def draw_graded(
         tokens_BNT=tokens_BNT,
         lengths_BN=lengths_BN,
         logp_BN=logprobs_BNT.sum(-1),
+        token_logp_BNT=logprobs_BNT,
         texts_BN=texts_BN,
         rewards_BN=np.asarray(grades.rewards_BN, np.float32),
         answers_BN=grades.answers_BN,
@@ -108,9 +111,9 @@ def draw_graded(
     )
 
 
-def make_sequence_logp(model_cfg, temperature: float = 1.0):
+def make_sequence_logp(model_cfg, temperature: float = 1.0, *, per_token: bool = False):
     """jitted `(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN) -> logp_BN` (token sum) under
-    pi_tau = softmax(logits / temperature)."""
+    pi_tau = softmax(logits / temperature); with `per_token`, the terms `logp_BNT` (0 past each length)."""
 
     @jax.jit
     def logp(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN):
@@ -124,9 +127,76 @@ def make_sequence_logp(model_cfg, temperature: float = 1.0):
             padding_side="left",
             temperature=temperature,
         )
-        return tok.sum(-1)
+        return tok if per_token else tok.sum(-1)
 
     return logp
+
+
+def bon_winners(select_BN, rng: jax.Array) -> np.ndarray:
+    """[B] index of the Best-of-N winner of each row: the largest `select_BN`, ties broken uniformly at
+    random (one draw of pi_BoN(pi, s, N) from N iid samples of pi, docs/objectives.md)."""
+    select_BN = np.asarray(select_BN)
+    tie_break_BN = np.asarray(jax.random.uniform(rng, select_BN.shape))
+    top_BN = select_BN == select_BN.max(axis=1, keepdims=True)
+    return np.argmax(np.where(top_BN, tie_break_BN, -1.0), axis=1)
+
+
+class ReferenceSamples:
+    """K graded samples of pi_ref per training prompt, drawn once and kept on disk (`path`, an .npz).
+
+    vBoN's reward CDFs under pi_ref are a property of (pi_ref, prompt), not of the training step: each
+    prompt's K reference rewards (and verifier scores) are drawn the first time the prompt is met and
+    reused at every later step, by resumed runs, and by every run (sweep point) whose cache shares `path`.
+    `lookup(ids_B, draw)` returns `(rewards_BK, scores_BK)`; `draw()` is called only if some prompt of the
+    batch is missing and must return the batch's `[B, K]` rewards and scores. A prompt's samples depend on
+    its id, not its batch (`sampling.sample`'s prompt_ids_B), so runs filling the same file concurrently
+    draw the same values; the file is rewritten atomically, merged with what others wrote meanwhile.
+    """
+
+    def __init__(self, path: str, k: int):
+        if k < 1:
+            raise ValueError(f"ReferenceSamples needs k >= 1, got {k}")
+        self.path, self.k = path, k
+        self.rewards: dict[int, np.ndarray] = {}
+        self.scores: dict[int, np.ndarray] = {}
+        self.draws = 0  # batches drawn by this process (tests)
+        self._merge_from_disk()
+
+    def _merge_from_disk(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with np.load(self.path) as z:
+            if z["rewards_PK"].shape[1] != self.k:
+                raise ValueError(f"{self.path} holds K = {z['rewards_PK'].shape[1]} samples, expected {self.k}")
+            for i, r, s in zip(z["ids_P"], z["rewards_PK"], z["scores_PK"]):
+                self.rewards.setdefault(int(i), r)
+                self.scores.setdefault(int(i), s)
+
+    def _save(self) -> None:
+        self._merge_from_disk()
+        ids = sorted(self.rewards)
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                ids_P=np.asarray(ids, np.int64),
+                rewards_PK=np.stack([self.rewards[i] for i in ids]),
+                scores_PK=np.stack([self.scores[i] for i in ids]),
+            )
+        os.replace(tmp, self.path)
+
+    def lookup(self, ids_B, draw: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        ids_B = [int(i) for i in ids_B]
+        if any(i not in self.rewards for i in ids_B):
+            rewards_BK, scores_BK = (np.asarray(x, np.float32) for x in draw())
+            if rewards_BK.shape != (len(ids_B), self.k) or scores_BK.shape != rewards_BK.shape:
+                raise ValueError(f"reference draw returned {rewards_BK.shape}, expected {(len(ids_B), self.k)}")
+            self.draws += 1
+            for i, r, s in zip(ids_B, rewards_BK, scores_BK):
+                self.rewards.setdefault(i, r)
+                self.scores.setdefault(i, s)
+            self._save()
+        return np.stack([self.rewards[i] for i in ids_B]), np.stack([self.scores[i] for i in ids_B])
 
 
 def reward_scorer(
