@@ -168,7 +168,9 @@ def test_verifier_stage_resumes_its_samples_after_preemption_and_checkpoints_its
         if sigterm_at_draw and len(drawn) == sigterm_at_draw:
             os.kill(os.getpid(), signal.SIGTERM)
         right = lambda p, i: (p + i) % 2 == 0
-        texts = [[e.reference if right(p, i) else f"wrong {p}" for i in range(n)] for e, p in zip(ex, prompt_ids_B)]
+        texts = [
+            [e.reference if right(p, i) else f"wrong {p}" for i in range(n)] for e, p in zip(ex, prompt_ids_B)
+        ]
         rewards = np.array([[float(right(p, i)) for i in range(n)] for p in prompt_ids_B], np.float32)
         return types.SimpleNamespace(texts_BN=texts, rewards_BN=rewards)
 
@@ -208,7 +210,9 @@ def test_verifier_stage_resumes_its_samples_after_preemption_and_checkpoints_its
     stage_dir = kw["stage_dir"]
     assert os.path.basename(stage_dir).startswith("verifier-") and kw_ref["stage_dir"] != stage_dir
     assert kw["stop_after"] == 3 and kw_ref["stop_after"] is None
-    assert sorted(os.listdir(os.path.join(stage_dir, "samples"))) == [f"prompts_{i:06d}.json" for i in (0, 16, 32)]
+    assert sorted(os.listdir(os.path.join(stage_dir, "samples"))) == [
+        f"prompts_{i:06d}.json" for i in (0, 16, 32)
+    ]
 
 
 def test_train_verifier_preempted_resumes_to_the_uninterrupted_verifier(tmp_path):
@@ -224,7 +228,17 @@ def test_train_verifier_preempted_resumes_to_the_uninterrupted_verifier(tmp_path
     labels = r.integers(0, 2, 24)
     completions = [str(eval(p[:-3].replace("plus", "+")) + (1 - y)) for p, y in zip(prompts, labels)]
     train = lambda d, **kw: train_verifier(
-        cfg, tok, prompts, completions, labels, steps=6, batch_size=8, lr=1e-2, stage_dir=d, ckpt_every=4, **kw
+        cfg,
+        tok,
+        prompts,
+        completions,
+        labels,
+        steps=6,
+        batch_size=8,
+        lr=1e-2,
+        stage_dir=d,
+        ckpt_every=4,
+        **kw,
     )
     want, report_want = train(str(tmp_path / "uninterrupted"))
     with pytest.raises(Preempted, match="verifier: checkpointed at step 3"):
@@ -236,3 +250,62 @@ def test_train_verifier_preempted_resumes_to_the_uninterrupted_verifier(tmp_path
     assert report == report_want  # train/loss_first etc. include the steps before the preemption
     rows = read_jsonl(os.path.join(tmp_path / "preempted", "logs", "verifier.jsonl"))
     assert [r["step"] for r in rows] == list(range(1, 7))
+
+
+def test_evaluation_preempted_resumes_from_its_saved_chunks(tmp_path, monkeypatch):
+    """SIGTERMed while sampling its third chunk of prompts, the evaluation raises `Preempted` with two
+    chunks saved; the rerun samples only the rest and reports what an uninterrupted evaluation does. (The
+    sampler is a deterministic stand-in: what is tested is what is saved and read back.)"""
+    import types
+
+    from bon_jax.pipeline import evaluate as evaluate_mod
+    from bon_jax.tasks.arith import ArithTask
+
+    task = ArithTask(seed=0, num_train=10, num_validation=0, num_test=30, levels=(1,), kinds=("expr",))
+    examples = list(task.examples("test"))[:20]
+    tok = types.SimpleNamespace(
+        encode_batch=lambda texts, **kw: (np.ones((len(texts), 4), np.int32), np.full(len(texts), 4))
+    )
+    drawn = []
+
+    def fake_draw(params, cfg, tokenizer, task, scorer, chunk, toks, lens, m, key, *, prompt_ids_B, **kw):
+        drawn.append(int(prompt_ids_B[0]))
+        if sigterm_at_draw and len(drawn) == sigterm_at_draw:
+            os.kill(os.getpid(), signal.SIGTERM)
+        r = np.random.default_rng(prompt_ids_B)
+        B = len(chunk)
+        answers = np.array([[None if a == 3 else str(a) for a in row] for row in r.integers(0, 4, (B, m))])
+        return types.SimpleNamespace(
+            rewards_BN=r.integers(0, 2, (B, m)).astype(np.float32),
+            scores_BN=r.normal(size=(B, m)).astype(np.float32),
+            answers_BN=answers,
+            logp_BN=-r.exponential(size=(B, m)).astype(np.float32),
+            lengths_BN=r.integers(1, 9, (B, m)),
+        )
+
+    monkeypatch.setattr(evaluate_mod, "draw_graded", fake_draw)
+    run = lambda **kw: evaluate_mod.evaluate_policy(
+        None, None, None, tok, task, None, examples, None, m=4, ks=(1, 2, 4), max_new_tokens=8,
+        temperature=1.0, max_prompt_len=8, prompts_per_call=8, bootstrap=50, **kw,
+    )  # fmt: skip
+    sigterm_at_draw = None
+    want = run()
+    assert drawn == [0, 8, 16]
+
+    def killed(signum, frame):  # what a SIGTERM that nothing intercepts does: the evaluation dies
+        raise Killed
+
+    chunks = str(tmp_path / "chunks")
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        drawn.clear()
+        sigterm_at_draw = 2
+        with pytest.raises(Preempted, match="eval: 16 of 20 prompts evaluated"):
+            run(chunk_dir=chunks)
+        drawn.clear()
+        sigterm_at_draw = None
+        got = run(chunk_dir=chunks)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert drawn == [16]  # the two saved chunks are read back, not sampled again
+    assert got == want and want["num_prompts"] == 20

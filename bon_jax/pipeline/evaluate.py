@@ -13,11 +13,17 @@ difference between the base and the tuned policy is not blurred by sampling nois
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+
 import numpy as np
 from tqdm.auto import tqdm
 
 from bon_jax import metrics
 from bon_jax.pipeline.rollouts import draw_graded, make_sequence_logp
+from bon_jax.train.loop import Preempted
+from bon_jax.train.preemption import PreemptionGuard
 
 
 def evaluate_policy(
@@ -37,14 +43,20 @@ def evaluate_policy(
     max_prompt_len: int,
     prompts_per_call: int = 8,
     bootstrap: int = 1000,
+    chunk_dir: str | None = None,
 ) -> dict:
+    """The evaluation report (module docstring) of `params` on `examples`.
+
+    With `chunk_dir`, each chunk of `prompts_per_call` prompts is saved there once sampled and graded and is
+    read back instead of sampled again, and a SIGTERM raises `Preempted` once the chunk in flight is saved:
+    a rerun resumes (a chunk's samples depend on its prompts' ids only, so the report is the same).
+    """
     seq_logp = make_sequence_logp(model_cfg, temperature)
     # The base policy is its own reference (`ref_params is params`, or None): its KL is 0 by definition,
     # and the teacher-forced reference pass, as costly as the sampling, is skipped.
     is_reference = ref_params is None or ref_params is params
-    rewards, scores, answers, logp, ref_logp, lengths = [], [], [], [], [], []
-    for start in tqdm(range(0, len(examples), prompts_per_call), desc="eval", dynamic_ncols=True):
-        chunk = examples[start : start + prompts_per_call]
+
+    def sample_part(chunk, start) -> dict:
         prompts_BT, plen_B = tokenizer.encode_batch(
             [e.prompt for e in chunk], pad_side="left", add_bos=True, max_len=max_prompt_len, truncate=True
         )
@@ -63,15 +75,41 @@ def evaluate_policy(
             temperature=temperature,
             prompt_ids_B=np.arange(start, start + len(chunk)),
         )
-        rewards.append(g.rewards_BN)
-        scores.append(g.scores_BN)
-        answers.extend(list(row) for row in g.answers_BN)
-        logp.append(g.logp_BN)
         if is_reference:
-            ref_logp.append(g.logp_BN)
+            ref_logp_BN = g.logp_BN
         else:
-            ref_logp.append(np.asarray(seq_logp(ref_params, prompts_BT, plen_B, g.tokens_BNT, g.lengths_BN)))
-        lengths.append(g.lengths_BN)
+            ref_logp_BN = np.asarray(seq_logp(ref_params, prompts_BT, plen_B, g.tokens_BNT, g.lengths_BN))
+        return {
+            "rewards_BN": np.asarray(g.rewards_BN),
+            "scores_BN": np.asarray(g.scores_BN),
+            "answers_BN": [list(row) for row in g.answers_BN],
+            "logp_BN": np.asarray(g.logp_BN),
+            "ref_logp_BN": np.asarray(ref_logp_BN),
+            "lengths_BN": np.asarray(g.lengths_BN),
+        }
+
+    rewards, scores, answers, logp, ref_logp, lengths = [], [], [], [], [], []
+    if chunk_dir:
+        os.makedirs(chunk_dir, exist_ok=True)
+    with PreemptionGuard() if chunk_dir else contextlib.nullcontext() as guard:
+        for start in tqdm(range(0, len(examples), prompts_per_call), desc="eval", dynamic_ncols=True):
+            path = os.path.join(chunk_dir, f"prompts_{start:06d}.npz") if chunk_dir else None
+            if path and os.path.exists(path):
+                part = _load_part(path)
+            else:
+                part = sample_part(examples[start : start + prompts_per_call], start)
+                if path:
+                    _save_part(path, part)
+            rewards.append(part["rewards_BN"])
+            scores.append(part["scores_BN"])
+            answers.extend(part["answers_BN"])
+            logp.append(part["logp_BN"])
+            ref_logp.append(part["ref_logp_BN"])
+            lengths.append(part["lengths_BN"])
+            if guard is not None and guard.requested():
+                done = min(start + prompts_per_call, len(examples))
+                raise Preempted(f"eval: {done} of {len(examples)} prompts evaluated; restart to resume")
+
     R = np.concatenate(rewards)
     S = np.concatenate(scores)
     metrics.require_finite_scores(S, [e.id for e in examples])
@@ -106,3 +144,18 @@ def evaluate_policy(
             out[key] = entry
     out["per_prompt"] = {k: np.asarray(v).tolist() for k, v in per_prompt.items()}
     return out
+
+
+def _save_part(path: str, part: dict) -> None:
+    """One evaluated chunk: its arrays, and its answers (strings or None) as JSON; written atomically."""
+    arrays = {k: v for k, v in part.items() if k != "answers_BN"}
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, answers_json=np.asarray(json.dumps(part["answers_BN"])), **arrays)
+    os.replace(path + ".tmp", path)
+
+
+def _load_part(path: str) -> dict:
+    with np.load(path) as saved:
+        part = {k: saved[k] for k in saved.files if k != "answers_json"}
+        part["answers_BN"] = json.loads(str(saved["answers_json"]))
+    return part

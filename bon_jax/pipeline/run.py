@@ -82,6 +82,7 @@ def run_experiment(
                     temperature=c.eval.temperature,
                     max_prompt_len=c.model.max_len - c.eval.max_new_tokens,
                     bootstrap=c.eval.bootstrap,
+                    chunk_dir=st.file("chunks"),  # a preempted evaluation resumes from its saved chunks
                 )
                 with open(st.file("eval.json"), "w") as f:
                     json.dump(ev, f)
