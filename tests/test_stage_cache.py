@@ -73,3 +73,27 @@ def test_a_claim_of_a_stage_whose_producer_died_is_granted(tmp_path):
     assert st.claim() and st.claim()  # granted, and again in the process that holds it
     st.mark_done()
     assert st.done and not st.claim()
+
+
+def test_processes_of_one_multi_host_run_do_not_lock_each_other_out(tmp_path, monkeypatch):
+    """Every process of a multi-host run produces the stage (its steps are collectives): none waits."""
+    import subprocess
+    import sys
+    import time
+
+    import jax
+
+    hold = (
+        "import sys, time; from bon_jax.pipeline.stage_cache import stage; "
+        "assert stage(sys.argv[1], 'finetune').claim(); print('claimed', flush=True); time.sleep(60)"
+    )
+    other = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "claimed\n"
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        t0 = time.monotonic()
+        assert stage(str(tmp_path), "finetune").claim()
+        assert time.monotonic() - t0 < 10
+    finally:
+        other.kill()
+        other.wait()

@@ -43,6 +43,11 @@ def config_key(*parts: Any) -> str:
 _HELD: dict[str, int] = {}
 
 
+def _multi_process_run() -> bool:
+    jax = sys.modules.get("jax")  # not imported: not a JAX run, let alone a multi-host one
+    return jax is not None and jax.process_count() > 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One stage's cache directory. `done` says whether its output is complete."""
@@ -70,10 +75,12 @@ class Stage:
 
         The lock is per process (a second claim in the process that holds it returns True at once) and
         the operating system drops it when the process dies, so a killed run never blocks the next one.
+        The processes of one multi-host run produce each stage together (its steps are collectives), so
+        there none takes the lock: one holder would wait forever for the others it keeps out.
         """
         if self.done:
             return False
-        if self.path in _HELD:
+        if self.path in _HELD or _multi_process_run():
             return True
         os.makedirs(self.path, exist_ok=True)
         fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
