@@ -56,7 +56,7 @@ def test_bon_rl_matches_enumeration(n):
     assert j("bon_rl_s", n=n) == pytest.approx(brute_bon(pi, REWARDS, n) @ REWARDS, rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo"])
+@pytest.mark.parametrize("name", [n for n in O.names() if O.spec(n).binary_reward])
 def test_binary_objectives_are_pass_at_n(name):
     pi = softmax(LOGITS)
     p = pi @ (1 - BINARY)
@@ -115,9 +115,9 @@ def test_kl_rl_sft_bon_sft():
 
 @pytest.mark.parametrize("name", sorted(set(O.names()) - {"bon_distill_sft"}))
 def test_kl_terms_and_default_beta(name):
-    rewards = BINARY if name in ("bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo") else REWARDS
+    rewards = BINARY if O.spec(name).binary_reward else REWARDS
     pi, ref, anchor = softmax(LOGITS), softmax(REF), softmax(ANCHOR)
-    default = 1.0 if name in ("vbon", "vbon_bound", "bond") else 0.0
+    default = O.spec(name).default_beta  # the facts themselves: test_objective_specs.py
     scale = 0.5 if name == "bond" else 1.0  # bond's beta sits inside the b-weighted backward part (b = 0.5)
     base = j(name, rewards=rewards, n=2, beta=0.0)
     assert j(name, rewards=rewards, n=2) == pytest.approx(base - default * scale * kl(pi, ref), rel=1e-5)
@@ -145,7 +145,7 @@ def test_options_and_errors():
 
 @pytest.mark.parametrize("name", sorted(O.names()))
 def test_gradients_finite_and_match_finite_differences(name):
-    rewards = BINARY if name in ("bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo") else REWARDS
+    rewards = BINARY if O.spec(name).binary_reward else REWARDS
 
     def f(lg):
         return exact.objective(name, lg, rewards, SCORES, REF, n=3, expert_probs_K=EXPERT)

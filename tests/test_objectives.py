@@ -18,10 +18,10 @@ ALL = {
     "sft", "bon_sft", "bon_rl_v", "bon_rl_s", "bon_rl", "bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo", "vbon",
     "vbon_bound", "kl_rl", "bon_distill_sft", "bond",
 }  # fmt: skip
-BINARY = {"bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo"}
-EXPERT = {"sft", "bon_sft", "bond"}
-NEEDS_M_GE_N = {"bon_sft", "bon_rl_v", "bon_rl_s", "bon_rl", "bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo",
-                "bon_distill_sft"}  # fmt: skip
+# What each objective needs, from its registration (the facts are checked in test_objective_specs.py).
+BINARY = {n for n in ALL if O.spec(n).binary_reward}
+EXPERT = {n for n in ALL if O.spec(n).demonstrations}
+NEEDS_M_GE_N = {n for n in ALL if O.spec(n).needs_n_samples}
 
 
 # ---------------------------------------------------------------- registry and contract
@@ -44,7 +44,7 @@ def test_signature_and_docstring(name):
     assert list(params)[:2] == ["logp_BM", "rollout"]
     for kw in ("n", "beta", "expert_logp_B", "anchor_coef"):
         assert params[kw].kind is inspect.Parameter.KEYWORD_ONLY, (name, kw)
-    assert params["beta"].default == (1.0 if name in ("vbon", "vbon_bound", "bond") else 0.0)
+    assert params["beta"].default == O.spec(name).default_beta
     doc = fn.__doc__
     assert "J = " in doc and "Inputs" in doc
     assert ("nbiased" in doc) or ("Biased" in doc) or ("biased" in doc)

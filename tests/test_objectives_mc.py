@@ -21,8 +21,9 @@ from bon_jax import objectives as O
 
 B = 20_000
 Z_MAX = 4.0
-EXPERT = {"sft", "bon_sft", "bond"}
-FROM_REF = {"bon_distill_sft"}
+# From the registrations (the facts are checked in test_objective_specs.py).
+EXPERT = {n for n in O.names() if O.spec(n).demonstrations}
+FROM_REF = {n for n in O.names() if O.spec(n).samples == "reference"}
 BANDITS = ((11, 5), (12, 8), (13, 12))  # (seed, K)
 
 
