@@ -8,7 +8,8 @@ difference between the base and the tuned policy is not blurred by sampling nois
     pass@k = P(some of k samples has R = 1)     (binary rewards only)
     maj@k  = E[R(majority answer of k)]         (tasks with final answers)
     KL     = mean over samples of log pi(y) - log pi_ref(y)   (k1, sequence level; both at the sampling
-             temperature tau: pi = softmax(logits / tau))
+             temperature tau: pi = softmax(logits / tau)); kl_k3: the same mean of k3 summed over tokens,
+             sum_t (r_t - 1 - log r_t), r_t = pi_ref(y_t | y_<t) / pi(y_t | y_<t) (`rollouts.kl_estimates`)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bon_jax import metrics
-from bon_jax.pipeline.rollouts import draw_graded, make_sequence_logp
+from bon_jax.pipeline.rollouts import draw_graded, kl_estimates, make_sequence_logp
 from bon_jax.train.loop import Preempted
 from bon_jax.train.preemption import PreemptionGuard
 
@@ -51,7 +52,7 @@ def evaluate_policy(
     read back instead of sampled again, and a SIGTERM raises `Preempted` once the chunk in flight is saved:
     a rerun resumes (a chunk's samples depend on its prompts' ids only, so the report is the same).
     """
-    seq_logp = make_sequence_logp(model_cfg, temperature)
+    token_logp = make_sequence_logp(model_cfg, temperature, per_token=True)
     # The base policy is its own reference (`ref_params is params`, or None): its KL is 0 by definition,
     # and the teacher-forced reference pass, as costly as the sampling, is skipped.
     is_reference = ref_params is None or ref_params is params
@@ -76,19 +77,20 @@ def evaluate_policy(
             prompt_ids_B=np.arange(start, start + len(chunk)),
         )
         if is_reference:
-            ref_logp_BN = g.logp_BN
+            ref_token_logp_BNT = g.token_logp_BNT
         else:
-            ref_logp_BN = np.asarray(seq_logp(ref_params, prompts_BT, plen_B, g.tokens_BNT, g.lengths_BN))
+            ref_token_logp_BNT = np.asarray(token_logp(ref_params, prompts_BT, plen_B, g.tokens_BNT, g.lengths_BN))
         return {
             "rewards_BN": np.asarray(g.rewards_BN),
             "scores_BN": np.asarray(g.scores_BN),
             "answers_BN": [list(row) for row in g.answers_BN],
             "logp_BN": np.asarray(g.logp_BN),
-            "ref_logp_BN": np.asarray(ref_logp_BN),
+            "ref_logp_BN": np.asarray(ref_token_logp_BNT).sum(-1),
+            "kl_k3_BN": kl_estimates(g.token_logp_BNT, ref_token_logp_BNT, g.lengths_BN)[1],
             "lengths_BN": np.asarray(g.lengths_BN),
         }
 
-    rewards, scores, answers, logp, ref_logp, lengths = [], [], [], [], [], []
+    rewards, scores, answers, logp, ref_logp, lengths, kl_k3 = [], [], [], [], [], [], []
     if chunk_dir:
         os.makedirs(chunk_dir, exist_ok=True)
     with PreemptionGuard() if chunk_dir else contextlib.nullcontext() as guard:
@@ -105,6 +107,7 @@ def evaluate_policy(
             answers.extend(part["answers_BN"])
             logp.append(part["logp_BN"])
             ref_logp.append(part["ref_logp_BN"])
+            kl_k3.append(part["kl_k3_BN"])
             lengths.append(part["lengths_BN"])
             if guard is not None and guard.requested():
                 done = min(start + prompts_per_call, len(examples))
@@ -121,6 +124,7 @@ def evaluate_policy(
     per_prompt = {
         "mean_reward": R.mean(1),
         "kl": kl_B,
+        "kl_k3": np.concatenate(kl_k3).mean(1),
         "neg_logp": -np.concatenate(logp).mean(1),
         "distinct_answers": np.asarray(metrics.distinct_answers(ids), np.float64),
         "length": np.concatenate(lengths).mean(1),

@@ -132,6 +132,19 @@ def make_sequence_logp(model_cfg, temperature: float = 1.0, *, per_token: bool =
     return logp
 
 
+def kl_estimates(token_logp_BNT, ref_token_logp_BNT, lengths_BN) -> tuple[np.ndarray, np.ndarray]:
+    """(k1_BN, k3_BN): two unbiased estimates of KL(pi || pi_ref) per sampled sequence y ~ pi.
+
+    With l_t = log pi_ref(y_t | y_<t) - log pi(y_t | y_<t) over the completion's tokens t < length:
+        k1 = -sum_t l_t                        (the sequence log-ratio; any sign, high variance)
+        k3 = sum_t (exp(l_t) - 1 - l_t)        (per token >= 0; E_pi[exp(l_t) - 1 | y_<t] = 0, so each term's
+                                               mean is the next-token KL and the sum's mean is the sequence KL)
+    Schulman's k1 / k3 estimators (docs/objectives.md, "KL estimates")."""
+    valid = np.arange(np.shape(token_logp_BNT)[-1]) < np.asarray(lengths_BN)[..., None]
+    l_BNT = np.where(valid, np.asarray(ref_token_logp_BNT, np.float64) - np.asarray(token_logp_BNT, np.float64), 0.0)
+    return -l_BNT.sum(-1), (np.expm1(l_BNT) - l_BNT).sum(-1)
+
+
 def bon_winners(select_BN, rng: jax.Array) -> np.ndarray:
     """[B] index of the Best-of-N winner of each row: the largest `select_BN`, ties broken uniformly at
     random (one draw of pi_BoN(pi, s, N) from N iid samples of pi, docs/objectives.md)."""
