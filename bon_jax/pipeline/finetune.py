@@ -34,11 +34,11 @@ from bon_jax import objectives, parallel
 from bon_jax.data.pipeline import PromptBatches
 from bon_jax.models.masks import valid_from_lengths
 from bon_jax.pipeline.context import RunContext
-from bon_jax.pipeline.loop import LoopConfig, run_loop
 from bon_jax.pipeline.policy import load_params, save_params
 from bon_jax.pipeline.rollouts import ReferenceSamples, bon_winners, draw_graded, make_sequence_logp
 from bon_jax.pipeline.stage_cache import stage
 from bon_jax.sampling import sequence_logprobs
+from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
 from bon_jax.verifiers.learned import init_verifier_params, sequence_logits
