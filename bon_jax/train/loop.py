@@ -124,7 +124,7 @@ def run_loop(
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.num_steps:
                     row = flush()
-                    shown = ("loss", "reward", "nll", "bon_reward")
+                    shown = ("loss", "sample/reward_mean", "nll", "bon_reward")
                     bar.set_postfix(
                         {k: v if isinstance(v, str) else f"{v:.4g}" for k, v in row.items() if k in shown}
                     )
