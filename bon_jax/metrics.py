@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bon_jax.errors import NonFiniteScoreError
+
 __all__ = [
     "BootstrapCI",
     "answers_to_ids",
@@ -169,8 +171,6 @@ def require_finite_scores(scores_BM, prompt_ids=None, mask_BM=None, *, what: str
     Raises:
       NonFiniteScoreError (a ValueError) naming the prompt, its row, the sample and how many rows are hit.
     """
-    from bon_jax.errors import NonFiniteScoreError
-
     s = np.asarray(scores_BM, np.float64)
     if s.ndim != 2:
         raise ValueError(f"require_finite_scores: scores must be [B, M], got shape {s.shape}")

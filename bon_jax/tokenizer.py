@@ -313,6 +313,29 @@ class Tokenizer:
             )
 
 
+def sequence_batch(tokenizer, prompts: Sequence[str], completions: Sequence[str], width: int) -> dict:
+    """Encodes pairs as `[bos] prompt completion [eos]`, right-padded with pad to `width` (a static bucket).
+
+    Returns `tokens_BT` (int32), `valid_BT` (real tokens), `target_BT` (the completion and its eos: the
+    tokens a teacher-forced loss trains) and `truncated_B`.
+
+    Rows longer than `width` lose the end of their completion (and its eos, so they teach no stop);
+    `truncated_B` counts them so callers can report it.
+    """
+    B = len(prompts)
+    tokens = np.zeros((B, width), np.int32)
+    target = np.zeros((B, width), bool)
+    truncated = np.zeros((B,), bool)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        prompt_ids = [tokenizer.bos_id] + tokenizer.encode(p)
+        comp_ids = tokenizer.encode(c) + [tokenizer.eos_id]
+        row = (prompt_ids + comp_ids)[:width]
+        truncated[i] = len(prompt_ids) + len(comp_ids) > width
+        tokens[i, : len(row)] = row
+        target[i, len(prompt_ids) : len(row)] = True
+    return {"tokens_BT": tokens, "valid_BT": tokens != 0, "target_BT": target, "truncated_B": truncated}
+
+
 def sentencepiece_from_vocab(
     pieces: Sequence[str],
     scores: Sequence[float],

@@ -16,12 +16,13 @@ import numpy as np
 
 from bon_jax import parallel
 from bon_jax.models import get_config, init_params, make_model
+from bon_jax.models.checkpoints import load_checkpoint
 from bon_jax.pipeline.context import RunContext
-from bon_jax.pipeline.loop import LoopConfig, run_loop
 from bon_jax.pipeline.stage_cache import stage
-from bon_jax.tokenizer import Tokenizer
-from bon_jax.train.checkpoint import Checkpointer
-from bon_jax.train.lm import sequence_batch, sft_loss
+from bon_jax.tokenizer import Tokenizer, sequence_batch
+from bon_jax.train.checkpoint import load_params, save_params
+from bon_jax.train.lm import sft_loss
+from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
 
@@ -135,8 +136,6 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
 
 def pretrained_params(ctx: RunContext, cfg):
     """`model.checkpoint` (a Gemma release, HF safetensors, GGUF or bon_jax params) onto the run's mesh."""
-    from bon_jax.models.checkpoints import load_checkpoint
-
     c = ctx.config
     print(f"[bon_jax] loading {c.model.checkpoint} ({c.model.checkpoint_format})")
     return load_checkpoint(c.model.checkpoint, cfg, format=c.model.checkpoint_format, mesh=ctx.mesh)
@@ -146,21 +145,3 @@ def _trim_width(valid_BT: np.ndarray, multiple: int = 16) -> int:
     """The static width actually needed: the longest row, rounded up to a multiple of 16."""
     longest = int(valid_BT.sum(1).max())
     return min(valid_BT.shape[1], -(-longest // multiple) * multiple)
-
-
-def save_params(path: str, params) -> None:
-    with Checkpointer(path, max_to_keep=1) as ckpt:
-        ckpt.save(0, {"params": params})
-
-
-def load_params(path: str, cfg, *, scalar_head: bool = False, sharding=None):
-    from bon_jax.models import abstract_params
-
-    abstract = abstract_params(cfg, scalar_head=scalar_head)
-    if sharding is not None:
-        place = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-        abstract = jax.tree.map(place, abstract, sharding)
-    abstract = {"params": abstract}
-    with Checkpointer(path, max_to_keep=1) as ckpt:
-        state, _ = ckpt.restore(abstract)
-    return state["params"]

@@ -22,6 +22,7 @@ from ml_collections import ConfigDict  # noqa: E402
 from bon_jax.bon import kl_bon_upper_bound  # noqa: E402
 from bon_jax.config import validate  # noqa: E402
 from bon_jax.errors import ConfigError  # noqa: E402
+from bon_jax.pipeline.run import run_experiment  # noqa: E402
 
 
 def point_name(overrides: dict) -> str:
@@ -45,8 +46,6 @@ def point_config(base: ConfigDict, overrides: dict, root: str) -> ConfigDict:
 
 
 def run_sweep(base: ConfigDict, grid: list[dict], *, shard: int = 0, num_shards: int = 1) -> list[dict]:
-    from bon_jax.pipeline.run import run_experiment
-
     root = base.workdir or os.path.join("runs", base.name)
     configs = [point_config(base, o, root) for o in grid]
     for c in configs:  # every point is validated before any of them computes

@@ -50,6 +50,8 @@ import numpy as np
 
 from bon_jax.errors import DataError
 from bon_jax.tasks.base import Example, Grade, Grades, Task, batch_shape
+from bon_jax.tasks.sentiment import SentimentScorer
+from bon_jax.tasks.splits import holdout_fraction, open_tfds_split
 
 TFDS_NAME = "imdb_reviews"
 _LABEL_NAMES = ("neg", "pos")  # TFDS ClassLabel order; -1 is unlabelled
@@ -58,8 +60,6 @@ _BR = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
 
 def default_scorer():
     """The default sentiment scorer: `bon_jax.tasks.sentiment.SentimentScorer` (VADER, offline)."""
-    from bon_jax.tasks.sentiment import SentimentScorer
-
     return SentimentScorer()
 
 
@@ -106,8 +106,6 @@ def read_acl_split(root: str | os.PathLike, split: str, label: str) -> list[tupl
 
 def read_tfds_split(data_dir: str | os.PathLike, split: str) -> list[tuple[str, str]]:
     """Reviews of a TFDS `imdb_reviews` split prepared as array_record, as (text, label)."""
-    from bon_jax.data.sources import open_tfds_split
-
     source = open_tfds_split(TFDS_NAME, data_dir, split)
     out = []
     for i in range(len(source)):
@@ -193,8 +191,6 @@ class ImdbTask(Task):
         return [r for label in labels for r in read_acl_split(root, imdb_split, label)]
 
     def _prefix_words(self, example_id: str) -> int:
-        from bon_jax.data.sources import holdout_fraction
-
         span = self.max_prefix_words - self.min_prefix_words + 1
         u = holdout_fraction(f"imdb-prefix-{self.seed}", example_id)
         return self.min_prefix_words + min(int(math.floor(u * span)), span - 1)
@@ -222,8 +218,6 @@ class ImdbTask(Task):
         return out
 
     def examples(self, split: str) -> Sequence[Example]:
-        from bon_jax.data.sources import holdout_fraction
-
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; expected one of {self.splits}")
         with self._lock:

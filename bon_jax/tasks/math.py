@@ -58,6 +58,7 @@ from typing import Any
 
 from bon_jax.errors import DataError
 from bon_jax.tasks.base import Example, Grade, Task
+from bon_jax.tasks.splits import decode_record, holdout_fraction, open_tfds_split
 from bon_jax.tasks.text import braced_group, last_boxed
 
 log = logging.getLogger(__name__)
@@ -473,8 +474,6 @@ def read_raw_split(data_dir: str | os.PathLike, split: str, layout: str) -> list
 
 
 def _read_tfds_split(data_dir: str | os.PathLike, split: str) -> list[dict[str, str]]:
-    from bon_jax.data.sources import decode_record, open_tfds_split
-
     source = open_tfds_split(TFDS_NAME, data_dir, split)
     return [decode_record(source[i]) for i in range(len(source))]
 
@@ -572,8 +571,6 @@ class MathTask(Task):
         return sorted(self._records(split), key=lambda r: r["id"])
 
     def _records(self, split: str) -> list[dict[str, str]]:
-        from bon_jax.data.sources import holdout_fraction
-
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; expected one of {self.splits}")
         if split == "test":

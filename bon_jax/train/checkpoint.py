@@ -8,6 +8,9 @@ One `Checkpointer` per run directory. A checkpoint holds two items:
 
 Restoring checks the saved tree against the target first and refuses a mismatch with an error that names
 the differing paths and shapes, instead of orbax's generic failure.
+
+A model's params alone (a stage's output, or `model.checkpoint` with format `orbax`) are one such directory
+holding step 0 with state `{"params": params}`: `save_params` / `load_params`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bon_jax.errors import BonJaxError
+from bon_jax.models.params import abstract_params
 
 
 class CheckpointMismatchError(BonJaxError, ValueError):
@@ -158,3 +162,25 @@ def _as_abstract(x):
     if isinstance(x, jax.ShapeDtypeStruct):
         return x if x.sharding is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+
+def save_params(path: str | os.PathLike, params) -> None:
+    """Writes `params` to the directory `path` as a one-step checkpoint (read back by `load_params`)."""
+    with Checkpointer(path, max_to_keep=1) as ckpt:
+        ckpt.save(0, {"params": params})
+
+
+def load_params(path: str | os.PathLike, cfg, *, scalar_head: bool = False, sharding=None):
+    """The params of model config `cfg` (with the scalar head if `scalar_head`) saved by `save_params`.
+
+    Restored against `abstract_params(cfg)` (placed on `sharding`, a matching pytree of shardings, if
+    given), so a checkpoint of another config raises `CheckpointMismatchError` naming the differing leaves.
+    """
+    abstract = abstract_params(cfg, scalar_head=scalar_head)
+    if sharding is not None:
+        place = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+        abstract = jax.tree.map(place, abstract, sharding)
+    abstract = {"params": abstract}
+    with Checkpointer(path, max_to_keep=1) as ckpt:
+        state, _ = ckpt.restore(abstract)
+    return state["params"]

@@ -8,39 +8,17 @@ A training sequence is `[bos] prompt completion [eos]`, right-padded with pad (i
 
     logp_BT[b, t] = log softmax(logits_BTV[b, t-1])[tokens_BT[b, t]]   (0 at t = 0 and where not target)
 
-The supervised loss is the mean over target tokens of -logp; a sequence's log-prob (what the RL
-objectives take) is the sum over its target tokens.
+`bon_jax.tokenizer.sequence_batch` builds such a batch. The supervised loss is the mean over target tokens
+of -logp; a sequence's log-prob (what the RL objectives take) is the sum over its target tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bon_jax.models import causal_mask, next_token_logprobs, positions_from_valid
-
-
-def sequence_batch(tokenizer, prompts: Sequence[str], completions: Sequence[str], width: int) -> dict:
-    """Encodes pairs as `[bos] prompt completion [eos]`, right-padded to `width` (a static bucket).
-
-    Rows longer than `width` lose the end of their completion (and its eos, so they teach no stop);
-    `truncated_B` counts them so callers can report it.
-    """
-    B = len(prompts)
-    tokens = np.zeros((B, width), np.int32)
-    target = np.zeros((B, width), bool)
-    truncated = np.zeros((B,), bool)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        prompt_ids = [tokenizer.bos_id] + tokenizer.encode(p)
-        comp_ids = tokenizer.encode(c) + [tokenizer.eos_id]
-        row = (prompt_ids + comp_ids)[:width]
-        truncated[i] = len(prompt_ids) + len(comp_ids) > width
-        tokens[i, : len(row)] = row
-        target[i, len(prompt_ids) : len(row)] = True
-    return {"tokens_BT": tokens, "valid_BT": tokens != 0, "target_BT": target, "truncated_B": truncated}
+from bon_jax.tokenizer import sequence_batch  # noqa: F401  (lives beside the tokenizer; re-exported here)
 
 
 def token_logprobs(model, params, tokens_BT, valid_BT) -> jax.Array:

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from bon_jax.tasks.base import Example, Task
+from bon_jax.tasks.sentiment import SentimentScorer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +122,6 @@ class SentimentVerifier:
         if score_on not in ("full", "completion"):
             raise ValueError(f"score_on must be 'full' or 'completion', got {score_on!r}")
         if scorer is None:
-            from bon_jax.tasks.sentiment import SentimentScorer
-
             scorer = SentimentScorer()
         self.scorer = scorer
         self.score_on = score_on

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from bon_jax.models import ModelConfig, abstract_params
+from bon_jax.tokenizer import Tokenizer
 from bon_jax.train.checkpoint import CheckpointMismatchError, tree_mismatches
 
 PARAMS_FILE, CONFIG_FILE, TOKENIZER_FILE, META_FILE = "params.msgpack", "config.json", "tokenizer.model", "meta.json"
@@ -71,8 +72,6 @@ def load_verifier(directory):
 
     Raises `CheckpointMismatchError` when the params do not fit the config's scalar-head model.
     """
-    from bon_jax.tokenizer import Tokenizer
-
     directory = os.fspath(directory)
     with open(os.path.join(directory, CONFIG_FILE), "rb") as f:
         cfg = config_from_dict(json.loads(f.read()))

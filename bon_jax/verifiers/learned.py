@@ -68,8 +68,9 @@ from bon_jax.models import (
     take_last_valid,
 )
 from bon_jax.tasks.base import Example
-from bon_jax.tokenizer import DEFAULT_BUCKETS
+from bon_jax.tokenizer import DEFAULT_BUCKETS, sequence_batch
 from bon_jax.verifiers.base import Completions, CompletionTokens, group_shape
+from bon_jax.verifiers.io import load_verifier, save_verifier
 from bon_jax.verifiers.packing import pack_prompt_completion
 
 POOLINGS = ("last", "noisy_or", "noisy_or_surprisal", "likelihood")
@@ -200,8 +201,6 @@ def encode_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str], 
                  buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> dict:
     """`sequence_batch`'s `[bos] prompt completion [eos]` rows, right-padded to `width` (default: the
     smallest bucket that holds the longest row, so nothing is truncated)."""
-    from bon_jax.train.lm import sequence_batch
-
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if width is None:
@@ -266,16 +265,12 @@ class LearnedVerifier:
 
     def save(self, directory, meta: dict | None = None) -> None:
         """Writes params, config and tokenizer to `directory` (`bon_jax.verifiers.io.save_verifier`)."""
-        from bon_jax.verifiers.io import save_verifier
-
         save_verifier(directory, self.params, self.cfg, tokenizer=self.tokenizer,
                       meta=dict(meta or {}, pooling=self.pooling))
 
     @classmethod
     def load(cls, directory, **kwargs) -> LearnedVerifier:
         """The verifier `save` wrote; its pooling comes from meta.json (`'last'` when absent)."""
-        from bon_jax.verifiers.io import load_verifier
-
         params, cfg, tokenizer, meta = load_verifier(directory)
         if tokenizer is None:
             raise ValueError(f"{directory}: saved without a tokenizer; use load_verifier and pass one")

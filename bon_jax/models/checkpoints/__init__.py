@@ -7,7 +7,7 @@ Formats (`format=`):
 - `gemma_flax`: the official Gemma Flax release, an orbax directory (`gemma_flax.py`);
 - `safetensors`: Hugging Face `model.safetensors` or a directory of shards (`hf_safetensors.py`);
 - `gguf`: llama.cpp's GGUF, quantised or not, dequantised to float32 (`gguf_file.py`; needs `gguf`);
-- `orbax`: params saved by bon_jax itself (`pipeline.policy.save_params`).
+- `orbax`: params saved by bon_jax itself (`bon_jax.train.checkpoint.save_params`).
 A wrong shape, a missing tensor or an unexpected one raises `CheckpointLoadError` naming each of them.
 The tokenizer that comes with a checkpoint: `bon_jax.tokenizer.Tokenizer.load` for a release's
 `tokenizer.model`, `Tokenizer.from_gguf` for the vocabulary inside a GGUF.
@@ -24,6 +24,7 @@ from bon_jax.models.checkpoints.gguf_file import gguf_config, load_gguf
 from bon_jax.models.checkpoints.hf_safetensors import load_safetensors
 from bon_jax.models.config import ModelConfig
 from bon_jax.models.params import abstract_params
+from bon_jax.train.checkpoint import load_params
 
 FORMATS = ("auto", "orbax", "gemma_flax", "safetensors", "gguf")
 
@@ -75,8 +76,6 @@ def load_checkpoint(path, cfg: ModelConfig, *, format: str = "auto", mesh=None,
         return load_safetensors(path, cfg, sharding=sharding)
     if fmt == "gemma_flax":
         return load_gemma_flax(path, cfg, mesh=mesh, min_size_to_shard=min_size_to_shard)
-    from bon_jax.pipeline.policy import load_params  # bon_jax's own params (no cycle at import time)
-
     return load_params(path, cfg, sharding=sharding)
 
 
