@@ -1,6 +1,6 @@
 """The Best-of-N distribution over finite outcomes, its exponential-twisting approximation, and selection.
 
-Maths (METHODS.md section 1). BoN draws y_1..y_n iid from pi and returns the draw with the highest score,
+Maths: docs/maths.md, section 1. BoN draws y_1..y_n iid from pi and returns the draw with the highest score,
 ties broken uniformly at random. With, at the score level s = s(y),
 
     F_(s) = P_pi(s(Y) < s)     q(s) = P_pi(s(Y) = s)     F(s) = F_(s) + q(s)     A(s) = P_pi(s(Y) > s)
@@ -314,7 +314,7 @@ def select_best(scores_BN, rng, mask_BN=None):
 
 @jax.jit
 def empirical_cdfs(ref_scores_BK, scores_BM, *, smoothing: float = 1.0, ref_mask_BK=None):
-    """F and F_ of each sample's score under K reference samples (vbon, METHODS section 3).
+    """F and F_ of each sample's score under K reference samples (vbon; docs/maths.md, section 1).
 
     With k_le = #{refs <= s}, k_lt = #{refs < s} among the K (unmasked) references and a = smoothing:
 

@@ -1,6 +1,6 @@
 """Evaluation metrics from M samples per prompt: pass@k, BoN@k, maj@k, KL, entropy, diversity, bootstrap CIs.
 
-Maths (METHODS.md section 2). Every estimator is the exact mean over all k-subsets of the M samples (a
+Maths: docs/maths.md, section 2. Every estimator is the exact mean over all k-subsets of the M samples (a
 U-statistic), so it is unbiased for the metric at k draws; nothing here resamples with replacement (the
 "bootstrap best@k" is biased low).
 

@@ -1,7 +1,7 @@
 """The task interface: prompts, reference solutions and ground-truth grading.
 
 A task knows nothing about tokens or models. It yields `Example`s and grades completion *text*:
-`reward` is the ground truth R(x, y) of METHODS.md, `answer` the extracted final answer (for majority
+`reward` is the ground truth R(x, y) of docs/maths.md, `answer` the extracted final answer (for majority
 voting), `reason` why a completion failed (unparsable, wrong, timed out, ...).
 
 Grading a `[B, N]` batch goes through `Task.grade_batch`, which returns arrays; tasks whose grading is

@@ -2,7 +2,7 @@
 
     score(examples_B, completions_BN) -> scores_BN   float32 [B, N], higher = more likely correct / better
 
-Best-of-N selects by these scores (METHODS.md: s), so only their order within a row matters to selection;
+Best-of-N selects by these scores (s in docs/maths.md), so only their order within a row matters to selection;
 `LearnedVerifier` returns logits, the oracle the task reward R itself, the sentiment verifier a score in
 [0, 1].
 
