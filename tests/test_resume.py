@@ -275,12 +275,15 @@ def test_evaluation_preempted_resumes_from_its_saved_chunks(tmp_path, monkeypatc
         r = np.random.default_rng(prompt_ids_B)
         B = len(chunk)
         answers = np.array([[None if a == 3 else str(a) for a in row] for row in r.integers(0, 4, (B, m))])
+        lengths = r.integers(1, 9, (B, m))
+        token_logp = np.where(np.arange(8) < lengths[..., None], -r.exponential(size=(B, m, 8)), 0.0)
         return types.SimpleNamespace(
             rewards_BN=r.integers(0, 2, (B, m)).astype(np.float32),
             scores_BN=r.normal(size=(B, m)).astype(np.float32),
             answers_BN=answers,
-            logp_BN=-r.exponential(size=(B, m)).astype(np.float32),
-            lengths_BN=r.integers(1, 9, (B, m)),
+            logp_BN=token_logp.sum(-1).astype(np.float32),
+            token_logp_BNT=token_logp.astype(np.float32),
+            lengths_BN=lengths,
         )
 
     monkeypatch.setattr(evaluate_mod, "draw_graded", fake_draw)
