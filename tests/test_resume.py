@@ -179,7 +179,7 @@ def test_verifier_stage_resumes_its_samples_after_preemption_and_checkpoints_its
         raise Preempted("verifier: checkpointed at step 1; restart to resume")
 
     monkeypatch.setattr(verifier_mod, "draw_graded", fake_draw)
-    monkeypatch.setattr("bon_jax.verifiers.train_verifier", fake_train)
+    monkeypatch.setattr(verifier_mod, "train_verifier", fake_train)
     model_cfg = get_config("tiny", vocab_size=300)
     stage = lambda ctx, **kw: verifier_mod.verifier_stage(ctx, tok, model_cfg, None, "base", **kw)
 
