@@ -142,6 +142,76 @@ def test_pkpo_equals_bon_rl_with_reward_as_score():
         np.testing.assert_allclose(g1, g2, atol=1e-6)
 
 
+def _twist_lambda(n):
+    """Chow's lambda_N in float64, independently of `bon.bon_lambda`: the tilt l at which the density
+    l e^(l q) / (e^l - 1) on [0, 1] (the twisted uniform) has KL to the uniform equal to the BoN bound
+    log N - (N - 1)/N; the KL by Simpson's rule on a fine grid, the root by bisection."""
+    q = np.linspace(0.0, 1.0, 20001)
+    simpson = np.ones_like(q)
+    simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
+    simpson *= (q[1] - q[0]) / 3.0
+
+    def kl(lam):
+        logp = np.log(lam / np.expm1(lam)) + lam * q
+        return float(np.sum(simpson * np.exp(logp) * logp))
+
+    target = np.log(n) - (n - 1) / n
+    lo, hi = 1e-6, 4.0 * n + 10.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if kl(mid) < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def test_twist_lambda_reference_matches_the_published_values():
+    for n, lam in ((2, 2.2886), (4, 4.9169), (8, 9.0545)):
+        assert abs(_twist_lambda(n) - lam) < 1e-4
+
+
+@pytest.mark.parametrize("n, temperature", [(2, 1.0), (4, 1.0), (3, 0.5)])
+def test_bon_sft_weights_match_a_float64_reference(n, temperature):
+    """bon_sft's gradient with respect to logp_BM and expert_logp_B against docs/objectives.md in float64:
+    weight 1 on the demonstration and, on valid sample i of a prompt with M valid samples,
+    (lambda_N / M)[sigma((s_e - s_i)/t) - sum_j u_j sigma((s_j - s_i)/t)] - u_i, u_j = P(j wins a random
+    N-subset) by enumeration, lambda_N from `_twist_lambda`; d loss / d logp = -w / B. Deterministic, and
+    sensitive to lambda_N's value and sign (the Monte Carlo cosine test is not: lambda_N = 0 passes it)."""
+    rng = np.random.default_rng(10 + n)
+    b, m = 6, 6
+    scores = rng.integers(0, 4, (b, m)).astype(np.float32)  # ties among samples
+    scores[0] = rng.normal(size=m).astype(np.float32)  # and a prompt without ties
+    expert_scores = rng.integers(0, 4, b).astype(np.float32)  # ties with samples too
+    mask = np.ones((b, m), bool)
+    mask[1, [0, 3]] = False  # M = 4 valid samples
+    mask[2, 5] = False
+    logp = jnp.asarray(-rng.random((b, m)) * 5, jnp.float32)
+    expert = jnp.asarray(-rng.random(b) * 5, jnp.float32)
+    rollout = O.Rollout(
+        rewards_BM=np.zeros((b, m), np.float32), scores_BM=scores, expert_scores_B=expert_scores, mask_BM=mask
+    )
+    fn = O.get("bon_sft")
+    loss_of = lambda lp, e: fn(lp, rollout, n=n, expert_logp_B=e, temperature=temperature)
+    grad_fn = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)
+    (loss, metrics), (g_logp, g_expert) = grad_fn(logp, expert)
+
+    lam = _twist_lambda(n)
+    sigma = lambda x: 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64) / temperature))
+    s, se = scores.astype(np.float64), expert_scores.astype(np.float64)
+    twist, u = np.zeros((b, m)), np.zeros((b, m))  # w = twist - u
+    for i in range(b):
+        valid = np.flatnonzero(mask[i])
+        u[i] = _brute(s[i], np.zeros(m), mask[i], n)[1]
+        for k in valid:
+            bon = sum(u[i, j] * sigma(s[i, j] - s[i, k]) for j in valid)
+            twist[i, k] = lam / len(valid) * (sigma(se[i] - s[i, k]) - bon)
+    w = twist - u
+    assert np.abs(twist).max() > 0.1  # the lambda_N term is not negligible here
+    np.testing.assert_allclose(np.asarray(g_logp, np.float64), -w / b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g_expert, np.float64), np.full(b, -1.0 / b), rtol=1e-6)
+    expected_loss = -(np.sum(w * np.asarray(logp, np.float64)) + np.sum(np.asarray(expert, np.float64))) / b
+    np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["lambda"]), lam, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- a generic rollout for every objective
 
 

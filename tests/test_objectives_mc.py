@@ -288,11 +288,11 @@ def _stack(bandits):
 
 
 def test_printed_bon_rl_direction_over_random_bandits():
-    """The documented relation, by exact expectation over 60 random bandits (K = 8) x N in {2, 8}:
-    with the BoN value V as baseline the printed update has positive cosine with grad J (measured minima:
-    bon_rl_v 0.70, bon_rl_s 0.45 over 600 bandits); with no baseline bon_rl_v can point away from grad J
-    (cosine down to -0.99); for binary R, bon_rl_s with no baseline is exactly parallel to grad(1 - p^N):
-    E = sum_{i<N} p^i / (N p^(N-1)) x grad J, over-weighting easy prompts."""
+    """The figures docs/objectives.md quotes, by exact expectation over 60 random bandits (K = 8) x N in
+    {2, 8}: with the BoN value V as baseline the printed update's cosine with grad J is >= 0.78 (bon_rl_v)
+    and >= 0.55 (bon_rl_s); with no baseline bon_rl_v points away from grad J on 2 of 60 bandits at N = 2
+    and 11 of 60 at N = 8 (cosine down to -0.99); for binary R, bon_rl_s with no baseline is exactly
+    parallel to grad(1 - p^N): E = sum_{i<N} p^i / (N p^(N-1)) x grad J, over-weighting easy prompts."""
     k, count, ns = 8, 60, (2, 8)
     bb = _stack([make_bandit(100 + seed, k) for seed in range(count)])
     pi = np.exp(bb["logits"] - bb["logits"].max(-1, keepdims=True))
@@ -325,11 +325,12 @@ def test_printed_bon_rl_direction_over_random_bandits():
             for label, base in (("V", value), ("0", 0.0)):
                 e = np.einsum("ty,tyk->tk", pb * (bb["rewards"] - base), jac)
                 c = (e * gn).sum(-1) / (np.linalg.norm(e, axis=-1) * np.linalg.norm(gn, axis=-1))
-                cos.setdefault((name, label), []).extend(c.tolist())
-    assert min(cos["bon_rl_v", "V"]) > 0.3 and min(cos["bon_rl_s", "V"]) > 0.3, {
-        key: min(v) for key, v in cos.items()
-    }
-    assert min(cos["bon_rl_v", "0"]) < 0.0
+                cos[name, label, n] = c
+    minima = {key: float(c.min()) for key, c in cos.items()}
+    assert min(minima["bon_rl_v", "V", n] for n in ns) >= 0.78, minima
+    assert min(minima["bon_rl_s", "V", n] for n in ns) >= 0.55, minima
+    away = {n: int(np.sum(cos["bon_rl_v", "0", n] < 0)) for n in ns}
+    assert away == {2: 2, 8: 11} and min(minima["bon_rl_v", "0", n] for n in ns) < -0.99, (away, minima)
     bd = make_bandit(3, 9, binary=True)
     p = float(np.sum(_softmax(bd["logits"]) * (1 - bd["rewards"])))
     for n in (2, 8):
@@ -344,14 +345,16 @@ def test_printed_bon_rl_direction_over_random_bandits():
 
 def test_bon_sft_consistent_with_exact_gradient():
     """Chow Lemma 1 / Algorithm 1 is biased by construction (sigmoid for the indicator, BoN samples for the
-    twisted distribution): its mean is measurably off grad J but has cosine > 0.9 with it."""
+    twisted distribution): its mean is measurably off grad J but has cosine >= 0.97 with it (the figure in
+    docs/objectives.md). Weak evidence for the lambda_N term (lambda_N = 0 gives cosines >= 0.96): the
+    weights themselves are checked exactly in test_objectives.py."""
     bandits = [make_bandit(seed, k) for seed, k in BANDITS]
     max_z = 0.0
     for n, m in ((4, 4), (2, 6)):
         results = mc_gradients("bon_sft", bandits, n=n, m=m, seed=21 + m)
         for bd, (mean, se) in zip(bandits, results):
             target = exact_grad("bon_sft", bd, n=n)
-            assert cosine(mean, target) > 0.9, (n, m, cosine(mean, target))
+            assert cosine(mean, target) >= 0.97, (n, m, cosine(mean, target))
             max_z = max(max_z, z_scores(mean, se, target).max())
     assert max_z > 2 * Z_MAX  # the bias is resolved: the test could tell an unbiased estimator apart
 
