@@ -1,5 +1,9 @@
 """Grouped-query self-attention with RoPE, optional query/key norm, soft-capping and a sliding window.
 
+The per-layer maths (projections, norms, RoPE, residuals) is written once in `transformer.decoder_layer`;
+this module holds the attention params and the attention cores: `dot_attention` (the modules and the
+sampler's prefill) and `shared_prefix_attention` (the sampler's decode step).
+
 With N query heads in K groups of G = N / K (K = 1: multi-query; K = N: multi-head):
 
     q_BTNH = rope(norm?(x W_q)) * query_pre_attn_scalar^-1/2,  k_BSKH = rope(norm?(x W_k)),  v = x W_v
@@ -23,63 +27,84 @@ from bon_jax.models.cache import LayerCache
 from bon_jax.models.config import AttentionType, ModelConfig
 from bon_jax.models.layers import Einsum, RMSNorm, soft_cap
 from bon_jax.models.masks import sliding_window_mask
-from bon_jax.models.rope import apply_rope
 
 # Large finite negative rather than -inf: a fully masked row (a padding query) stays NaN-free.
 _MASKED = -2.3819763e38
 
 
+def rope_settings(cfg: ModelConfig, attention_type: AttentionType) -> dict:
+    """`apply_rope`'s keyword arguments for a layer: local layers use their own base and no scaling."""
+    if attention_type == AttentionType.LOCAL_SLIDING:
+        return dict(base_frequency=cfg.local_rope_base_frequency, scale_factor=1.0)
+    return dict(base_frequency=cfg.rope_base_frequency, scale_factor=cfg.rope_scale_factor)
+
+
+def dot_attention(q_BTKGH, k_BSKH, v_BSKH, mask_BTS, *, cap: float | None, dtype):
+    """`softmax_s(masked(soft_cap(<q, k_s>, cap))) v_s` for queries grouped by kv head: out_BTKGH in `dtype`.
+
+    Scores are accumulated in float32; the probabilities are cast to `dtype` before the product with v.
+    """
+    logits_BTKGS = soft_cap(jnp.einsum("BTKGH,BSKH->BTKGS", q_BTKGH, k_BSKH,
+                                       preferred_element_type=jnp.float32), cap)
+    logits_BTKGS = jnp.where(mask_BTS[:, :, None, None, :], logits_BTKGS, _MASKED)
+    probs_BTKGS = nn.softmax(logits_BTKGS, axis=-1).astype(dtype)
+    return jnp.einsum("BTKGS,BSKH->BTKGH", probs_BTKGS, v_BSKH)
+
+
 class Attention(nn.Module):
+    """The attention params of one layer and what the module path does with them; the maths around them
+    (query/key norm, RoPE, the query scale) is `transformer.decoder_layer`'s, shared with the sampler."""
+
     config: ModelConfig
     attention_type: AttentionType
 
-    @nn.compact
-    def __call__(self, x_BTD, positions_BT, attn_mask_BTS, key_positions_BS,
-                 cache: LayerCache | None = None, end_index=None):
-        """Returns (out_BTD, updated cache or None).
+    def setup(self):
+        cfg = self.config
+        N, K, D, H = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim
+        dt, pdt = cfg.compute_dtype, cfg.params_dtype
+        self.q_einsum = Einsum((N, D, H), in_axis=1, out_axis=(0, 2), dtype=dt, param_dtype=pdt)
+        self.kv_einsum = Einsum((2, K, D, H), in_axis=2, out_axis=(1, 3), batch_axis=(0,), dtype=dt,
+                                param_dtype=pdt)
+        self.attn_vec_einsum = Einsum((N, H, D), in_axis=(0, 1), out_axis=2, dtype=dt, param_dtype=pdt)
+        if cfg.use_qk_norm:
+            self.query_norm = RMSNorm(cfg.norm_eps, pdt)
+            self.key_norm = RMSNorm(cfg.norm_eps, pdt)
+
+    def project_qkv(self, x_BTD):
+        """(q_BTNH, k_BTKH, v_BTKH) = x W_q, x W_k, x W_v."""
+        q_BTNH = self.q_einsum("BTD,NDH->BTNH", x_BTD)
+        kv_2BTKH = self.kv_einsum("BTD,CKDH->CBTKH", x_BTD)
+        return q_BTNH, kv_2BTKH[0], kv_2BTKH[1]
+
+    def norm(self, name: str, x):
+        """`query_norm` or `key_norm`."""
+        return getattr(self, name)(x)
+
+    def project_out(self, out_BTNH):
+        return self.attn_vec_einsum("BTNH,NHD->BTD", out_BTNH)
+
+    def attend(self, q_BTNH, k_BTKH, v_BTKH, positions_BT, attn_mask_BTS, key_positions_BS,
+               cache: LayerCache | None = None, end_index=None):
+        """(out_BTNH, updated cache or None) for RoPE'd, scaled queries and RoPE'd keys.
 
         `key_positions_BS`: positions of the keys the mask's S axis refers to (this call's positions
         without a cache; the cache's positions with this call's written in, with one).
         """
         cfg = self.config
-        N, K, G, D, H = cfg.num_heads, cfg.num_kv_heads, cfg.num_groups, cfg.embed_dim, cfg.head_dim
-        dt, pdt = cfg.compute_dtype, cfg.params_dtype
-        q_BTNH = Einsum((N, D, H), in_axis=1, out_axis=(0, 2), dtype=dt, param_dtype=pdt,
-                        name="q_einsum")("BTD,NDH->BTNH", x_BTD)
-        kv_2BTKH = Einsum((2, K, D, H), in_axis=2, out_axis=(1, 3), batch_axis=(0,), dtype=dt,
-                          param_dtype=pdt, name="kv_einsum")("BTD,CKDH->CBTKH", x_BTD)
-        k_BTKH, v_BTKH = kv_2BTKH[0], kv_2BTKH[1]
-        if cfg.use_qk_norm:
-            q_BTNH = RMSNorm(cfg.norm_eps, pdt, name="query_norm")(q_BTNH)
-            k_BTKH = RMSNorm(cfg.norm_eps, pdt, name="key_norm")(k_BTKH)
-
-        is_local = self.attention_type == AttentionType.LOCAL_SLIDING
-        rope = dict(base_frequency=cfg.local_rope_base_frequency, scale_factor=1.0) if is_local else \
-            dict(base_frequency=cfg.rope_base_frequency, scale_factor=cfg.rope_scale_factor)
-        q_BTNH = apply_rope(q_BTNH, positions_BT, **rope) * jnp.asarray(cfg.query_scale, dt)
-        k_BTKH = apply_rope(k_BTKH, positions_BT, **rope)
-
+        K, G, H, dt = cfg.num_kv_heads, cfg.num_groups, cfg.head_dim, cfg.compute_dtype
         if cache is not None:
             cache = cache.write(k_BTKH, v_BTKH, end_index)
             k_BSKH, v_BSKH = cache.k_BSKH.astype(dt), cache.v_BSKH.astype(dt)
         else:
             k_BSKH, v_BSKH = k_BTKH, v_BTKH
-
-        B, T = x_BTD.shape[:2]
-        q_BTKGH = q_BTNH.reshape(B, T, K, G, H)
-        logits_BTKGS = jnp.einsum("BTKGH,BSKH->BTKGS", q_BTKGH, k_BSKH,
-                                  preferred_element_type=jnp.float32)
-        logits_BTKGS = soft_cap(logits_BTKGS, cfg.attn_logits_soft_cap)
+        B, T, N = q_BTNH.shape[:3]
         mask_BTS = attn_mask_BTS
-        if is_local:
+        if self.attention_type == AttentionType.LOCAL_SLIDING:
             mask_BTS = mask_BTS & sliding_window_mask(positions_BT, key_positions_BS,
                                                       cfg.sliding_window_size)
-        logits_BTKGS = jnp.where(mask_BTS[:, :, None, None, :], logits_BTKGS, _MASKED)
-        probs_BTKGS = nn.softmax(logits_BTKGS, axis=-1).astype(dt)
-        out_BTNH = jnp.einsum("BTKGS,BSKH->BTKGH", probs_BTKGS, v_BSKH).reshape(B, T, N, H)
-        out_BTD = Einsum((N, H, D), in_axis=(0, 1), out_axis=2, dtype=dt, param_dtype=pdt,
-                         name="attn_vec_einsum")("BTNH,NHD->BTD", out_BTNH)
-        return out_BTD, cache
+        out_BTKGH = dot_attention(q_BTNH.reshape(B, T, K, G, H), k_BSKH, v_BSKH, mask_BTS,
+                                  cap=cfg.attn_logits_soft_cap, dtype=dt)
+        return out_BTKGH.reshape(B, T, N, H), cache
 
 
 def shared_prefix_attention(q_RNH, prefix_k_XPH, prefix_v_XPH, prefix_mask_BP, own_k_YSH, own_v_YSH,

@@ -71,14 +71,22 @@ class Embedder(nn.Module):
             (self.vocab_size, self.embed_dim), self.param_dtype)
 
     def encode(self, tokens_BT):
-        x_BTD = jnp.take(self.input_embedding, tokens_BT, axis=0).astype(self.dtype)
-        # Gemma rounds the scale to the compute dtype before multiplying.
-        return x_BTD * jnp.asarray(self.embed_dim**0.5, self.dtype)
+        return embed(self.input_embedding, tokens_BT, self.dtype)
 
     def decode(self, x_BTD):
-        return jnp.einsum("...D,VD->...V", x_BTD.astype(self.dtype),
-                          self.input_embedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return unembed(self.input_embedding, x_BTD, self.dtype)
+
+
+def embed(table_VD, tokens, dtype):
+    """`table[tokens] * sqrt(D)` in `dtype` (Gemma rounds the scale to the compute dtype before multiplying)."""
+    x = jnp.take(table_VD, tokens, axis=0).astype(dtype)
+    return x * jnp.asarray(table_VD.shape[-1] ** 0.5, dtype)
+
+
+def unembed(table_VD, x_D, dtype):
+    """Logits `x E^T` over the tied table, inputs in `dtype`, accumulated in float32: [..., D] -> [..., V]."""
+    return jnp.einsum("...D,VD->...V", x_D.astype(dtype), table_VD.astype(dtype),
+                      preferred_element_type=jnp.float32)
 
 
 class FeedForward(nn.Module):
@@ -97,9 +105,14 @@ class FeedForward(nn.Module):
         gate_up_2BTF = Einsum((2, self.embed_dim, self.mlp_dim), in_axis=1, out_axis=2,
                               batch_axis=(0,), dtype=self.dtype, param_dtype=self.param_dtype,
                               name="gating_einsum")("BTD,CDF->CBTF", x_BTD)
-        hidden_BTF = nn.gelu(gate_up_2BTF[0], approximate=True) * gate_up_2BTF[1]
+        hidden_BTF = geglu(gate_up_2BTF[0], gate_up_2BTF[1])
         return Einsum((self.mlp_dim, self.embed_dim), in_axis=0, out_axis=1, dtype=self.dtype,
                       param_dtype=self.param_dtype, name="linear")("BTF,FD->BTD", hidden_BTF)
+
+
+def geglu(gate, up):
+    """GeGLU's hidden activation: `gelu_tanh(gate) * up`."""
+    return nn.gelu(gate, approximate=True) * up
 
 
 def next_token_logprobs(logits_BTV, tokens_BT):

@@ -20,22 +20,82 @@ a value model can start from a policy's params.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bon_jax.models.attention import _MASKED, Attention, shared_prefix_attention
+from bon_jax.models.attention import Attention, dot_attention, rope_settings, shared_prefix_attention
 from bon_jax.models.cache import DecodeKV, KVCache, LayerCache
 from bon_jax.models.config import AttentionType, ModelConfig
-from bon_jax.models.layers import Embedder, FeedForward, RMSNorm, next_token_logprobs, soft_cap
+from bon_jax.models.layers import (
+    Embedder,
+    FeedForward,
+    RMSNorm,
+    embed,
+    geglu,
+    next_token_logprobs,
+    soft_cap,
+    unembed,
+)
 from bon_jax.models.masks import positions_from_valid, take_last_valid
 from bon_jax.models.rope import apply_rope
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerOps:
+    """How one layer's weights are applied; `decoder_layer` holds the maths around them.
+
+    norm(name, x): RMSNorm with the layer's scale `name` (pre_attention_norm, post_attention_norm,
+      pre_ffw_norm, post_ffw_norm, query_norm, key_norm);
+    qkv(h_..D) -> (q_..NH, k_..KH, v_..KH): the query, key and value projections;
+    attn_out(o_..NH) -> ..D: the output projection;
+    ffw(h_..D) -> ..D: the GeGLU MLP.
+    """
+
+    norm: Callable
+    qkv: Callable
+    attn_out: Callable
+    ffw: Callable
+
+
+def decoder_layer(cfg: ModelConfig, attention_type: AttentionType, ops: LayerOps, x_BTD, positions_BT,
+                  attend):
+    """One decoder layer, the maths every path shares (module docstring; `attention` for the scores):
+
+        q, k, v = qkv(pre_attention_norm(x));  q, k = query_norm?(q), key_norm?(k)
+        q = rope(q) * query_pre_attn_scalar^-1/2;  k = rope(k)    (the layer's RoPE base and scale)
+        y = x + post_attention_norm?(attn_out(attend(q, k, v)))
+        x' = y + post_ffw_norm?(ffw(pre_ffw_norm(y)))
+
+    `attend(q_BTNH, k_BTKH, v_BTKH) -> (out_BTNH, aux)` is the path's attention (the modules: a mask and an
+    optional KV cache; prefill: causal, in query chunks; decode: a shared prompt prefix plus the rows' own
+    slots). Returns (x'_BTD, aux).
+    """
+    q_BTNH, k_BTKH, v_BTKH = ops.qkv(ops.norm("pre_attention_norm", x_BTD))
+    if cfg.use_qk_norm:
+        q_BTNH, k_BTKH = ops.norm("query_norm", q_BTNH), ops.norm("key_norm", k_BTKH)
+    rope = rope_settings(cfg, attention_type)
+    q_BTNH = apply_rope(q_BTNH, positions_BT, **rope) * jnp.asarray(cfg.query_scale, cfg.compute_dtype)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, **rope)
+    out_BTNH, aux = attend(q_BTNH, k_BTKH, v_BTKH)
+    attn_BTD = ops.attn_out(out_BTNH)
+    if cfg.use_post_attn_norm:
+        attn_BTD = ops.norm("post_attention_norm", attn_BTD)
+    x_BTD = x_BTD + attn_BTD
+    ffw_BTD = ops.ffw(ops.norm("pre_ffw_norm", x_BTD))
+    if cfg.use_post_ffw_norm:
+        ffw_BTD = ops.norm("post_ffw_norm", ffw_BTD)
+    return x_BTD + ffw_BTD, aux
+
+
 class Block(nn.Module):
-    """One decoder layer (attention then GeGLU, each with pre-norm and optional post-norm)."""
+    """One decoder layer (`decoder_layer`) over the module params: attention then GeGLU, each with pre-norm
+    and optional post-norm."""
 
     config: ModelConfig
     attention_type: AttentionType
@@ -44,18 +104,20 @@ class Block(nn.Module):
     def __call__(self, x_BTD, positions_BT, attn_mask_BTS, key_positions_BS,
                  cache: LayerCache | None, end_index):
         cfg = self.config
-        norm = lambda name: RMSNorm(cfg.norm_eps, cfg.params_dtype, name=name)
-        attn_BTD, cache = Attention(cfg, self.attention_type, name="attn")(
-            norm("pre_attention_norm")(x_BTD), positions_BT, attn_mask_BTS, key_positions_BS,
-            cache, end_index)
-        if cfg.use_post_attn_norm:
-            attn_BTD = norm("post_attention_norm")(attn_BTD)
-        x_BTD = x_BTD + attn_BTD
-        ffw_BTD = FeedForward(cfg.embed_dim, cfg.mlp_dim, cfg.compute_dtype, cfg.params_dtype,
-                              name="mlp")(norm("pre_ffw_norm")(x_BTD))
-        if cfg.use_post_ffw_norm:
-            ffw_BTD = norm("post_ffw_norm")(ffw_BTD)
-        return x_BTD + ffw_BTD, cache
+        attn = Attention(cfg, self.attention_type, name="attn")
+        mlp = FeedForward(cfg.embed_dim, cfg.mlp_dim, cfg.compute_dtype, cfg.params_dtype, name="mlp")
+
+        def norm(name, x):
+            if name in ("query_norm", "key_norm"):
+                return attn.norm(name, x)
+            return RMSNorm(cfg.norm_eps, cfg.params_dtype, name=name)(x)
+
+        def attend(q_BTNH, k_BTKH, v_BTKH):
+            return attn.attend(q_BTNH, k_BTKH, v_BTKH, positions_BT, attn_mask_BTS, key_positions_BS,
+                               cache, end_index)
+
+        ops = LayerOps(norm=norm, qkv=attn.project_qkv, attn_out=attn.project_out, ffw=mlp)
+        return decoder_layer(cfg, self.attention_type, ops, x_BTD, positions_BT, attend)
 
 
 class _Backbone(nn.Module):
@@ -126,19 +188,20 @@ class ScalarHeadTransformer(_Backbone):
 
 # ----------------------------------------------------------------------------- Best-of-N decode step
 #
-# The sampler's inner loop, written against the params directly rather than through the modules above:
+# The sampler's prefill and inner loop apply the params directly rather than through the modules above:
 # its weights are re-laid out ONCE per sampling call (`decode_weights`: fused q/k/v and gate/up
-# projections as plain 2-D matrices in the compute dtype), where the modules' 3-D einsum weights would
-# be transposed by XLA on every step of the loop, and its attention reads a prompt prefix shared by the
-# N samples of each prompt (`attention.shared_prefix_attention`). The maths is the modules' maths; the
-# tests check it against a full uncached forward.
+# projections as plain 2-D matrices in the compute dtype, applied by `fused_ops`), where the modules' 3-D
+# einsum weights would be transposed by XLA on every step of the loop, and its attention reads a prompt
+# prefix shared by the N samples of each prompt (`attention.shared_prefix_attention`). The layer maths is
+# the modules' own `decoder_layer`; the tests check the result against a full uncached forward.
 
 
 def decode_weights(params, cfg: ModelConfig) -> dict:
     """`Transformer` params -> the decode step's weights (compute dtype; norm scales as stored).
 
     Per layer: qkv [D, (N + 2K) H] (columns: q heads, then k heads, then v heads), o [N H, D],
-    gate_up [D, 2F] (gate columns first), down [F, D], and the norm scales; plus embedding [V, D].
+    gate_up [D, 2F] (gate columns first), down [F, D], and the norm scales by name (the layer's and
+    query_norm / key_norm); plus embedding [V, D].
     """
     N, K, D, H, F = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim, cfg.mlp_dim
     dt = cfg.compute_dtype
@@ -153,8 +216,7 @@ def decode_weights(params, cfg: ModelConfig) -> dict:
             o=attn["attn_vec_einsum"]["w"].reshape(N * H, D).astype(dt),
             gate_up=jnp.transpose(mlp["gating_einsum"]["w"], (1, 0, 2)).reshape(D, 2 * F).astype(dt),
             down=mlp["linear"]["w"].astype(dt),
-            norms={k: v["scale"] for k, v in p.items() if k.endswith("_norm")},
-            qk_norms={k: v["scale"] for k, v in attn.items() if k.endswith("_norm")})
+            norms={k: v["scale"] for part in (p, attn) for k, v in part.items() if k.endswith("_norm")})
         layers.append(layer)
     return dict(layers=tuple(layers), embedding=params["embedder"]["input_embedding"],
                 final_norm=params["final_norm"]["scale"])
@@ -200,6 +262,34 @@ def _norm(cfg: ModelConfig, scale, x):
     return RMSNorm(cfg.norm_eps, cfg.params_dtype).apply({"params": {"scale": scale}}, x)
 
 
+def fused_ops(cfg: ModelConfig, layer: dict, *, one_token: bool = False) -> LayerOps:
+    """`LayerOps` over one layer of `decode_weights`: plain 2-D matmuls. Activations are [B, T, D], or
+    [R, D] with `one_token` (decode: one token per row), whose heads are then [R, 1, heads, H]."""
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def qkv(h_D):
+        qkv_X = jnp.dot(h_D, layer["qkv"])
+        lead = (qkv_X.shape[0], 1) if one_token else qkv_X.shape[:-1]
+        return (qkv_X[..., :N * H].reshape(*lead, N, H), qkv_X[..., N * H:(N + K) * H].reshape(*lead, K, H),
+                qkv_X[..., (N + K) * H:].reshape(*lead, K, H))
+
+    def attn_out(out_BTNH):
+        lead = out_BTNH.shape[:1] if one_token else out_BTNH.shape[:2]
+        return jnp.dot(out_BTNH.reshape(*lead, N * H), layer["o"])
+
+    def ffw(h_TD):
+        gate_up_TX = jnp.dot(h_TD, layer["gate_up"])
+        F = gate_up_TX.shape[-1] // 2
+        return jnp.dot(geglu(gate_up_TX[..., :F], gate_up_TX[..., F:]), layer["down"])
+
+    return LayerOps(
+        norm=lambda name, x: _norm(cfg, layer["norms"][name], x),
+        qkv=qkv,
+        attn_out=attn_out,
+        ffw=ffw,
+    )
+
+
 PREFILL_CHUNK = 128  # query slots per attention chunk of `prefill`
 
 
@@ -212,59 +302,35 @@ def prefill(w: dict, cfg: ModelConfig, tokens_BT, valid_BT, *, chunk: int = PREF
     key slots [0, t1) only (a key after the query is masked whatever the padding), about half the
     attention work of a full [T, T] score matrix at T = 4 chunks. Only the last real token is unembedded.
     """
-    N, K, G, H, D = cfg.num_heads, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim, cfg.embed_dim
+    N, K, G, H = cfg.num_heads, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim
     dt = cfg.compute_dtype
     B, T = tokens_BT.shape
     valid_BT = valid_BT.astype(bool)
     positions_BT = positions_from_valid(valid_BT)
-    x_BTD = jnp.take(w["embedding"], tokens_BT, axis=0).astype(dt) * jnp.asarray(D**0.5, dt)
+    x_BTD = embed(w["embedding"], tokens_BT, dt)
     ks, vs = [], []
     for layer, kind in zip(w["layers"], cfg.attention_types):
-        norms = layer["norms"]
-        qkv_BTX = jnp.dot(_norm(cfg, norms["pre_attention_norm"], x_BTD), layer["qkv"])
-        q_BTNH = qkv_BTX[..., :N * H].reshape(B, T, N, H)
-        k_BTKH = qkv_BTX[..., N * H:(N + K) * H].reshape(B, T, K, H)
-        v_BTKH = qkv_BTX[..., (N + K) * H:].reshape(B, T, K, H)
-        if cfg.use_qk_norm:
-            q_BTNH = _norm(cfg, layer["qk_norms"]["query_norm"], q_BTNH)
-            k_BTKH = _norm(cfg, layer["qk_norms"]["key_norm"], k_BTKH)
         local = kind == AttentionType.LOCAL_SLIDING
-        rope = dict(base_frequency=cfg.local_rope_base_frequency, scale_factor=1.0) if local else \
-            dict(base_frequency=cfg.rope_base_frequency, scale_factor=cfg.rope_scale_factor)
-        q_BTNH = apply_rope(q_BTNH, positions_BT, **rope) * jnp.asarray(cfg.query_scale, dt)
-        k_BTKH = apply_rope(k_BTKH, positions_BT, **rope)
-        ks.append(jnp.swapaxes(k_BTKH, 1, 2).reshape(B * K, T, H))
-        vs.append(jnp.swapaxes(v_BTKH, 1, 2).reshape(B * K, T, H))
-        outs = []
-        for t0 in range(0, T, chunk):
-            t1 = min(T, t0 + chunk)
-            q_BCKGH = q_BTNH[:, t0:t1].reshape(B, t1 - t0, K, G, H)
-            logits_BCKGS = soft_cap(jnp.einsum("BCKGH,BSKH->BCKGS", q_BCKGH, k_BTKH[:, :t1],
-                                               preferred_element_type=jnp.float32),
-                                    cfg.attn_logits_soft_cap)
-            mask_BCS = (jnp.arange(t1)[None, :] <= jnp.arange(t0, t1)[:, None])[None] & \
-                valid_BT[:, None, :t1]
-            if local:
-                mask_BCS = mask_BCS & (positions_BT[:, t0:t1, None] - positions_BT[:, None, :t1]
-                                       < cfg.sliding_window_size)
-            logits_BCKGS = jnp.where(mask_BCS[:, :, None, None, :], logits_BCKGS, _MASKED)
-            probs_BCKGS = nn.softmax(logits_BCKGS, axis=-1).astype(dt)
-            outs.append(jnp.einsum("BCKGS,BSKH->BCKGH", probs_BCKGS, v_BTKH[:, :t1]))
-        out_BTX = jnp.concatenate(outs, axis=1).reshape(B, T, N * H)
-        attn_BTD = jnp.dot(out_BTX, layer["o"])
-        if cfg.use_post_attn_norm:
-            attn_BTD = _norm(cfg, norms["post_attention_norm"], attn_BTD)
-        x_BTD = x_BTD + attn_BTD
-        gate_up_BTX = jnp.dot(_norm(cfg, norms["pre_ffw_norm"], x_BTD), layer["gate_up"])
-        F = gate_up_BTX.shape[-1] // 2
-        ffw_BTD = jnp.dot(nn.gelu(gate_up_BTX[..., :F], approximate=True) * gate_up_BTX[..., F:],
-                          layer["down"])
-        if cfg.use_post_ffw_norm:
-            ffw_BTD = _norm(cfg, norms["post_ffw_norm"], ffw_BTD)
-        x_BTD = x_BTD + ffw_BTD
+
+        def attend(q_BTNH, k_BTKH, v_BTKH, local=local):
+            outs = []
+            for t0 in range(0, T, chunk):
+                t1 = min(T, t0 + chunk)
+                mask_BCS = (jnp.arange(t1)[None, :] <= jnp.arange(t0, t1)[:, None])[None] & \
+                    valid_BT[:, None, :t1]
+                if local:
+                    mask_BCS = mask_BCS & (positions_BT[:, t0:t1, None] - positions_BT[:, None, :t1]
+                                           < cfg.sliding_window_size)
+                outs.append(dot_attention(q_BTNH[:, t0:t1].reshape(B, t1 - t0, K, G, H), k_BTKH[:, :t1],
+                                          v_BTKH[:, :t1], mask_BCS, cap=cfg.attn_logits_soft_cap, dtype=dt))
+            as_kv = lambda x_BTKH: jnp.swapaxes(x_BTKH, 1, 2).reshape(B * K, T, H)
+            return jnp.concatenate(outs, axis=1).reshape(B, T, N, H), (as_kv(k_BTKH), as_kv(v_BTKH))
+
+        x_BTD, (k_XTH, v_XTH) = decoder_layer(cfg, kind, fused_ops(cfg, layer), x_BTD, positions_BT, attend)
+        ks.append(k_XTH)
+        vs.append(v_XTH)
     h_BD = _norm(cfg, w["final_norm"], take_last_valid(x_BTD, valid_BT))
-    logits_BV = jnp.einsum("BD,VD->BV", h_BD, w["embedding"].astype(dt),
-                           preferred_element_type=jnp.float32)
+    logits_BV = unembed(w["embedding"], h_BD, dt)
     return soft_cap(logits_BV, cfg.final_logit_soft_cap), DecodeKV(k=tuple(ks), v=tuple(vs))
 
 
@@ -285,55 +351,38 @@ def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: Decode
     Returns:
       (logits_RV float32 after the final soft-cap, own with this token's keys/values written).
     """
-    N, K, H, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
+    K, H = cfg.num_kv_heads, cfg.head_dim
     dt = cfg.compute_dtype
     R, B = tokens_R.shape[0], prefix_valid_BP.shape[0]
     n, S = R // B, own.length
     q_pos_B = positions_R.reshape(B, n)[:, 0]
     own_back_S = slot - jnp.arange(S)  # how far behind the query each own slot is (< 0: not written)
-    x_RD = jnp.take(w["embedding"], tokens_R, axis=0).astype(dt) * jnp.asarray(D**0.5, dt)
+    x_RD = embed(w["embedding"], tokens_R, dt)
     new_k, new_v = [], []
     for i, (layer, kind) in enumerate(zip(w["layers"], cfg.attention_types)):
-        norms = layer["norms"]
-        h_RD = _norm(cfg, norms["pre_attention_norm"], x_RD)
-        qkv_RX = jnp.dot(h_RD, layer["qkv"])
-        q_R1NH = qkv_RX[:, :N * H].reshape(R, 1, N, H)
-        k_R1KH = qkv_RX[:, N * H:(N + K) * H].reshape(R, 1, K, H)
-        v_RKH = qkv_RX[:, (N + K) * H:].reshape(R, K, H)
-        if cfg.use_qk_norm:
-            q_R1NH = _norm(cfg, layer["qk_norms"]["query_norm"], q_R1NH)
-            k_R1KH = _norm(cfg, layer["qk_norms"]["key_norm"], k_R1KH)
-        local = kind == AttentionType.LOCAL_SLIDING
-        rope = dict(base_frequency=cfg.local_rope_base_frequency, scale_factor=1.0) if local else \
-            dict(base_frequency=cfg.rope_base_frequency, scale_factor=cfg.rope_scale_factor)
-        q_RNH = (apply_rope(q_R1NH, positions_R[:, None], **rope) * jnp.asarray(cfg.query_scale, dt))[:, 0]
-        k_RKH = apply_rope(k_R1KH, positions_R[:, None], **rope)[:, 0]
-        write = lambda c, x: lax.dynamic_update_slice(c, x.reshape(R * K, 1, H).astype(c.dtype), (0, slot, 0))
-        own_k, own_v = write(own.k[i], k_RKH), write(own.v[i], v_RKH)
+
+        def attend(q_R1NH, k_R1KH, v_R1KH, i=i, local=kind == AttentionType.LOCAL_SLIDING):
+            write = lambda c, x_R1KH: lax.dynamic_update_slice(c, x_R1KH.reshape(R * K, 1, H).astype(c.dtype),
+                                                                (0, slot, 0))
+            own_k, own_v = write(own.k[i], k_R1KH), write(own.v[i], v_R1KH)
+            prefix_k, prefix_v = prefix.k[i], prefix.v[i]
+            prefix_mask_BP, own_mask_S = prefix_valid_BP, own_back_S >= 0
+            if local:
+                W, positions_BP = cfg.sliding_window_size, prefix_positions_BP
+                if window is not None:  # the prompts' last W slots only
+                    prefix_k, prefix_v = window.kv.k[i], window.kv.v[i]
+                    prefix_mask_BP, positions_BP = window.valid_BW, window.positions_BW
+                prefix_mask_BP = prefix_mask_BP & (q_pos_B[:, None] - positions_BP < W)
+                own_mask_S = own_mask_S & (own_back_S < W)
+            out_RNH = shared_prefix_attention(
+                q_R1NH[:, 0], prefix_k.astype(dt), prefix_v.astype(dt), prefix_mask_BP, own_k.astype(dt),
+                own_v.astype(dt), own_mask_S, cap=cfg.attn_logits_soft_cap, dtype=dt)
+            return out_RNH[:, None], (own_k, own_v)
+
+        x_RD, (own_k, own_v) = decoder_layer(cfg, kind, fused_ops(cfg, layer, one_token=True), x_RD,
+                                             positions_R[:, None], attend)
         new_k.append(own_k)
         new_v.append(own_v)
-        prefix_k, prefix_v = prefix.k[i], prefix.v[i]
-        prefix_mask_BP, own_mask_S = prefix_valid_BP, own_back_S >= 0
-        if local:
-            W, positions_BP = cfg.sliding_window_size, prefix_positions_BP
-            if window is not None:  # the prompts' last W slots only
-                prefix_k, prefix_v = window.kv.k[i], window.kv.v[i]
-                prefix_mask_BP, positions_BP = window.valid_BW, window.positions_BW
-            prefix_mask_BP = prefix_mask_BP & (q_pos_B[:, None] - positions_BP < W)
-            own_mask_S = own_mask_S & (own_back_S < W)
-        out_RNH = shared_prefix_attention(
-            q_RNH, prefix_k.astype(dt), prefix_v.astype(dt), prefix_mask_BP, own_k.astype(dt),
-            own_v.astype(dt), own_mask_S, cap=cfg.attn_logits_soft_cap, dtype=dt)
-        attn_RD = jnp.dot(out_RNH.reshape(R, N * H), layer["o"])
-        if cfg.use_post_attn_norm:
-            attn_RD = _norm(cfg, norms["post_attention_norm"], attn_RD)
-        x_RD = x_RD + attn_RD
-        gate_up_RX = jnp.dot(_norm(cfg, norms["pre_ffw_norm"], x_RD), layer["gate_up"])
-        F = gate_up_RX.shape[1] // 2
-        ffw_RD = jnp.dot(nn.gelu(gate_up_RX[:, :F], approximate=True) * gate_up_RX[:, F:], layer["down"])
-        if cfg.use_post_ffw_norm:
-            ffw_RD = _norm(cfg, norms["post_ffw_norm"], ffw_RD)
-        x_RD = x_RD + ffw_RD
     h_RD = _norm(cfg, w["final_norm"], x_RD)
-    logits_RV = jnp.einsum("RD,VD->RV", h_RD, w["embedding"].astype(dt), preferred_element_type=jnp.float32)
+    logits_RV = unembed(w["embedding"], h_RD, dt)
     return soft_cap(logits_RV, cfg.final_logit_soft_cap), DecodeKV(k=tuple(new_k), v=tuple(new_v))
