@@ -19,7 +19,7 @@ from bon_jax.objectives.weights import bon_rl_weights, bon_winner_weights
 def bon_rl(
     logp_BM, rollout, *, n, beta=0.0, expert_logp_B=None, anchor_coef=0.0, baseline="loo", clip_eps=None
 ):
-    """Unbiased gradient of the Best-of-N reward (beyond the papers; METHODS section 3, bon_rl).
+    """Unbiased gradient of the Best-of-N reward (beyond the papers; docs/maths.md section 3, bon_rl).
 
     J = E_{y ~ pi_BoN(pi, s, N)}[R(y)] - beta KL(pi || pi_ref) - anchor_coef KL(pi || pi_anchor),
     pi_BoN selecting by the verifier score s with uniform tie-breaking.

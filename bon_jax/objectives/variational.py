@@ -1,7 +1,7 @@
 """Variational Best-of-N (Amini et al. 2025) and BOND's Jeffreys divergence (Sessa et al. 2024).
 
 The target is pi_BoN(pi_ref, r, N) -- Best-of-N of the frozen REFERENCE policy, selecting by r (the reward by
-default, Amini et al.'s reward model; select_by="score" selects by the verifier score). Exactly (METHODS
+default, Amini et al.'s reward model; select_by="score" selects by the verifier score). Exactly (docs/maths.md
 section 1) pi_BoN(y) = pi_ref(y) G(y) with G(y) = (F^N - F_^N)/(F - F_) at y's level, F(r) = P_ref(r' <= r),
 F_(r) = P_ref(r' < r). Hence
 

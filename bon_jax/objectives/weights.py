@@ -78,7 +78,7 @@ def bon_winner_weights(scores_BM, mask_BM, n: int):
     u_j = [C(le_j, n) - C(lt_j, n)] / (e_j C(m, n)). Sum over j is 1 for prompts with m >= n valid samples.
     For any function h, sum_j u_j h(y_j) is an unbiased estimate of E_{y ~ pi_BoN(pi, s, n)}[h(y)] when the
     y_j are iid from pi (it averages the BoN winner of every n-subset). This is also the BoN@n weight of
-    METHODS section 2: sum_j u_j R_j is the unbiased BoN@n estimate.
+    docs/maths.md section 2: sum_j u_j R_j is the unbiased BoN@n estimate.
 
     Args:
       scores_BM: [B, M] selection scores (finite at valid samples).
