@@ -385,11 +385,11 @@ def run_sampler(
 
 
 def check_sample(out: sampling.SampleOutput, B: int, N: int, T_new: int) -> None:
-    for name in ("tokens_BNT", "logprobs_BNT"):
+    for name in ("tokens_BMT", "logprobs_BMT"):
         shape = tuple(getattr(out, name).shape)
         if shape != (B, N, T_new):
             raise AssertionError(f"sampler {name} has shape {shape}, expected {(B, N, T_new)}")
-    lengths = np.asarray(out.lengths_BN)
+    lengths = np.asarray(out.lengths_BM)
     if lengths.shape != (B, N) or not np.all(lengths == T_new):
         raise AssertionError(f"with eos_id=None every row must run {T_new} steps; lengths {lengths}")
 
@@ -492,7 +492,7 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
         check_sample(out, B, M, T_new)
 
         def grade():
-            tokens_BMT, lengths_BM = jax.device_get((out.tokens_BNT, out.lengths_BN))
+            tokens_BMT, lengths_BM = jax.device_get((out.tokens_BMT, out.lengths_BM))
             # Synthetic grading: a Bernoulli(1/2) reward and a normal verifier score per sample.
             rewards_BM = host_rng.integers(0, 2, (B, M)).astype(np.float32)
             scores_BM = host_rng.normal(size=(B, M)).astype(np.float32)

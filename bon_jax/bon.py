@@ -45,7 +45,7 @@ __all__ = [
     "twisted_bon_distribution",
 ]
 
-# Above this many outcomes the O(K^2) pairwise comparison gives way to an O(K log K) sort.
+# Above this many outcomes the O(A^2) pairwise comparison gives way to an O(A log A) sort.
 _PAIRWISE_MAX_K = 2048
 
 
@@ -56,11 +56,11 @@ def _float_dtype(*xs):
     return dtype
 
 
-def _level_masses_pairwise(probs_K, scores_K):
-    # [..., K(outcome y), K(other y')]
-    s_y = scores_K[..., :, None]
-    s_o = scores_K[..., None, :]
-    p_o = jnp.broadcast_to(probs_K[..., None, :], jnp.broadcast_shapes(s_y.shape, s_o.shape))
+def _level_masses_pairwise(probs_A, scores_A):
+    # [..., A(outcome y), A(other y')]
+    s_y = scores_A[..., :, None]
+    s_o = scores_A[..., None, :]
+    p_o = jnp.broadcast_to(probs_A[..., None, :], jnp.broadcast_shapes(s_y.shape, s_o.shape))
     zero = jnp.zeros((), p_o.dtype)
     below = jnp.sum(jnp.where(s_o < s_y, p_o, zero), axis=-1)
     at = jnp.sum(jnp.where(s_o == s_y, p_o, zero), axis=-1)
@@ -68,11 +68,11 @@ def _level_masses_pairwise(probs_K, scores_K):
     return below, at, above
 
 
-def _level_masses_sorted_1d(probs_K, scores_K):
-    (k,) = scores_K.shape
-    order = jnp.argsort(scores_K)
-    s = scores_K[order]
-    p = probs_K[order]
+def _level_masses_sorted_1d(probs_A, scores_A):
+    (k,) = scores_A.shape
+    order = jnp.argsort(scores_A)
+    s = scores_A[order]
+    p = probs_A[order]
     new_group = jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
     gid = jnp.cumsum(new_group) - 1
     q_g = jax.ops.segment_sum(p, gid, num_segments=k)
@@ -84,44 +84,44 @@ def _level_masses_sorted_1d(probs_K, scores_K):
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def bon_level_masses(probs_K, scores_K, *, method: str = "auto"):
+def bon_level_masses(probs_A, scores_A, *, method: str = "auto"):
     """Masses of pi below, at and above each outcome's score level.
 
     Args:
-      probs_K: [..., K] probabilities pi(y) (summing to 1 over K; zeros allowed).
-      scores_K: [..., K] scores s(y) (any real, ties allowed); broadcast against probs_K.
-      method: "pairwise" ([..., K, K] comparisons; exact sums, best for moderate K), "sort" (O(K log K),
-        cumulative sums) or "auto" (pairwise for K <= 2048).
+      probs_A: [..., A] probabilities pi(y) (summing to 1 over A; zeros allowed).
+      scores_A: [..., A] scores s(y) (any real, ties allowed); broadcast against probs_A.
+      method: "pairwise" ([..., A, A] comparisons; exact sums, best for moderate A), "sort" (O(A log A),
+        cumulative sums) or "auto" (pairwise for A <= 2048).
 
     Returns:
-      (below_K, at_K, above_K): F_(s_y) = P(s < s_y), q(s_y) = P(s = s_y), A(s_y) = P(s > s_y), each [..., K].
+      (below_A, at_A, above_A): F_(s_y) = P(s < s_y), q(s_y) = P(s = s_y), A(s_y) = P(s > s_y), each [..., A].
     """
-    dtype = _float_dtype(probs_K)
-    probs_K = jnp.asarray(probs_K, dtype)
-    scores_K = jnp.asarray(scores_K)
-    shape = jnp.broadcast_shapes(probs_K.shape, scores_K.shape)
-    probs_K = jnp.broadcast_to(probs_K, shape)
-    scores_K = jnp.broadcast_to(scores_K, shape)
+    dtype = _float_dtype(probs_A)
+    probs_A = jnp.asarray(probs_A, dtype)
+    scores_A = jnp.asarray(scores_A)
+    shape = jnp.broadcast_shapes(probs_A.shape, scores_A.shape)
+    probs_A = jnp.broadcast_to(probs_A, shape)
+    scores_A = jnp.broadcast_to(scores_A, shape)
     k = shape[-1]
     if method == "auto":
         method = "pairwise" if k <= _PAIRWISE_MAX_K else "sort"
     if method == "pairwise":
-        return _level_masses_pairwise(probs_K, scores_K)
+        return _level_masses_pairwise(probs_A, scores_A)
     if method == "sort":
         fn = _level_masses_sorted_1d
         for _ in range(len(shape) - 1):
             fn = jax.vmap(fn)
-        return fn(probs_K, scores_K)
+        return fn(probs_A, scores_A)
     raise ValueError(f"method must be 'auto', 'pairwise' or 'sort', got {method!r}")
 
 
-def bon_cdfs(probs_K, scores_K, *, method: str = "auto"):
+def bon_cdfs(probs_A, scores_A, *, method: str = "auto"):
     """CDFs of the score under pi at each outcome's own score.
 
-    Returns (cdf_K, cdf_lt_K) = (F(s_y), F_(s_y)) = (P_pi(s(Y) <= s_y), P_pi(s(Y) < s_y)), each [..., K].
+    Returns (cdf_A, cdf_lt_A) = (F(s_y), F_(s_y)) = (P_pi(s(Y) <= s_y), P_pi(s(Y) < s_y)), each [..., A].
     F(s_y) is also the win rate Q_pi(y) = P_{y'~pi}(s(y) >= s(y')) of the twisting approximation.
     """
-    below, at, _ = bon_level_masses(probs_K, scores_K, method=method)
+    below, at, _ = bon_level_masses(probs_A, scores_A, method=method)
     return below + at, below
 
 
@@ -190,22 +190,22 @@ def bon_weight(cdf, cdf_lt, n):
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def bon_distribution(probs_K, scores_K, n, *, method: str = "auto"):
-    """Exact Best-of-n distribution over K outcomes, ties broken uniformly at random.
+def bon_distribution(probs_A, scores_A, n, *, method: str = "auto"):
+    """Exact Best-of-n distribution over A outcomes, ties broken uniformly at random.
 
     pi_BoN(y) = pi(y) (F(s_y)^n - F_(s_y)^n) / q(s_y), evaluated stably (module docstring).
 
     Args:
-      probs_K: [..., K] pi over K outcomes; rows sum to 1; zero-probability outcomes allowed (they get 0).
-      scores_K: [..., K] scores, broadcast against probs_K; equal scores are ties.
+      probs_A: [..., A] pi over A outcomes; rows sum to 1; zero-probability outcomes allowed (they get 0).
+      scores_A: [..., A] scores, broadcast against probs_A; equal scores are ties.
       n: number of draws, a Python number or a traced scalar (n = 1 returns pi).
       method: see `bon_level_masses`.
-    Returns: [..., K] pi_BoN, same float dtype as probs (float32 unless x64 inputs).
+    Returns: [..., A] pi_BoN, same float dtype as probs (float32 unless x64 inputs).
     """
-    below, at, above = bon_level_masses(probs_K, scores_K, method=method)
+    below, at, above = bon_level_masses(probs_A, scores_A, method=method)
     log_g = _log_bon_weight_from_masses(below, at, above, n)
-    probs_K = jnp.broadcast_to(jnp.asarray(probs_K, below.dtype), below.shape)
-    return probs_K * jnp.exp(log_g)
+    probs_A = jnp.broadcast_to(jnp.asarray(probs_A, below.dtype), below.shape)
+    return probs_A * jnp.exp(log_g)
 
 
 def kl_bon_upper_bound(n):
@@ -260,33 +260,33 @@ def bon_lambda(n: int) -> float:
                         maxiter=500))
 
 
-def twisted_bon_distribution(probs_K, scores_K, n: int, *, lam=None, method: str = "auto"):
+def twisted_bon_distribution(probs_A, scores_A, n: int, *, lam=None, method: str = "auto"):
     """Chow's exponential-twisting approximation of pi_BoN (Eqs. 3, 10, 11; BoNBoN Thm 2).
 
     pi_bon(y) = pi(y) exp(lambda_n Q(y)) / Z,  Q(y) = P_{y'~pi}(s(y) >= s(y')) = F(s_y).
 
     Args:
-      probs_K: [..., K] pi; scores_K: [..., K] scores.
+      probs_A: [..., A] pi; scores_A: [..., A] scores.
       n: BoN size, a Python int (lambda_n from `bon_lambda` on the host) unless `lam` is given.
       lam: optional tilt overriding lambda_n (a number or traced scalar).
-    Returns: [..., K] the twisted distribution (0 where pi = 0).
+    Returns: [..., A] the twisted distribution (0 where pi = 0).
     """
     lam = bon_lambda(n) if lam is None else lam
-    return _twisted(probs_K, scores_K, lam, method=method)
+    return _twisted(probs_A, scores_A, lam, method=method)
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def _twisted(probs_K, scores_K, lam, *, method):
-    cdf, _ = bon_cdfs(probs_K, scores_K, method=method)
+def _twisted(probs_A, scores_A, lam, *, method):
+    cdf, _ = bon_cdfs(probs_A, scores_A, method=method)
     dtype = cdf.dtype
-    probs_K = jnp.broadcast_to(jnp.asarray(probs_K, dtype), cdf.shape)
-    pos = probs_K > 0
-    logits = jnp.where(pos, jnp.log(jnp.where(pos, probs_K, 1)) + jnp.asarray(lam, dtype) * cdf, -jnp.inf)
+    probs_A = jnp.broadcast_to(jnp.asarray(probs_A, dtype), cdf.shape)
+    pos = probs_A > 0
+    logits = jnp.where(pos, jnp.log(jnp.where(pos, probs_A, 1)) + jnp.asarray(lam, dtype) * cdf, -jnp.inf)
     return jax.nn.softmax(logits, axis=-1)
 
 
 @jax.jit
-def select_best(scores_BN, rng, mask_BN=None):
+def select_best(scores_BM, rng, mask_BM=None):
     """Index of the highest-scoring sample per row, ties broken uniformly at random.
 
     Every unmasked sample whose score equals the row maximum gets an independent uniform 31-bit key; the
@@ -294,20 +294,20 @@ def select_best(scores_BN, rng, mask_BN=None):
     no unmasked sample returns 0. Scores of -inf are valid (and tie with each other).
 
     Args:
-      scores_BN: [..., N] scores.
+      scores_BM: [..., M] scores.
       rng: a jax PRNG key.
-      mask_BN: optional [..., N] bool, True where the sample may be chosen.
+      mask_BM: optional [..., M] bool, True where the sample may be chosen.
     Returns: [...] int32 indices into the last axis.
     """
-    scores_BN = jnp.asarray(scores_BN)
-    valid = jnp.ones(scores_BN.shape, bool) if mask_BN is None else jnp.asarray(mask_BN, bool)
-    valid = jnp.broadcast_to(valid, scores_BN.shape)
-    lowest = jnp.asarray(-jnp.inf if jnp.issubdtype(scores_BN.dtype, jnp.floating)
-                         else jnp.iinfo(scores_BN.dtype).min, scores_BN.dtype)
-    masked = jnp.where(valid, scores_BN, lowest)
+    scores_BM = jnp.asarray(scores_BM)
+    valid = jnp.ones(scores_BM.shape, bool) if mask_BM is None else jnp.asarray(mask_BM, bool)
+    valid = jnp.broadcast_to(valid, scores_BM.shape)
+    lowest = jnp.asarray(-jnp.inf if jnp.issubdtype(scores_BM.dtype, jnp.floating)
+                         else jnp.iinfo(scores_BM.dtype).min, scores_BM.dtype)
+    masked = jnp.where(valid, scores_BM, lowest)
     best = jnp.max(masked, axis=-1, keepdims=True)
     is_best = valid & (masked == best)
-    bits = jax.random.bits(rng, scores_BN.shape, jnp.uint32)
+    bits = jax.random.bits(rng, scores_BM.shape, jnp.uint32)
     keys = jnp.where(is_best, (bits >> 1).astype(jnp.int32), -1)
     return jnp.argmax(keys, axis=-1).astype(jnp.int32)
 

@@ -1,6 +1,6 @@
 """Teacher-forced log-probs of given completions, without ever holding the [rows, T, V] logits.
 
-    sequence_logprobs(params, cfg, prompts_BT, completions_BNT, ...) -> logprobs_BNT float32
+    sequence_logprobs(params, cfg, prompts_BT, completions_BMT, ...) -> logprobs_BMT float32
     taken_logprobs(h_RD, embedding_VD, tokens_R, ...)                 -> logprobs_R float32
 
 These are the `logp_BM` (summed over tokens) and `expert_logp_B` the objectives differentiate
@@ -12,7 +12,7 @@ c_r and whose final-normed hidden state is h_r, with the tied embedding E [V, D]
 
 `taken_logprobs` walks over the R rows in chunks of C rows (`lax.map`), holding one chunk's [C, V] logits
 at a time and keeping per row only the logsumexp and the taken logit; with Gemma 3's V = 262,144 the full
-logits of B * N = 128 rows of 192 tokens would be 128 * 192 * 262,144 * 4 bytes = 25.8 GB. Its backward
+logits of B * M = 128 rows of 192 tokens would be 128 * 192 * 262,144 * 4 bytes = 25.8 GB. Its backward
 pass (`jax.custom_vjp`) recomputes each chunk's logits rather than saving them. With p_r = softmax(s_r)
 and an incoming cotangent g_r,
 
@@ -80,8 +80,8 @@ def _taken_fwd(h_RD, embedding_VD, tokens_R, temperature, cap, c, dtype):
         lse_C = jax.nn.logsumexp(s_CV, axis=-1)
         return jnp.take_along_axis(s_CV, tokens_C[:, None], axis=-1)[:, 0] - lse_C, lse_C
 
-    logp_KC, lse_KC = lax.map(one_chunk, (_chunked(h_RD, n_chunks, c), _chunked(tokens_R, n_chunks, c)))
-    return logp_KC.reshape(-1)[:R], (h_RD, embedding_VD, tokens_R, lse_KC.reshape(-1)[:R])
+    logp_IC, lse_IC = lax.map(one_chunk, (_chunked(h_RD, n_chunks, c), _chunked(tokens_R, n_chunks, c)))
+    return logp_IC.reshape(-1)[:R], (h_RD, embedding_VD, tokens_R, lse_IC.reshape(-1)[:R])
 
 
 def _taken_bwd(temperature, cap, c, dtype, residuals, g_R):
@@ -107,8 +107,8 @@ def _taken_bwd(temperature, cap, c, dtype, residuals, g_R):
         return grad_e_VD, grad_h_CD
 
     xs = tuple(_chunked(x, n_chunks, c) for x in (h_RD, tokens_R, lse_R, g_R))
-    grad_e_VD, grad_h_KCD = lax.scan(one_chunk, jnp.zeros((V, D), jnp.float32), xs)
-    grad_h_RD = grad_h_KCD.reshape(-1, D)[:R].astype(h_RD.dtype)
+    grad_e_VD, grad_h_ICD = lax.scan(one_chunk, jnp.zeros((V, D), jnp.float32), xs)
+    grad_h_RD = grad_h_ICD.reshape(-1, D)[:R].astype(h_RD.dtype)
     return grad_h_RD, grad_e_VD.astype(embedding_VD.dtype), None
 
 
@@ -148,43 +148,43 @@ def prompt_valid(prompts_BT, prompt_lengths_B, pad_id, padding_side):
     return valid_from_lengths(jnp.asarray(prompt_lengths_B), prompts_BT.shape[1], padding_side)
 
 
-def sequence_logprobs(params, model_cfg: ModelConfig, prompts_BT, completions_BNT, *,
-                      completion_lengths_BN=None, prompt_lengths_B=None,
+def sequence_logprobs(params, model_cfg: ModelConfig, prompts_BT, completions_BMT, *,
+                      completion_lengths_BM=None, prompt_lengths_B=None,
                       padding_side: str = "right", pad_id: int = 0, temperature: float = 1.0,
                       share_prompt: bool = True, chunk: int | None = None):
-    """Teacher-forced per-token log-probs of completions: float32 [B, N, T_c], 0 past each length.
+    """Teacher-forced per-token log-probs of completions: float32 [B, M, T_c], 0 past each length.
 
         logprobs[b, i, j] = log softmax(l / temperature)[c_bij],  l = policy logits after
                             prompt_b, c_bi0 .. c_bi(j-1)
 
-    Pure and differentiable in params (call it inside the trainer's jit). The B * N * T_c predicting
+    Pure and differentiable in params (call it inside the trainer's jit). The B * M * T_c predicting
     hidden states are unembedded by `taken_logprobs` in chunks of `chunk` rows (default `chunk_rows`):
-    memory grows with V by one chunk's logits, not by B * N * T_c of them. Real prompt tokens come
+    memory grows with V by one chunk's logits, not by B * M * T_c of them. Real prompt tokens come
     from `prompt_lengths_B` / `padding_side` or `!= pad_id`, as in `sampling.sample`; real completion
-    tokens are the first `completion_lengths_BN` (default: those != pad_id).
+    tokens are the first `completion_lengths_BM` (default: those != pad_id).
 
     `share_prompt` (default): each prompt runs through the model once, [B, T], writing its keys/values
-    into a cache of T + T_c slots; the cache is tiled N times and the B * N completions [B * N, T_c] run
-    against it, so the prompt's projections and MLPs cost B rows, not B * N (gradients reach the prompt's
-    keys/values through the tiling, summed over its N completions). `share_prompt=False`: one full forward
-    of the B * N concatenated (prompt, completion) rows, the reference the tests hold it to.
+    into a cache of T + T_c slots; the cache is tiled M times and the B * M completions [B * M, T_c] run
+    against it, so the prompt's projections and MLPs cost B rows, not B * M (gradients reach the prompt's
+    keys/values through the tiling, summed over its M completions). `share_prompt=False`: one full forward
+    of the B * M concatenated (prompt, completion) rows, the reference the tests hold it to.
     """
     prompts_BT = jnp.asarray(prompts_BT, jnp.int32)
-    completions_BNT = jnp.asarray(completions_BNT, jnp.int32)
-    if prompts_BT.ndim != 2 or completions_BNT.ndim != 3 or completions_BNT.shape[0] != prompts_BT.shape[0]:
-        raise ValueError(f"sequence_logprobs wants prompts [B, T] and completions [B, N, T_c], got "
-                         f"{prompts_BT.shape} and {completions_BNT.shape}")
+    completions_BMT = jnp.asarray(completions_BMT, jnp.int32)
+    if prompts_BT.ndim != 2 or completions_BMT.ndim != 3 or completions_BMT.shape[0] != prompts_BT.shape[0]:
+        raise ValueError(f"sequence_logprobs wants prompts [B, T] and completions [B, M, T_c], got "
+                         f"{prompts_BT.shape} and {completions_BMT.shape}")
     if not temperature > 0:
         raise ValueError(f"sequence_logprobs: temperature must be > 0, got {temperature}")
     if padding_side not in ("left", "right"):
         raise ValueError(f"sequence_logprobs: padding_side must be 'left' or 'right', got {padding_side!r}")
-    B, N, Tc = completions_BNT.shape
+    B, M, Tc = completions_BMT.shape
     T = prompts_BT.shape[1]
     pvalid_BT = prompt_valid(prompts_BT, prompt_lengths_B, pad_id, padding_side)
-    if completion_lengths_BN is None:
-        cvalid_BNT = completions_BNT != pad_id
+    if completion_lengths_BM is None:
+        cvalid_BMT = completions_BMT != pad_id
     else:
-        cvalid_BNT = jnp.arange(Tc) < jnp.asarray(completion_lengths_BN)[..., None]
+        cvalid_BMT = jnp.arange(Tc) < jnp.asarray(completion_lengths_BM)[..., None]
     model = Transformer(model_cfg)
     hidden = functools.partial(model.apply, {"params": params}, method=Transformer.hidden_states)
     if share_prompt:
@@ -194,31 +194,31 @@ def sequence_logprobs(params, model_cfg: ModelConfig, prompts_BT, completions_BN
         cache = init_cache(model_cfg, B, T + Tc)
         h_BTD, cache = hidden(prompts_BT, positions_from_valid(pvalid_BT), causal_mask(pvalid_BT, T + Tc),
                               cache)
-        h_last_RD = jnp.repeat(take_last_valid(h_BTD, pvalid_BT), N, axis=0)
-        cvalid_RTc = cvalid_BNT.reshape(B * N, Tc)
-        plen_R = jnp.repeat(pvalid_BT.sum(-1, dtype=jnp.int32), N)
+        h_last_RD = jnp.repeat(take_last_valid(h_BTD, pvalid_BT), M, axis=0)
+        cvalid_RTc = cvalid_BMT.reshape(B * M, Tc)
+        plen_R = jnp.repeat(pvalid_BT.sum(-1, dtype=jnp.int32), M)
         positions_RTc = jnp.where(cvalid_RTc, plen_R[:, None] + positions_from_valid(cvalid_RTc), 0)
-        prompt_part_RTcT = jnp.broadcast_to(jnp.repeat(pvalid_BT, N, axis=0)[:, None, :], (B * N, Tc, T))
+        prompt_part_RTcT = jnp.broadcast_to(jnp.repeat(pvalid_BT, M, axis=0)[:, None, :], (B * M, Tc, T))
         mask_RTcS = jnp.concatenate([prompt_part_RTcT, causal_mask(cvalid_RTc)], axis=-1)
-        h_RTcD, _ = hidden(completions_BNT.reshape(B * N, Tc), positions_RTc, mask_RTcS,
-                           tile_cache(cache, N))
+        h_RTcD, _ = hidden(completions_BMT.reshape(B * M, Tc), positions_RTc, mask_RTcS,
+                           tile_cache(cache, M))
         h_prev_RTcD = jnp.concatenate([h_last_RD[:, None], h_RTcD[:, :Tc - 1]], axis=1)
     else:
-        pvalid_RT = jnp.repeat(pvalid_BT, N, axis=0)
-        tokens_RT = jnp.concatenate([jnp.repeat(prompts_BT, N, axis=0),
-                                     completions_BNT.reshape(B * N, Tc)], axis=1)
-        valid_RT = jnp.concatenate([pvalid_RT, cvalid_BNT.reshape(B * N, Tc)], axis=1)
+        pvalid_RT = jnp.repeat(pvalid_BT, M, axis=0)
+        tokens_RT = jnp.concatenate([jnp.repeat(prompts_BT, M, axis=0),
+                                     completions_BMT.reshape(B * M, Tc)], axis=1)
+        valid_RT = jnp.concatenate([pvalid_RT, cvalid_BMT.reshape(B * M, Tc)], axis=1)
         h_RTD, _ = hidden(tokens_RT, positions_from_valid(valid_RT), causal_mask(valid_RT))
         # Completion token j is predicted by the hidden state one real token earlier: the prompt's last
         # real token for j = 0, completion token j - 1 otherwise.
         h_prev_RTcD = jnp.concatenate([take_last_valid(h_RTD[:, :T], pvalid_RT)[:, None],
                                        h_RTD[:, T:T + Tc - 1]], axis=1)
     logprobs_R = taken_logprobs(
-        h_prev_RTcD.reshape(B * N * Tc, -1), params["embedder"]["input_embedding"],
-        completions_BNT.reshape(-1), temperature=temperature,
+        h_prev_RTcD.reshape(B * M * Tc, -1), params["embedder"]["input_embedding"],
+        completions_BMT.reshape(-1), temperature=temperature,
         final_logit_soft_cap=model_cfg.final_logit_soft_cap, compute_dtype=model_cfg.compute_dtype,
         chunk=chunk)
-    return jnp.where(cvalid_BNT, logprobs_R.reshape(B, N, Tc), 0.0)
+    return jnp.where(cvalid_BMT, logprobs_R.reshape(B, M, Tc), 0.0)
 
 
 __all__ = ["CHUNK_ELEMENTS", "chunk_rows", "prompt_valid", "sequence_logprobs", "taken_logprobs"]

@@ -335,21 +335,21 @@ def maj_at_k(
 # ------------------------------------------------------------------------------------------------ KL, entropy
 
 
-def kl_k1(logp_BN, ref_logp_BN, mask=None):
+def kl_k1(logp_BM, ref_logp_BM, mask=None):
     """k1 estimate of KL(pi || pi_ref) per sequence: log pi(y) - log pi_ref(y) for y ~ pi.
 
     Args:
-      logp_BN, ref_logp_BN: [...] sequence log-probs; or, with mask, [..., T] token log-probs.
+      logp_BM, ref_logp_BM: [...] sequence log-probs; or, with mask, [..., T] token log-probs.
       mask: optional [..., T] valid-token mask; the per-token differences are then summed over T.
     Returns: [...] per-sequence k1 (unbiased for the sequence KL; can be negative).
     """
-    d = jnp.asarray(logp_BN) - jnp.asarray(ref_logp_BN)
+    d = jnp.asarray(logp_BM) - jnp.asarray(ref_logp_BM)
     if mask is None:
         return d
     return jnp.sum(jnp.where(jnp.asarray(mask, bool), d, 0), axis=-1)
 
 
-def kl_k3(token_logp_BNT, token_ref_logp_BNT, mask_BNT=None):
+def kl_k3(token_logp_BMT, token_ref_logp_BMT, mask_BMT=None):
     """k3 estimate per sequence: sum_t (exp(-d_t) - 1 + d_t), d_t = log pi(y_t|.) - log pi_ref(y_t|.).
 
     Per token, E_{y_t~pi}[k3] = KL(pi(.|prefix) || pi_ref(.|prefix)) exactly and k3 >= 0; the sum over the
@@ -358,10 +358,10 @@ def kl_k3(token_logp_BNT, token_ref_logp_BNT, mask_BNT=None):
 
     Args: token log-probs [..., T] and an optional [..., T] mask. Returns: [...] per sequence.
     """
-    d = jnp.asarray(token_logp_BNT) - jnp.asarray(token_ref_logp_BNT)
+    d = jnp.asarray(token_logp_BMT) - jnp.asarray(token_ref_logp_BMT)
     k3 = jnp.expm1(-d) + d
-    if mask_BNT is not None:
-        k3 = jnp.where(jnp.asarray(mask_BNT, bool), k3, 0)
+    if mask_BMT is not None:
+        k3 = jnp.where(jnp.asarray(mask_BMT, bool), k3, 0)
     return jnp.sum(k3, axis=-1)
 
 
@@ -375,36 +375,36 @@ def entropy_from_logits(logits_V):
     return -jnp.sum(jnp.where(p > 0, p * jnp.where(p > 0, logp, 0), 0), axis=-1)
 
 
-def sequence_entropy(token_logp_BNT, mask_BNT=None):
+def sequence_entropy(token_logp_BMT, mask_BMT=None):
     """Single-sample entropy estimate per sequence: -log pi(y) = -sum_t log pi(y_t|.), [..., T] -> [...].
 
     Unbiased for H(pi(.|x)) when y ~ pi (temperature 1).
     """
-    lp = jnp.asarray(token_logp_BNT)
-    if mask_BNT is not None:
-        lp = jnp.where(jnp.asarray(mask_BNT, bool), lp, 0)
+    lp = jnp.asarray(token_logp_BMT)
+    if mask_BMT is not None:
+        lp = jnp.where(jnp.asarray(mask_BMT, bool), lp, 0)
     return -jnp.sum(lp, axis=-1)
 
 
-def sequence_token_entropy(logits_BNTV, mask_BNT=None):
+def sequence_token_entropy(logits_BMTV, mask_BMT=None):
     """Rao-Blackwellised entropy estimate per sequence: sum_t H(pi(.| x, y_<t)), [..., T, V] -> [...].
 
     Unbiased for H(pi(.|x)) when y ~ pi (chain rule of entropy), lower variance than `sequence_entropy`.
     """
-    h = entropy_from_logits(logits_BNTV)
-    if mask_BNT is not None:
-        h = jnp.where(jnp.asarray(mask_BNT, bool), h, 0)
+    h = entropy_from_logits(logits_BMTV)
+    if mask_BMT is not None:
+        h = jnp.where(jnp.asarray(mask_BMT, bool), h, 0)
     return jnp.sum(h, axis=-1)
 
 
-def distinct_answers(answers_BN, mask_BN=None):
+def distinct_answers(answers_BM, mask_BM=None):
     """Number of distinct answer ids per row, ignoring negative (unparsable) ids and masked entries.
 
-    Args: answers_BN [..., N] integer ids; mask_BN optional [..., N] bool. Returns: [...] int32.
+    Args: answers_BM [..., M] integer ids; mask_BM optional [..., M] bool. Returns: [...] int32.
     """
-    a = jnp.asarray(answers_BN)
-    if mask_BN is not None:
-        a = jnp.where(jnp.asarray(mask_BN, bool), a, -1)
+    a = jnp.asarray(answers_BM)
+    if mask_BM is not None:
+        a = jnp.where(jnp.asarray(mask_BM, bool), a, -1)
     s = jnp.sort(a, axis=-1)
     first = jnp.concatenate([jnp.ones(s.shape[:-1] + (1,), bool), s[..., 1:] != s[..., :-1]], axis=-1)
     return jnp.sum(first & (s >= 0), axis=-1).astype(jnp.int32)

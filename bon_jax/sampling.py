@@ -1,15 +1,15 @@
-"""Best-of-N sampling: prefill each prompt once; its N samples share its keys and values while they decode.
+"""Best-of-N sampling: prefill each prompt once; its M samples share its keys and values while they decode.
 
-    sample(params, cfg, prompts_BT, n, rng, max_new_tokens=...) -> SampleOutput(tokens_BNT,
-                                                                            logprobs_BNT, lengths_BN)
+    sample(params, cfg, prompts_BT, n, rng, max_new_tokens=...) -> SampleOutput(tokens_BMT,
+                                                                            logprobs_BMT, lengths_BM)
 
 Pipeline (two jitted functions, compiled once per shape bucket and static settings):
-1. `_prefill` runs the B prompts [B, T] through the model once (cost independent of N), unembeds only
-   each row's last real token, and returns the prompts' keys/values (`DecodeKV` [B * K, T, H]).
-2. `_decode` samples token 0 of every row r = b * N + i (sample i of prompt b; R = B * N rows) from its
+1. `_prefill` runs the B prompts [B, T] through the model once (cost independent of M), unembeds only
+   each row's last real token, and returns the prompts' keys/values (`DecodeKV` [B * G, T, E]).
+2. `_decode` samples token 0 of every row r = b * M + i (sample i of prompt b; R = B * M rows) from its
    prompt's logits, then a `lax.while_loop` feeds each sampled token back and samples the next, until
    every row has stopped or max_new_tokens tokens exist. Each step (`transformer.decode_step`) attends
-   over the prompt's keys, shared by its N rows (a [N * G, H] x [H, T] matmul per prompt and kv head,
+   over the prompt's keys, shared by its M rows (a [M * Q, E] x [E, T] matmul per prompt and kv head,
    `attention.shared_prefix_attention`; local layers read only each prompt's last `window` slots,
    `transformer.prefix_window`), and over the row's own generated keys, a cache of
    max_new_tokens - 1 slots created inside the jit and updated in place by the loop. The weights are
@@ -30,7 +30,7 @@ here).
 RNG: the uniform of sample i of prompt b at step t is `uniform(key)` with
     key = fold_in(fold_in(fold_in(rng, prompt_id_b), i), t)
 with `prompt_ids_B` defaulting to arange(B): a prompt's samples do not depend on its batch position or
-neighbours, and sharing the prompt draws exactly what decoding N copies of the prompt would
+neighbours, and sharing the prompt draws exactly what decoding M copies of the prompt would
 (`prefill_once=False`, the reference path).
 """
 
@@ -66,12 +66,12 @@ TRACE_COUNTS: collections.Counter = collections.Counter()
 
 @flax.struct.dataclass
 class SampleOutput:
-    """tokens_BNT int32 (pad_id after a stop), logprobs_BNT float32 (0 after a stop), lengths_BN int32
+    """tokens_BMT int32 (pad_id after a stop), logprobs_BMT float32 (0 after a stop), lengths_BM int32
     (generated tokens, counting the stop token)."""
 
-    tokens_BNT: jax.Array
-    logprobs_BNT: jax.Array
-    lengths_BN: jax.Array
+    tokens_BMT: jax.Array
+    logprobs_BMT: jax.Array
+    lengths_BM: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +103,11 @@ class SamplingSettings:
 # ----------------------------------------------------------------------------- one sampling step
 
 
-def _nucleus_keep(sorted_logits_RK, top_p: float):
+def _nucleus_keep(sorted_logits_RU, top_p: float):
     """Keep-mask over logits sorted in descending order: the prefix whose mass first reaches top_p."""
-    probs_RK = jax.nn.softmax(sorted_logits_RK, axis=-1)
-    mass_before_RK = jnp.cumsum(probs_RK, axis=-1) - probs_RK
-    return mass_before_RK < top_p
+    probs_RU = jax.nn.softmax(sorted_logits_RU, axis=-1)
+    mass_before_RU = jnp.cumsum(probs_RU, axis=-1) - probs_RU
+    return mass_before_RU < top_p
 
 
 def nucleus_threshold(probs_RV, top_p: float):
@@ -184,19 +184,19 @@ def sample_from_uniform(logits_RV, u_R, settings: SamplingSettings):
         scaled_RV = logits_RV / settings.temperature if settings.temperature != 1 else logits_RV
         nucleus = settings.top_p is not None and settings.top_p < 1  # top_p = 1 keeps every token
         if settings.top_k is not None:
-            candidates_RK, token_ids_RK = lax.top_k(scaled_RV, settings.top_k)  # sorted, descending
+            candidates_RU, token_ids_RU = lax.top_k(scaled_RV, settings.top_k)  # sorted, descending
             if nucleus:
-                keep_RK = _nucleus_keep(candidates_RK, settings.top_p)
-                candidates_RK = jnp.where(keep_RK, candidates_RK, -jnp.inf)
+                keep_RU = _nucleus_keep(candidates_RU, settings.top_p)
+                candidates_RU = jnp.where(keep_RU, candidates_RU, -jnp.inf)
         else:
-            candidates_RK, token_ids_RK = scaled_RV, None
+            candidates_RU, token_ids_RU = scaled_RV, None
             if nucleus:
                 probs_RV = jax.nn.softmax(scaled_RV, axis=-1)
-                candidates_RK = jnp.where(probs_RV >= nucleus_threshold(probs_RV, settings.top_p),
+                candidates_RU = jnp.where(probs_RV >= nucleus_threshold(probs_RV, settings.top_p),
                                           scaled_RV, -jnp.inf)
-        choice_R, sampling_logprobs_R = inverse_cdf_sample(candidates_RK, u_R)
-        tokens_R = choice_R if token_ids_RK is None else jnp.take_along_axis(
-            token_ids_RK, choice_R[:, None], axis=-1)[:, 0].astype(jnp.int32)
+        choice_R, sampling_logprobs_R = inverse_cdf_sample(candidates_RU, u_R)
+        tokens_R = choice_R if token_ids_RU is None else jnp.take_along_axis(
+            token_ids_RU, choice_R[:, None], axis=-1)[:, 0].astype(jnp.int32)
     if settings.logprobs == "sampling":
         return tokens_R, sampling_logprobs_R
     lse_R = jax.nn.logsumexp(logits_RV, axis=-1)
@@ -218,9 +218,9 @@ def sample_step(logits_RV, keys_R, settings: SamplingSettings):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "fast"))
 def _prefill(params, tokens_BT, valid_BT, *, cfg: ModelConfig, fast: bool = True):
-    """Prompts -> (next-token logits_BV float32, the prompts' keys/values `DecodeKV` [B * K, T, H]).
+    """Prompts -> (next-token logits_BV float32, the prompts' keys/values `DecodeKV` [B * G, T, E]).
 
-    Once per prompt, whatever N: the N samples of a prompt share its keys and values in the decode
+    Once per prompt, whatever M: the M samples of a prompt share its keys and values in the decode
     step instead of each reading a tiled copy.
     """
     TRACE_COUNTS["prefill"] += 1
@@ -336,7 +336,7 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
       params: the policy's params (the 'params' collection of `models.Transformer`).
       model_cfg: its config.
       prompts_BT: int prompts, padded on either side (or both) with pad_id.
-      n: samples per prompt (N).
+      n: samples per prompt (M).
       rng: a PRNG key; see the module docstring for how per-sample keys derive from it.
       max_new_tokens: T_new, the length of the outputs.
       prompt_lengths_B: real tokens per row, with `padding_side` ('right' or 'left'); without it the
@@ -352,7 +352,7 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
         for tests and benchmarks).
 
     Returns:
-      SampleOutput with tokens_BNT, logprobs_BNT [B, N, T_new] and lengths_BN [B, N].
+      SampleOutput with tokens_BMT, logprobs_BMT [B, M, T_new] and lengths_BM [B, M].
     """
     prompts_BT = jnp.asarray(prompts_BT, jnp.int32)
     B, T = prompts_BT.shape
@@ -386,6 +386,6 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
     tokens_RT, logprobs_RT, lengths_R = _decode(
         params, prefix, logits_BV, valid_BT, rng, jnp.repeat(prompt_ids_B, n),
         jnp.tile(jnp.arange(n, dtype=jnp.int32), B), cfg=model_cfg, settings=settings, n=rows)
-    return SampleOutput(tokens_BNT=tokens_RT.reshape(B, n, -1),
-                        logprobs_BNT=logprobs_RT.reshape(B, n, -1),
-                        lengths_BN=lengths_R.reshape(B, n))
+    return SampleOutput(tokens_BMT=tokens_RT.reshape(B, n, -1),
+                        logprobs_BMT=logprobs_RT.reshape(B, n, -1),
+                        lengths_BM=lengths_R.reshape(B, n))

@@ -56,12 +56,12 @@ def humaneval():
 def test_humaneval_exits_with_status_0_do_not_pass(humaneval):
     exs = humaneval.examples("test")[:3]
     g = humaneval.grade_batch(exs, [[e.reference, *HUMANEVAL_CHEATS.values()] for e in exs])
-    np.testing.assert_array_equal(g.rewards_BN[:, 0], 1.0)
+    np.testing.assert_array_equal(g.rewards_BM[:, 0], 1.0)
     for j, name in enumerate(HUMANEVAL_CHEATS, start=1):
-        assert list(g.rewards_BN[:, j]) == [0.0] * 3, (name, g.reasons_BN[:, j])
-        assert all(g.reasons_BN[:, j]), name
+        assert list(g.rewards_BM[:, j]) == [0.0] * 3, (name, g.reasons_BM[:, j])
+        assert all(g.reasons_BM[:, j]), name
     early = [j for j, name in enumerate(HUMANEVAL_CHEATS, start=1) if "exit" in name and "atexit" not in name]
-    assert all("no pass marker" in r for r in g.reasons_BN[:, early].ravel()), g.reasons_BN[:, early]
+    assert all("no pass marker" in r for r in g.reasons_BM[:, early].ravel()), g.reasons_BM[:, early]
 
 
 def test_mbpp_exits_with_status_0_do_not_pass():
@@ -74,7 +74,7 @@ def test_mbpp_exits_with_status_0_do_not_pass():
         _SCAN,
     ]
     g = mbpp.grade_batch([e], [[e.reference, *cheats]])
-    assert list(g.rewards_BN[0]) == [1.0] + [0.0] * len(cheats), g.reasons_BN
+    assert list(g.rewards_BM[0]) == [1.0] + [0.0] * len(cheats), g.reasons_BM
 
 
 def test_a_marker_seen_in_one_run_does_not_pass_another(humaneval):

@@ -16,7 +16,7 @@ def softmax(x):
 
 
 def brute_bon(probs, scores, n):
-    """pi_BoN by enumerating the K^n draw tuples; ties broken uniformly among the drawn maxima."""
+    """pi_BoN by enumerating the A^n draw tuples; ties broken uniformly among the drawn maxima."""
     out = np.zeros(len(probs))
     for draws in itertools.product(range(len(probs)), repeat=n):
         p = np.prod(probs[list(draws)])
@@ -32,19 +32,19 @@ def kl(p, q):
     return float(np.sum(p[m] * np.log(p[m] / q[m])))
 
 
-K = 6
+A = 6
 RNG = np.random.default_rng(0)
-LOGITS = RNG.normal(size=K).astype(np.float32)
-REF = RNG.normal(size=K).astype(np.float32)
+LOGITS = RNG.normal(size=A).astype(np.float32)
+REF = RNG.normal(size=A).astype(np.float32)
 REWARDS = np.array([0.0, 1.0, 0.5, 0.5, 1.0, 0.0], np.float32)  # ties
 SCORES = np.array([2.0, 0.0, 1.0, 2.0, 1.0, 0.0], np.float32)  # ties, != rewards
 BINARY = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0], np.float32)
-EXPERT = RNG.dirichlet(np.ones(K)).astype(np.float32)
-ANCHOR = RNG.normal(size=K).astype(np.float32)
+EXPERT = RNG.dirichlet(np.ones(A)).astype(np.float32)
+ANCHOR = RNG.normal(size=A).astype(np.float32)
 
 
 def j(name, rewards=REWARDS, scores=SCORES, logits=LOGITS, **kw):
-    return float(exact.objective(name, logits, rewards, scores, REF, expert_probs_K=EXPERT, **kw))
+    return float(exact.objective(name, logits, rewards, scores, REF, expert_probs_A=EXPERT, **kw))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -109,7 +109,7 @@ def test_kl_rl_sft_bon_sft():
         tw /= tw.sum()
         assert j("bon_sft", n=n, lam=lam) == pytest.approx(EXPERT @ np.log(tw), rel=1e-5)
     assert j("bon_sft", n=4, lam=0.0) == pytest.approx(j("sft", n=4), rel=1e-6)
-    with pytest.raises(ValueError, match="expert_probs_K"):
+    with pytest.raises(ValueError, match="expert_probs_A"):
         exact.objective("sft", LOGITS, REWARDS, SCORES, REF, n=1)
 
 
@@ -124,7 +124,7 @@ def test_kl_terms_and_default_beta(name):
     assert j(name, rewards=rewards, n=2, beta=0.2) == pytest.approx(
         base - 0.2 * scale * kl(pi, ref), rel=1e-5
     )
-    with_anchor = j(name, rewards=rewards, n=2, beta=0.0, anchor_coef=0.7, anchor_logits_K=ANCHOR)
+    with_anchor = j(name, rewards=rewards, n=2, beta=0.0, anchor_coef=0.7, anchor_logits_A=ANCHOR)
     assert with_anchor == pytest.approx(base - 0.7 * kl(pi, anchor), rel=1e-5, abs=1e-6)
 
 
@@ -137,7 +137,7 @@ def test_options_and_errors():
         j("bon_rl", n=2, no_such_option=1)
     with pytest.raises(KeyError):
         j("nope", n=2)
-    with pytest.raises(ValueError, match="anchor_logits_K"):
+    with pytest.raises(ValueError, match="anchor_logits_A"):
         j("bon_rl", n=2, anchor_coef=0.5)
     with pytest.raises(ValueError, match="no KL terms"):
         j("bon_distill_sft", n=2, beta=0.1)
@@ -148,13 +148,13 @@ def test_gradients_finite_and_match_finite_differences(name):
     rewards = BINARY if O.spec(name).binary_reward else REWARDS
 
     def f(lg):
-        return exact.objective(name, lg, rewards, SCORES, REF, n=3, expert_probs_K=EXPERT)
+        return exact.objective(name, lg, rewards, SCORES, REF, n=3, expert_probs_A=EXPERT)
 
     g = np.asarray(jax.grad(f)(LOGITS), np.float64)
     assert np.all(np.isfinite(g))
     eps = 1e-2
     for k in (0, 3):
-        e = np.zeros(K, np.float32)
+        e = np.zeros(A, np.float32)
         e[k] = eps
         fd = (float(f(LOGITS + e)) - float(f(LOGITS - e))) / (2 * eps)
         assert g[k] == pytest.approx(fd, rel=2e-2, abs=2e-3)

@@ -216,7 +216,7 @@ def test_verifier_data_holds_out_unseen_prompts_and_adds_references_outside_the_
     tokenizer = types.SimpleNamespace(encode_batch=lambda texts, **kw: (np.ones((len(texts), 4)), np.full(len(texts), 4)))
 
     def fake_draw(params, cfg, tok, task, scorer, ex, toks, lens, n, key, **kw):
-        return types.SimpleNamespace(texts_BN=[["wrong"] * n for _ in ex], rewards_BN=np.zeros((len(ex), n)))
+        return types.SimpleNamespace(texts_BM=[["wrong"] * n for _ in ex], rewards_BM=np.zeros((len(ex), n)))
 
     monkeypatch.setattr(verifier_mod, "draw_graded", fake_draw)
     prompts, completions, labels, groups, holdout = verifier_mod._graded_samples(ctx, tokenizer, None, None)

@@ -192,10 +192,10 @@ def value_run(toy, tmp_path_factory):
 
         return wrapped
 
-    def graded_by_length(self, examples_B, texts_BN):  # rewards that vary, so the value has something to fit
-        grades = real_grade(self, examples_B, texts_BN)
-        rewards = SCORER(examples_B, texts_BN) / 4.0  # the verifier is then a perfect one
-        return dataclasses.replace(grades, rewards_BN=rewards)
+    def graded_by_length(self, examples_B, texts_BM):  # rewards that vary, so the value has something to fit
+        grades = real_grade(self, examples_B, texts_BM)
+        rewards = SCORER(examples_B, texts_BM) / 4.0  # the verifier is then a perfect one
+        return dataclasses.replace(grades, rewards_BM=rewards)
 
     real_grade = ArithTask.grade_batch
     mp = pytest.MonkeyPatch()

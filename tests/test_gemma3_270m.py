@@ -94,7 +94,7 @@ def test_greedy_continuations_are_sensible(model, tok):
     prompts_BT, lengths_B = tok.encode_batch(SHORT_PROMPTS, add_bos=True, pad_side="right", buckets=None)
     out = sample(params, cfg, prompts_BT, 1, jax.random.key(0), max_new_tokens=12, greedy=True,
                  prompt_lengths_B=lengths_B, eos_id=tok.eos_id)
-    texts = dict(zip(SHORT_PROMPTS, tok.decode_batch(np.asarray(out.tokens_BNT[:, 0]))))
+    texts = dict(zip(SHORT_PROMPTS, tok.decode_batch(np.asarray(out.tokens_BMT[:, 0]))))
     for p, t in texts.items():
         print(f"{p!r} -> {t!r}")
     assert "Berlin" in texts[SHORT_PROMPTS[0]]
@@ -197,8 +197,8 @@ def test_greedy_decoding_past_the_window_matches_transformers(model, tok, hf):
 def greedy_ids(cfg, params, ids, n_new, eos_id):
     out = sample(params, cfg, np.asarray([ids], np.int32), 1, jax.random.key(0), max_new_tokens=n_new,
                  greedy=True, eos_id=eos_id)
-    length = int(out.lengths_BN[0, 0])
-    return [int(t) for t in np.asarray(out.tokens_BNT[0, 0])[:length]]
+    length = int(out.lengths_BM[0, 0])
+    return [int(t) for t in np.asarray(out.tokens_BMT[0, 0])[:length]]
 
 
 def test_tokenization_matches_transformers(tok, hf):

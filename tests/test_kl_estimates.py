@@ -34,21 +34,21 @@ def test_evaluation_reports_k1_and_k3(monkeypatch):
     m, t_new = 2, 3
 
     def fake_seq_logp(model_cfg, temperature, per_token=False):
-        def seq_logp(ref_params, prompts_BT, plen_B, tokens_BNT, lengths_BN):
-            logp_BNT = np.full(tokens_BNT.shape, -2.0 / t_new, np.float32)  # reference: -2/3 per token
-            return logp_BNT if per_token else logp_BNT.sum(-1)
+        def seq_logp(ref_params, prompts_BT, plen_B, tokens_BMT, lengths_BM):
+            logp_BMT = np.full(tokens_BMT.shape, -2.0 / t_new, np.float32)  # reference: -2/3 per token
+            return logp_BMT if per_token else logp_BMT.sum(-1)
 
         return seq_logp
 
     def fake_draw(params, model_cfg, tokenizer, task, scorer, chunk, prompts_BT, *args, **kwargs):
         b = len(chunk)
         fields = dict(
-            prompt_tokens_BT=prompts_BT, prompt_lengths_B=np.full(b, 2), tokens_BNT=np.ones((b, m, t_new), np.int32),
-            lengths_BN=np.full((b, m), t_new), logp_BN=np.full((b, m), -1.0, np.float32),
-            token_logp_BNT=np.full((b, m, t_new), -1.0 / t_new, np.float32),  # policy: -1/3 per token
-            texts_BN=[["x"] * m for _ in range(b)], rewards_BN=np.ones((b, m), np.float32),
-            answers_BN=np.array([[None] * m] * b, dtype=object), scores_BN=np.ones((b, m), np.float32),
-            finished_BN=np.ones((b, m), bool))
+            prompt_tokens_BT=prompts_BT, prompt_lengths_B=np.full(b, 2), tokens_BMT=np.ones((b, m, t_new), np.int32),
+            lengths_BM=np.full((b, m), t_new), logp_BM=np.full((b, m), -1.0, np.float32),
+            token_logp_BMT=np.full((b, m, t_new), -1.0 / t_new, np.float32),  # policy: -1/3 per token
+            texts_BM=[["x"] * m for _ in range(b)], rewards_BM=np.ones((b, m), np.float32),
+            answers_BM=np.array([[None] * m] * b, dtype=object), scores_BM=np.ones((b, m), np.float32),
+            finished_BM=np.ones((b, m), bool))
         return GradedSamples(**{f.name: fields[f.name] for f in dataclasses.fields(GradedSamples)})
 
     class Tok:

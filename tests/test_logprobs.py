@@ -94,25 +94,25 @@ def _setup(cap, vocab_size=128):
     rng = np.random.default_rng(2)
     valid_BT = np.asarray(valid_from_lengths(PLEN, T, "left"))
     prompts_BT = np.where(valid_BT, rng.integers(1, vocab_size, (B, T)), 0)
-    lengths_BN = rng.integers(1, TC + 1, (B, N))
-    lengths_BN[0, 0] = TC
-    completions_BNT = np.where(np.arange(TC) < lengths_BN[..., None], rng.integers(1, vocab_size, (B, N, TC)), 0)
-    return cfg, params, jnp.asarray(prompts_BT), jnp.asarray(completions_BNT), jnp.asarray(lengths_BN)
+    lengths_BM = rng.integers(1, TC + 1, (B, N))
+    lengths_BM[0, 0] = TC
+    completions_BMT = np.where(np.arange(TC) < lengths_BM[..., None], rng.integers(1, vocab_size, (B, N, TC)), 0)
+    return cfg, params, jnp.asarray(prompts_BT), jnp.asarray(completions_BMT), jnp.asarray(lengths_BM)
 
 
-def _reference_sequence_logprobs(params, cfg, prompts_BT, completions_BNT, lengths_BN, temperature):
+def _reference_sequence_logprobs(params, cfg, prompts_BT, completions_BMT, lengths_BM, temperature):
     """The pre-chunking computation: B * N full (prompt, completion) rows through `Transformer.__call__`
     (every [R, T + T_c, V] logit), log_softmax at the temperature, the next real token's entry."""
     pvalid_RT = jnp.repeat(valid_from_lengths(jnp.asarray(PLEN), T, "left"), N, axis=0)
-    cvalid_RT = jnp.arange(TC) < jnp.asarray(lengths_BN).reshape(-1, 1)
-    tokens = jnp.concatenate([jnp.repeat(prompts_BT, N, 0), completions_BNT.reshape(B * N, TC)], 1)
+    cvalid_RT = jnp.arange(TC) < jnp.asarray(lengths_BM).reshape(-1, 1)
+    tokens = jnp.concatenate([jnp.repeat(prompts_BT, N, 0), completions_BMT.reshape(B * N, TC)], 1)
     valid = jnp.concatenate([pvalid_RT, cvalid_RT], 1)
     logits_RSV, _ = make_model(cfg).apply({"params": params}, tokens, positions_from_valid(valid),
                                           causal_mask(valid))
     logp_RSV = jax.nn.log_softmax(logits_RSV / temperature, -1)
     prev_RTV = jnp.concatenate([take_last_valid(logp_RSV[:, :T], pvalid_RT)[:, None],
                                 logp_RSV[:, T:T + TC - 1]], 1)
-    lp_RT = jnp.take_along_axis(prev_RTV, completions_BNT.reshape(B * N, TC, 1), -1)[..., 0]
+    lp_RT = jnp.take_along_axis(prev_RTV, completions_BMT.reshape(B * N, TC, 1), -1)[..., 0]
     return jnp.where(cvalid_RT, lp_RT, 0.0).reshape(B, N, TC)
 
 
@@ -127,7 +127,7 @@ def test_sequence_logprobs_values_and_grads_equal_the_full_logits_forward(cap, t
 
     @functools.partial(jax.value_and_grad, has_aux=True)
     def chunked(params):
-        lp = sequence_logprobs(params, cfg, prompts, completions, completion_lengths_BN=lengths,
+        lp = sequence_logprobs(params, cfg, prompts, completions, completion_lengths_BM=lengths,
                                prompt_lengths_B=PLEN, padding_side="left", temperature=temperature,
                                share_prompt=share_prompt, chunk=chunk)
         return (lp * weights).sum(), lp
@@ -190,22 +190,22 @@ def test_evaluation_of_the_reference_policy_skips_the_reference_pass(monkeypatch
     m, t_new = 4, 3
 
     def fake_seq_logp(model_cfg, temperature, per_token=False):
-        def seq_logp(ref_params, prompts_BT, plen_B, tokens_BNT, lengths_BN):
+        def seq_logp(ref_params, prompts_BT, plen_B, tokens_BMT, lengths_BM):
             calls.append(ref_params)
-            logp_BNT = np.full(tokens_BNT.shape, -2.0 / t_new, np.float32)
-            return logp_BNT if per_token else logp_BNT.sum(-1)
+            logp_BMT = np.full(tokens_BMT.shape, -2.0 / t_new, np.float32)
+            return logp_BMT if per_token else logp_BMT.sum(-1)
         return seq_logp
 
     def fake_draw(params, model_cfg, tokenizer, task, scorer, chunk, prompts_BT, *args, **kwargs):
         b = len(chunk)
         rewards = np.tile(np.array([1.0, 0.0, 0.0, 1.0], np.float32), (b, 1))
         fields = dict(
-            prompt_tokens_BT=prompts_BT, prompt_lengths_B=np.full(b, 2), tokens_BNT=np.ones((b, m, t_new), np.int32),
-            lengths_BN=np.full((b, m), t_new), logp_BN=np.full((b, m), -1.0, np.float32),
-            token_logp_BNT=np.full((b, m, t_new), -1.0 / t_new, np.float32),
-            texts_BN=[["x"] * m for _ in range(b)], rewards_BN=rewards,
-            answers_BN=np.array([[None] * m] * b, dtype=object), scores_BN=rewards,
-            finished_BN=np.ones((b, m), bool))
+            prompt_tokens_BT=prompts_BT, prompt_lengths_B=np.full(b, 2), tokens_BMT=np.ones((b, m, t_new), np.int32),
+            lengths_BM=np.full((b, m), t_new), logp_BM=np.full((b, m), -1.0, np.float32),
+            token_logp_BMT=np.full((b, m, t_new), -1.0 / t_new, np.float32),
+            texts_BM=[["x"] * m for _ in range(b)], rewards_BM=rewards,
+            answers_BM=np.array([[None] * m] * b, dtype=object), scores_BM=rewards,
+            finished_BM=np.ones((b, m), bool))
         return GradedSamples(**{f.name: fields[f.name] for f in dataclasses.fields(GradedSamples)})
 
     class Tok:

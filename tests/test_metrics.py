@@ -315,11 +315,11 @@ def test_require_finite_scores_names_the_prompt():
 class _Task:
     """Answers are the completion text itself; reward 1 when it equals the example's answer."""
 
-    def grade_batch(self, examples_B, completions_BN):
+    def grade_batch(self, examples_B, completions_BM):
         from bon_jax.tasks.base import Grade, stack_grades
 
         return stack_grades([[Grade(float(c == ex.answer), c or None) for c in row]
-                             for ex, row in zip(examples_B, completions_BN)])
+                             for ex, row in zip(examples_B, completions_BM)])
 
     def same_answer(self, a, b):
         return a == b
@@ -344,17 +344,17 @@ def _evaluate_fixed(monkeypatch, task, examples, completions_BM, scores_BM, ks):
         grades = task_.grade_batch(chunk, texts)
         b, t = len(chunk), 3
         fields = dict(
-            prompt_tokens_BT=prompts_BT, prompt_lengths_B=plen_B, tokens_BNT=np.ones((b, n, t), np.int32),
-            lengths_BN=np.full((b, n), t), logp_BN=np.zeros((b, n)), token_logp_BNT=np.zeros((b, n, t)),
-            texts_BN=texts, rewards_BN=grades.rewards_BN, answers_BN=grades.answers_BN,
-            scores_BN=np.asarray(scores_BM, np.float32)[prompt_ids_B], finished_BN=np.ones((b, n), bool),
+            prompt_tokens_BT=prompts_BT, prompt_lengths_B=plen_B, tokens_BMT=np.ones((b, n, t), np.int32),
+            lengths_BM=np.full((b, n), t), logp_BM=np.zeros((b, n)), token_logp_BMT=np.zeros((b, n, t)),
+            texts_BM=texts, rewards_BM=grades.rewards_BM, answers_BM=grades.answers_BM,
+            scores_BM=np.asarray(scores_BM, np.float32)[prompt_ids_B], finished_BM=np.ones((b, n), bool),
         )
         return GradedSamples(**{f.name: fields[f.name] for f in dataclasses.fields(GradedSamples)})
 
     def make_sequence_logp(model_cfg, temperature=1.0, *, per_token=False):
         # The evaluated policy is the reference here: every log-prob 0 (KL 0).
-        return lambda params, p_BT, pl_B, tokens_BNT, lengths_BN: np.zeros(
-            tokens_BNT.shape if per_token else lengths_BN.shape)
+        return lambda params, p_BT, pl_B, tokens_BMT, lengths_BM: np.zeros(
+            tokens_BMT.shape if per_token else lengths_BM.shape)
 
     monkeypatch.setattr(ev, "draw_graded", draw_graded)
     monkeypatch.setattr(ev, "make_sequence_logp", make_sequence_logp)

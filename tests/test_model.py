@@ -66,11 +66,11 @@ def _np_rms(x, scale, eps):
     return x / np.sqrt(np.mean(x**2, -1, keepdims=True) + eps) * (1 + scale)
 
 
-def _np_rope(x_TNH, pos_T, base, scale):
-    half = x_TNH.shape[-1] // 2
-    angle = (pos_T[:, None] / scale) * base ** (-2.0 * np.arange(half) / x_TNH.shape[-1])
+def _np_rope(x_THE, pos_T, base, scale):
+    half = x_THE.shape[-1] // 2
+    angle = (pos_T[:, None] / scale) * base ** (-2.0 * np.arange(half) / x_THE.shape[-1])
     c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
-    x1, x2 = x_TNH[..., :half], x_TNH[..., half:]
+    x1, x2 = x_THE[..., :half], x_THE[..., half:]
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
 
 
@@ -82,7 +82,7 @@ def _np_forward(params, cfg, tokens_T):
     """Float64 logits [T, V] of one unpadded row, written from the Gemma 2/3 equations."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     E = p["embedder"]["input_embedding"]
-    T, G = len(tokens_T), cfg.num_groups
+    T, Q = len(tokens_T), cfg.num_groups
     pos = np.arange(T, dtype=np.float64)
     x = E[tokens_T] * math.sqrt(cfg.embed_dim)
     for i, kind in enumerate(cfg.attention_types):
@@ -104,10 +104,10 @@ def _np_forward(params, cfg, tokens_T):
             allowed &= (np.arange(T)[:, None] - np.arange(T)[None, :]) < cfg.sliding_window_size
         out = np.zeros_like(q)
         for n in range(cfg.num_heads):
-            logits = _np_cap(q[:, n] @ k[:, n // G].T, cfg.attn_logits_soft_cap)
+            logits = _np_cap(q[:, n] @ k[:, n // Q].T, cfg.attn_logits_soft_cap)
             logits = np.where(allowed, logits, -np.inf)
             probs = np.exp(logits - logits.max(-1, keepdims=True))
-            out[:, n] = (probs / probs.sum(-1, keepdims=True)) @ v[:, n // G]
+            out[:, n] = (probs / probs.sum(-1, keepdims=True)) @ v[:, n // Q]
         attn = np.einsum("tnh,nhd->td", out, lp["attn"]["attn_vec_einsum"]["w"])
         if cfg.use_post_attn_norm:
             attn = _np_rms(attn, lp["post_attention_norm"]["scale"], cfg.norm_eps)
@@ -206,7 +206,7 @@ def test_cached_decoding_matches_full_forward(name, side):
                                 key_valid_BS[:, None, :], cache)
         assert np.abs(np.asarray(step_B1V)[:, 0] - ref_BSV[:, slot]).max() < 1e-4, f"step {j}"
     assert int(cache.end_index) == S
-    assert cache.layers[0].k_BSKH.shape == (3, S, cfg.num_kv_heads, cfg.head_dim)
+    assert cache.layers[0].k_BSGE.shape == (3, S, cfg.num_kv_heads, cfg.head_dim)
 
 
 def test_sliding_window_limits_receptive_field():

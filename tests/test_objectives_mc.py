@@ -160,8 +160,8 @@ def exact_grad(name, bd, *, n, **options):
             bd["scores"],
             bd["ref_logits"],
             n=n,
-            expert_probs_K=bd["expert_probs"],
-            anchor_logits_K=bd["anchor_logits"],
+            expert_probs_A=bd["expert_probs"],
+            anchor_logits_A=bd["anchor_logits"],
             **options,
         )
 

@@ -114,8 +114,8 @@ def test_batch_group_and_replicated_shardings():
     assert batch_sharding(mesh).spec == P(("data", "fsdp"))
     assert group_sharding(mesh, 3).spec == P(("data", "fsdp"), None, None)
     assert replicated(mesh).spec == P()
-    tokens_BNT = jax.device_put(np.arange(8 * 3 * 5).reshape(8, 3, 5), group_sharding(mesh, 3))
-    shard = tokens_BNT.addressable_shards[0]
+    tokens_BMT = jax.device_put(np.arange(8 * 3 * 5).reshape(8, 3, 5), group_sharding(mesh, 3))
+    shard = tokens_BMT.addressable_shards[0]
     assert shard.data.shape == (1, 3, 5)  # one prompt per device, all N samples with it
     with pytest.raises(ValueError):
         group_sharding(mesh, 1)
@@ -269,10 +269,10 @@ def test_host_local_batch_to_global_single_process():
 
     # One sharding for every leaf, and a pytree of shardings.
     group = group_sharding(mesh, 3)
-    tokens_BNT = np.arange(8 * 2 * 3).reshape(8, 2, 3)
-    out = host_local_batch_to_global([tokens_BNT], mesh, group)
+    tokens_BMT = np.arange(8 * 2 * 3).reshape(8, 2, 3)
+    out = host_local_batch_to_global([tokens_BMT], mesh, group)
     assert out[0].sharding == group
-    np.testing.assert_array_equal(out[0], tokens_BNT)
+    np.testing.assert_array_equal(out[0], tokens_BMT)
     out = host_local_batch_to_global(local, mesh, {"tokens_BT": replicated(mesh), "lengths_B": None})
     assert out["tokens_BT"].sharding == replicated(mesh)
     assert out["lengths_B"].sharding == batch_sharding(mesh, 1)
@@ -405,14 +405,14 @@ def test_sharded_sampler_matches_unsharded(greedy):
     mesh = make_mesh(2, 4)
     out = run(shard_params(params, mesh, 0), jax.device_put(prompts_BT, batch_sharding(mesh, 2)))
 
-    assert out.tokens_BNT.shape == (8, 3, 6)
+    assert out.tokens_BMT.shape == (8, 3, 6)
     # Prompts split over the devices, each prompt's N samples on its own device.
-    assert out.tokens_BNT.sharding.is_equivalent_to(group_sharding(mesh, 3), 3)
-    np.testing.assert_array_equal(out.tokens_BNT, ref.tokens_BNT)
-    np.testing.assert_array_equal(out.lengths_BN, ref.lengths_BN)
-    np.testing.assert_allclose(out.logprobs_BNT, ref.logprobs_BNT, rtol=1e-5, atol=1e-6)
+    assert out.tokens_BMT.sharding.is_equivalent_to(group_sharding(mesh, 3), 3)
+    np.testing.assert_array_equal(out.tokens_BMT, ref.tokens_BMT)
+    np.testing.assert_array_equal(out.lengths_BM, ref.lengths_BM)
+    np.testing.assert_allclose(out.logprobs_BMT, ref.logprobs_BMT, rtol=1e-5, atol=1e-6)
     if not greedy:  # the N samples of a prompt differ: the test is not comparing copies
-        assert (ref.tokens_BNT[:, 0] != ref.tokens_BNT[:, 1]).any()
+        assert (ref.tokens_BMT[:, 0] != ref.tokens_BMT[:, 1]).any()
 
 
 @pytest.mark.slow
@@ -433,8 +433,8 @@ def test_rl_update_on_2x4_mesh_equals_single_device():
     batch = {
         "prompt_tokens_BT": prompts,
         "prompt_lengths_B": jnp.full((B,), 6, jnp.int32),
-        "tokens_BMT": out.tokens_BNT,
-        "lengths_BM": out.lengths_BN,
+        "tokens_BMT": out.tokens_BMT,
+        "lengths_BM": out.lengths_BM,
         "rollout": Rollout(
             rewards_BM=jnp.asarray(r.integers(0, 2, (B, M)), jnp.float32),
             scores_BM=jnp.asarray(r.normal(size=(B, M)), jnp.float32),

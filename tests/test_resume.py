@@ -172,7 +172,7 @@ def test_verifier_stage_resumes_its_samples_after_preemption_and_checkpoints_its
             [e.reference if right(p, i) else f"wrong {p}" for i in range(n)] for e, p in zip(ex, prompt_ids_B)
         ]
         rewards = np.array([[float(right(p, i)) for i in range(n)] for p in prompt_ids_B], np.float32)
-        return types.SimpleNamespace(texts_BN=texts, rewards_BN=rewards)
+        return types.SimpleNamespace(texts_BM=texts, rewards_BM=rewards)
 
     def fake_train(cfg, tokenizer, prompts, completions, labels, **kw):
         trained.append((prompts, completions, labels.tolist(), kw["groups"].tolist(), kw["eval_data"][0], kw))
@@ -278,12 +278,12 @@ def test_evaluation_preempted_resumes_from_its_saved_chunks(tmp_path, monkeypatc
         lengths = r.integers(1, 9, (B, m))
         token_logp = np.where(np.arange(8) < lengths[..., None], -r.exponential(size=(B, m, 8)), 0.0)
         return types.SimpleNamespace(
-            rewards_BN=r.integers(0, 2, (B, m)).astype(np.float32),
-            scores_BN=r.normal(size=(B, m)).astype(np.float32),
-            answers_BN=answers,
-            logp_BN=token_logp.sum(-1).astype(np.float32),
-            token_logp_BNT=token_logp.astype(np.float32),
-            lengths_BN=lengths,
+            rewards_BM=r.integers(0, 2, (B, m)).astype(np.float32),
+            scores_BM=r.normal(size=(B, m)).astype(np.float32),
+            answers_BM=answers,
+            logp_BM=token_logp.sum(-1).astype(np.float32),
+            token_logp_BMT=token_logp.astype(np.float32),
+            lengths_BM=lengths,
         )
 
     monkeypatch.setattr(evaluate_mod, "draw_graded", fake_draw)

@@ -22,7 +22,7 @@ from bon_jax.sampling import SamplingSettings, sample, sample_step, sequence_log
 
 # Tiny Gemma-2-style model (local/global layers, soft-caps) with a window shorter than prompt + output.
 CFG = get_config("tiny", sliding_window_size=4)
-B, N, T, T_NEW = 3, 4, 6, 8
+B, M, T, T_NEW = 3, 4, 6, 8
 LENGTHS = np.array([2, 6, 4])
 EOS = 1
 STOPS = tuple(range(2, 20))  # ~15% of the vocabulary: some rows stop early, some run to T_NEW
@@ -51,7 +51,7 @@ def _prompts(side, seed=0):
 def _sample(side, rng_seed=0, **overrides):
     """Cached: several tests look at the same draw."""
     kwargs = {**SETTINGS, **overrides}
-    out = sample(_params(), CFG, _prompts(side), N, jax.random.key(rng_seed), **kwargs)
+    out = sample(_params(), CFG, _prompts(side), M, jax.random.key(rng_seed), **kwargs)
     return jax.tree.map(np.asarray, out)
 
 
@@ -65,65 +65,65 @@ def _reference_logprobs(params, tokens_RT, valid_RT):
 
 def _reference_token_logprobs(out, side):
     """For every sample: real prompt tokens then its generated tokens, packed to the left of one row,
-    scored by a full forward. Returns (token logprobs [B, N, T_NEW], argmax tokens [B, N, T_NEW])."""
+    scored by a full forward. Returns (token logprobs [B, M, T_NEW], argmax tokens [B, M, T_NEW])."""
     prompts = _prompts(side)
-    rows, lp_idx = np.zeros((B * N, T + T_NEW), np.int32), []
+    rows, lp_idx = np.zeros((B * M, T + T_NEW), np.int32), []
     for b in range(B):
         real = prompts[b][prompts[b] != 0]
-        for i in range(N):
-            n_gen = out.lengths_BN[b, i]
-            seq = np.concatenate([real, out.tokens_BNT[b, i, :n_gen]])
-            rows[b * N + i, :len(seq)] = seq
+        for i in range(M):
+            n_gen = out.lengths_BM[b, i]
+            seq = np.concatenate([real, out.tokens_BMT[b, i, :n_gen]])
+            rows[b * M + i, :len(seq)] = seq
             lp_idx.append(len(real) - 1 + np.arange(T_NEW))
     valid = np.arange(T + T_NEW)[None] < np.array(
-        [len(prompts[b][prompts[b] != 0]) + out.lengths_BN[b, i] for b in range(B) for i in range(N)]
+        [len(prompts[b][prompts[b] != 0]) + out.lengths_BM[b, i] for b in range(B) for i in range(M)]
     )[:, None]
     logprobs_RTV = np.asarray(_reference_logprobs(_params(), rows, valid))
     idx_RT = np.minimum(np.stack(lp_idx), T + T_NEW - 1)
     pred_RTV = np.take_along_axis(logprobs_RTV, idx_RT[..., None], axis=1)
-    tok_lp = np.take_along_axis(pred_RTV, out.tokens_BNT.reshape(B * N, T_NEW, 1), axis=-1)[..., 0]
-    return tok_lp.reshape(B, N, T_NEW), pred_RTV.argmax(-1).reshape(B, N, T_NEW)
+    tok_lp = np.take_along_axis(pred_RTV, out.tokens_BMT.reshape(B * M, T_NEW, 1), axis=-1)[..., 0]
+    return tok_lp.reshape(B, M, T_NEW), pred_RTV.argmax(-1).reshape(B, M, T_NEW)
 
 
 def _assert_stops_and_padding(out):
     stops = set(STOPS) | {EOS}
     for b in range(B):
-        for i in range(N):
-            toks, n_gen = out.tokens_BNT[b, i], out.lengths_BN[b, i]
+        for i in range(M):
+            toks, n_gen = out.tokens_BMT[b, i], out.lengths_BM[b, i]
             assert 1 <= n_gen <= T_NEW
             assert not stops & set(toks[:n_gen - 1].tolist()), "generation went on past a stop"
             assert toks[n_gen - 1] in stops or n_gen == T_NEW
-            assert (toks[n_gen:] == 0).all() and (out.logprobs_BNT[b, i, n_gen:] == 0).all()
+            assert (toks[n_gen:] == 0).all() and (out.logprobs_BMT[b, i, n_gen:] == 0).all()
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_logprobs_equal_full_forward_and_rows_stop(side):
     out = _sample(side)
-    assert out.tokens_BNT.shape == out.logprobs_BNT.shape == (B, N, T_NEW)
-    assert out.lengths_BN.shape == (B, N) and out.logprobs_BNT.dtype == np.float32
+    assert out.tokens_BMT.shape == out.logprobs_BMT.shape == (B, M, T_NEW)
+    assert out.lengths_BM.shape == (B, M) and out.logprobs_BMT.dtype == np.float32
     _assert_stops_and_padding(out)
-    assert (out.lengths_BN < T_NEW).any() and (out.lengths_BN == T_NEW).any()
+    assert (out.lengths_BM < T_NEW).any() and (out.lengths_BM == T_NEW).any()
     ref, _ = _reference_token_logprobs(out, side)
-    valid = np.arange(T_NEW) < out.lengths_BN[..., None]
-    np.testing.assert_allclose(out.logprobs_BNT[valid], ref[valid], atol=1e-4)
-    assert (out.logprobs_BNT[valid] < 0).all()
+    valid = np.arange(T_NEW) < out.lengths_BM[..., None]
+    np.testing.assert_allclose(out.logprobs_BMT[valid], ref[valid], atol=1e-4)
+    assert (out.logprobs_BMT[valid] < 0).all()
 
 
 def test_sequence_logprobs_match_sampler_and_are_differentiable():
     out = _sample("right")
     prompts = _prompts("right")
-    weights = np.random.default_rng(3).uniform(0.5, 1.5, (B, N, T_NEW)).astype(np.float32)
+    weights = np.random.default_rng(3).uniform(0.5, 1.5, (B, M, T_NEW)).astype(np.float32)
 
     @jax.jit
     @functools.partial(jax.value_and_grad, has_aux=True)
     def weighted_total(params):
-        lp = sequence_logprobs(params, CFG, prompts, out.tokens_BNT,
-                               completion_lengths_BN=out.lengths_BN)
+        lp = sequence_logprobs(params, CFG, prompts, out.tokens_BMT,
+                               completion_lengths_BM=out.lengths_BM)
         return (lp * weights).sum(), lp
 
     params = _params()
     (_, lp), grads = weighted_total(params)
-    np.testing.assert_allclose(lp, out.logprobs_BNT, atol=1e-4)
+    np.testing.assert_allclose(lp, out.logprobs_BMT, atol=1e-4)
 
     # The directional derivative along the gradient is its norm: compare with central differences.
     grad_norm = float(jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grads))))
@@ -136,14 +136,14 @@ def test_sequence_logprobs_match_sampler_and_are_differentiable():
 
 @pytest.mark.parametrize("side, lengths_given", [("left", True), ("right", False)])
 def test_shared_prompt_logprobs_and_grads_equal_the_full_forward(side, lengths_given):
-    """The prompt once per prompt + tiled cache (default) against B * N full (prompt, completion) rows,
+    """The prompt once per prompt + tiled cache (default) against B * M full (prompt, completion) rows,
     with a window shorter than prompt + completion; without lengths, real tokens are those != pad, and
     one row has a pad inside its completion (a masked slot the positions skip)."""
     out = _sample(side)
-    tokens = out.tokens_BNT.copy()
+    tokens = out.tokens_BMT.copy()
     if not lengths_given:
         tokens[0, 0, 1] = 0
-    kwargs = dict(completion_lengths_BN=out.lengths_BN if lengths_given else None,
+    kwargs = dict(completion_lengths_BM=out.lengths_BM if lengths_given else None,
                   prompt_lengths_B=LENGTHS, padding_side=side, temperature=0.7)
     weights = np.random.default_rng(5).normal(size=tokens.shape).astype(np.float32)
     prompts = _prompts(side)
@@ -168,43 +168,43 @@ def test_prompt_cache_is_shared_by_the_samples():
     settings = SamplingSettings(max_new_tokens=T_NEW, temperature=0.8, top_k=50, top_p=0.95,
                                 stop_ids=tuple(sorted({EOS, *STOPS})))
     logits_BV, prefix = sampling._prefill(_params(), prompts, prompts != 0, cfg=CFG)
-    # One copy of each prompt's keys/values, whatever N: [B * K, T, H].
+    # One copy of each prompt's keys/values, whatever M: [B * K, T, H].
     assert prefix.k[0].shape == (B * CFG.num_kv_heads, T, CFG.head_dim)
     assert logits_BV.shape == (B, CFG.vocab_size)
     tokens_RT, _, lengths_R = sampling._decode(
-        _params(), prefix, logits_BV, prompts != 0, jax.random.key(0), jnp.repeat(jnp.arange(B), N),
-        jnp.tile(jnp.arange(N), B), cfg=CFG, settings=settings, n=N)
-    assert tokens_RT.shape == (B * N, T_NEW) and lengths_R.shape == (B * N,)
+        _params(), prefix, logits_BV, prompts != 0, jax.random.key(0), jnp.repeat(jnp.arange(B), M),
+        jnp.tile(jnp.arange(M), B), cfg=CFG, settings=settings, n=M)
+    assert tokens_RT.shape == (B * M, T_NEW) and lengths_R.shape == (B * M,)
 
 
 def test_prefill_once_then_tile_equals_repeated_prompts():
     tiled = _sample("right")
     repeated = _sample("right", prefill_once=False)
-    np.testing.assert_array_equal(tiled.tokens_BNT, repeated.tokens_BNT)
-    np.testing.assert_array_equal(tiled.lengths_BN, repeated.lengths_BN)
-    np.testing.assert_allclose(tiled.logprobs_BNT, repeated.logprobs_BNT, atol=1e-5)
+    np.testing.assert_array_equal(tiled.tokens_BMT, repeated.tokens_BMT)
+    np.testing.assert_array_equal(tiled.lengths_BM, repeated.lengths_BM)
+    np.testing.assert_allclose(tiled.logprobs_BMT, repeated.logprobs_BMT, atol=1e-5)
 
 
 def test_samples_differ_and_do_not_depend_on_batch_layout():
     out = _sample("right")
     for b in range(B):
-        assert len({tuple(out.tokens_BNT[b, i]) for i in range(N)}) > 1, f"prompt {b}"
-    assert (_sample("right", rng_seed=1).tokens_BNT != out.tokens_BNT).any()
+        assert len({tuple(out.tokens_BMT[b, i]) for i in range(M)}) > 1, f"prompt {b}"
+    assert (_sample("right", rng_seed=1).tokens_BMT != out.tokens_BMT).any()
     # Prompt 0 moved to the last row, between new neighbours, keeping its id 0.
     other = _prompts("right", seed=5)
     moved = np.stack([other[0], other[1], _prompts("right")[0]])
-    moved_out = sample(_params(), CFG, moved, N, jax.random.key(0), prompt_ids_B=[7, 8, 0],
+    moved_out = sample(_params(), CFG, moved, M, jax.random.key(0), prompt_ids_B=[7, 8, 0],
                        **SETTINGS)
-    np.testing.assert_array_equal(moved_out.tokens_BNT[2], out.tokens_BNT[0])
-    np.testing.assert_allclose(moved_out.logprobs_BNT[2], out.logprobs_BNT[0], atol=1e-5)
-    assert (moved_out.tokens_BNT[:2] != out.tokens_BNT[:2]).any()
+    np.testing.assert_array_equal(moved_out.tokens_BMT[2], out.tokens_BMT[0])
+    np.testing.assert_allclose(moved_out.logprobs_BMT[2], out.logprobs_BMT[0], atol=1e-5)
+    assert (moved_out.tokens_BMT[:2] != out.tokens_BMT[:2]).any()
 
 
 def test_second_call_with_same_shapes_does_not_recompile():
     _sample("right")
     before = dict(sampling.TRACE_COUNTS)
-    again = sample(_params(), CFG, _prompts("left", seed=9), N, jax.random.key(42), **SETTINGS)
-    jax.block_until_ready(again.tokens_BNT)
+    again = sample(_params(), CFG, _prompts("left", seed=9), M, jax.random.key(42), **SETTINGS)
+    jax.block_until_ready(again.tokens_BMT)
     assert dict(sampling.TRACE_COUNTS) == before
     assert before["prefill"] >= 1 and before["decode"] >= 1
 
@@ -212,13 +212,13 @@ def test_second_call_with_same_shapes_does_not_recompile():
 def test_top_k_one_equals_greedy_and_greedy_is_argmax():
     greedy = _sample("right", greedy=True, temperature=1.0, top_k=None, top_p=None)
     top1 = _sample("right", top_k=1, top_p=None)
-    np.testing.assert_array_equal(top1.tokens_BNT, greedy.tokens_BNT)
-    np.testing.assert_allclose(top1.logprobs_BNT, greedy.logprobs_BNT, atol=1e-6)
-    assert (greedy.tokens_BNT == greedy.tokens_BNT[:, :1]).all()  # all N samples agree
+    np.testing.assert_array_equal(top1.tokens_BMT, greedy.tokens_BMT)
+    np.testing.assert_allclose(top1.logprobs_BMT, greedy.logprobs_BMT, atol=1e-6)
+    assert (greedy.tokens_BMT == greedy.tokens_BMT[:, :1]).all()  # all M samples agree
     _assert_stops_and_padding(greedy)
     _, argmax = _reference_token_logprobs(greedy, "right")
-    valid = np.arange(T_NEW) < greedy.lengths_BN[..., None]
-    np.testing.assert_array_equal(greedy.tokens_BNT[valid], argmax[valid])
+    valid = np.arange(T_NEW) < greedy.lengths_BM[..., None]
+    np.testing.assert_array_equal(greedy.tokens_BMT[valid], argmax[valid])
 
 
 # ----------------------------------------------------------------------------- one step, exactly
@@ -264,7 +264,7 @@ def test_sampling_distribution(kwargs, expected):
                                  dict(logprobs="other"), dict(max_new_tokens=0)])
 def test_invalid_settings_are_refused(bad):
     with pytest.raises(ConfigError):
-        sample(_params(), CFG, _prompts("right"), N, jax.random.key(0),
+        sample(_params(), CFG, _prompts("right"), M, jax.random.key(0),
                **{**SETTINGS, **bad})
 
 

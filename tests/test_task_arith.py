@@ -251,7 +251,7 @@ def test_grader_never_raises_on_garbage(task):
         n, c = check_steps(text)
         assert 0 <= c <= n
     grades = task.grade_batch(exs[:2], [["\\boxed{", "}"], [exs[1].reference, 5 * "\\boxed{{"]])
-    assert grades.rewards_BN.tolist() == [[0.0, 0.0], [1.0, 0.0]]
+    assert grades.rewards_BM.tolist() == [[0.0, 0.0], [1.0, 0.0]]
 
 
 def test_normalize_integer():

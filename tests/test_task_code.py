@@ -83,14 +83,14 @@ def test_humaneval_canonical_subset_passes_and_wrong_ones_fail(humaneval):
     completions = [[e.reference, *wrong] for e in exs]
     task = HumanEvalTask(timeout_s=1.5, max_workers=2)
     g = task.grade_batch(exs, completions)
-    assert g.rewards_BN.shape == (4, 4) and g.rewards_BN.dtype == np.float32
-    np.testing.assert_array_equal(g.rewards_BN[:, 0], 1.0)
-    np.testing.assert_array_equal(g.rewards_BN[:, 1:], 0.0)
-    assert list(g.reasons_BN[:, 0]) == [None] * 4
-    assert all(r.startswith("AssertionError: assert") for r in g.reasons_BN[:, 1]), g.reasons_BN[:, 1]
-    assert all(r.startswith("SyntaxError") for r in g.reasons_BN[:, 2]), g.reasons_BN[:, 2]
-    assert list(g.reasons_BN[:, 3]) == ["timeout"] * 4
-    assert list(g.answers_BN.ravel()) == [None] * 16
+    assert g.rewards_BM.shape == (4, 4) and g.rewards_BM.dtype == np.float32
+    np.testing.assert_array_equal(g.rewards_BM[:, 0], 1.0)
+    np.testing.assert_array_equal(g.rewards_BM[:, 1:], 0.0)
+    assert list(g.reasons_BM[:, 0]) == [None] * 4
+    assert all(r.startswith("AssertionError: assert") for r in g.reasons_BM[:, 1]), g.reasons_BM[:, 1]
+    assert all(r.startswith("SyntaxError") for r in g.reasons_BM[:, 2]), g.reasons_BM[:, 2]
+    assert list(g.reasons_BM[:, 3]) == ["timeout"] * 4
+    assert list(g.answers_BM.ravel()) == [None] * 16
 
 
 def test_humaneval_grade_truncates_trailing_code(humaneval):
@@ -121,9 +121,9 @@ def test_grade_batch_checks_shapes(humaneval):
 def test_all_164_humaneval_canonical_solutions_pass(humaneval):
     exs = humaneval.examples("test")
     g = humaneval.grade_batch(exs, [[e.reference] for e in exs])
-    failed = {e.id: r for e, r in zip(exs, g.reasons_BN[:, 0]) if r is not None}
+    failed = {e.id: r for e, r in zip(exs, g.reasons_BM[:, 0]) if r is not None}
     assert failed == {}
-    assert g.rewards_BN.shape == (164, 1) and g.rewards_BN.sum() == 164
+    assert g.rewards_BM.shape == (164, 1) and g.rewards_BM.sum() == 164
 
 
 # --- MBPP -------------------------------------------------------------------------------------
@@ -172,10 +172,10 @@ def test_mbpp_reference_solutions_pass_and_wrong_ones_fail(mbpp):
     exs = [e for s in mbpp.splits for e in mbpp.examples(s)]
     wrong = "def nothing():\n    return None\n"
     g = mbpp.grade_batch(exs, [[e.reference, wrong] for e in exs])
-    assert list(g.reasons_BN[:, 0]) == [None] * len(exs)
-    np.testing.assert_array_equal(g.rewards_BN[:, 0], 1.0)
-    np.testing.assert_array_equal(g.rewards_BN[:, 1], 0.0)
-    assert all(r.startswith("NameError") for r in g.reasons_BN[:, 1]), g.reasons_BN[:, 1]
+    assert list(g.reasons_BM[:, 0]) == [None] * len(exs)
+    np.testing.assert_array_equal(g.rewards_BM[:, 0], 1.0)
+    np.testing.assert_array_equal(g.rewards_BM[:, 1], 0.0)
+    assert all(r.startswith("NameError") for r in g.reasons_BM[:, 1]), g.reasons_BM[:, 1]
     # A completion that goes on past the program is cut at the stop sequence.
     e = mbpp.examples("test")[1]
     assert mbpp.grade(e, e.reference + "\nassert square_perimeter(1) == 5\n").reward == 1.0

@@ -103,12 +103,12 @@ def test_rewards_come_from_the_scorer_in_one_call():
     rows = [[" good good", " bad", " good bad", ""] for _ in exs]
     g = task.grade_batch(exs, rows)
     assert scorer.calls == 1
-    assert g.rewards_BN.shape == (3, 4) and g.rewards_BN.dtype == np.float32
+    assert g.rewards_BM.shape == (3, 4) and g.rewards_BM.dtype == np.float32
     for b, ex in enumerate(exs):
         expect = scorer.score_texts([ex.prompt + c for c in rows[b]])
-        np.testing.assert_allclose(g.rewards_BN[b], expect, rtol=1e-6)
+        np.testing.assert_allclose(g.rewards_BM[b], expect, rtol=1e-6)
         assert task.grade(ex, rows[b][0]).reward == pytest.approx(expect[0])
-    assert (g.reasons_BN == None).all()  # noqa: E711
+    assert (g.reasons_BM == None).all()  # noqa: E711
     neg = ImdbTask(SAMPLE, scorer=WordScorer(), target="negative", score_prompt=False)
     assert neg.grade(exs[0], " good good bad bad bad").reward == pytest.approx(0.6)
     assert neg.grade(exs[0], None).reason == "completion is not text"

@@ -365,6 +365,6 @@ def test_grade_batch_shapes(task):
     exs = list(task.examples("test"))[:2]
     rows = [[f"\\boxed{{{e.answer}}}", "no answer", r"\boxed{0}"] for e in exs]
     g = task.grade_batch(exs, rows)
-    assert g.rewards_BN.shape == (2, 3)
-    assert g.rewards_BN.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
-    assert g.reasons_BN[0, 1] == "no boxed answer" and g.answers_BN[0, 1] is None
+    assert g.rewards_BM.shape == (2, 3)
+    assert g.rewards_BM.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    assert g.reasons_BM[0, 1] == "no boxed answer" and g.answers_BM[0, 1] is None

@@ -121,20 +121,20 @@ def test_grade_and_grade_batch(task):
     exs = list(task.examples("test")[:3])
     comps = [[" The acting was great.", " It was terrible and dull.", ""] for _ in exs]
     g = task.grade_batch(exs, comps)
-    assert g.rewards_BN.shape == (3, 3) and g.rewards_BN.dtype == np.float32
-    assert g.answers_BN.shape == (3, 3) and all(a is None for a in g.answers_BN.ravel())
-    assert all(r is None for r in g.reasons_BN.ravel())
+    assert g.rewards_BM.shape == (3, 3) and g.rewards_BM.dtype == np.float32
+    assert g.answers_BM.shape == (3, 3) and all(a is None for a in g.answers_BM.ravel())
+    assert all(r is None for r in g.reasons_BM.ravel())
     for b, ex in enumerate(exs):
         for n, c in enumerate(comps[b]):
             one = task.grade(ex, c)
             assert one.answer is None and one.reason is None
-            assert one.reward == pytest.approx(float(g.rewards_BN[b, n]), abs=1e-7)
+            assert one.reward == pytest.approx(float(g.rewards_BM[b, n]), abs=1e-7)
             want = (vader_analyzer().polarity_scores(ex.prompt + c)["compound"] + 1) / 2
             assert one.reward == pytest.approx(want, abs=1e-6)
-        assert g.rewards_BN[b, 0] > g.rewards_BN[b, 1]
+        assert g.rewards_BM[b, 0] > g.rewards_BM[b, 1]
     with pytest.raises(ValueError, match="rows"):
         task.grade_batch(exs, comps[:2])
-    assert task.grade_batch([], []).rewards_BN.shape == (0, 0)
+    assert task.grade_batch([], []).rewards_BM.shape == (0, 0)
 
 
 def test_score_on_completion_ignores_the_prompt():
@@ -153,7 +153,7 @@ def test_grade_never_raises_on_garbage(task):
     ex = task.examples("validation")[0]
     comps = ["".join(chr(rng.randrange(0, 0x30000)) for _ in range(rng.randrange(0, 60)))
              for _ in range(500)] + [None, ":) :( <3", "!!!!????", "NOT GOOD!!! " * 20]  # fmt: skip
-    rewards = task.grade_batch([ex], [comps]).rewards_BN
+    rewards = task.grade_batch([ex], [comps]).rewards_BM
     assert np.all(np.isfinite(rewards)) and np.all((rewards >= 0) & (rewards <= 1))
 
 

@@ -177,18 +177,18 @@ def tiny(tokenizer):
     return cfg, params
 
 
-def _sampler_outputs(tokenizer, prompts, completions_BN, Tc):
+def _sampler_outputs(tokenizer, prompts, completions_BM, Tc):
     """What a sampler returns: left-padded [bos] prompts, completion tokens ending in eos, garbage after."""
     prompt_BT, _ = tokenizer.encode_batch(prompts, add_bos=True, pad_side="left")
-    B, N = len(completions_BN), len(completions_BN[0])
-    tokens_BNT = np.full((B, N, Tc), 7, np.int32)
-    lengths_BN = np.zeros((B, N), np.int32)
-    for b, row in enumerate(completions_BN):
+    B, N = len(completions_BM), len(completions_BM[0])
+    tokens_BMT = np.full((B, N, Tc), 7, np.int32)
+    lengths_BM = np.zeros((B, N), np.int32)
+    for b, row in enumerate(completions_BM):
         for n, c in enumerate(row):
             ids = tokenizer.encode(c) + [tokenizer.eos_id]
-            tokens_BNT[b, n, : len(ids)] = ids
-            lengths_BN[b, n] = len(ids)
-    return prompt_BT, tokens_BNT, lengths_BN
+            tokens_BMT[b, n, : len(ids)] = ids
+            lengths_BM[b, n] = len(ids)
+    return prompt_BT, tokens_BMT, lengths_BM
 
 
 def test_score_tokens_on_packed_rows_equals_unpadded_full_forward(tiny):
@@ -200,7 +200,7 @@ def test_score_tokens_on_packed_rows_equals_unpadded_full_forward(tiny):
     prompts[1, 5:] = [2] + list(r.integers(4, cfg.vocab_size, 2))  # bos + 2
     completions = r.integers(1, cfg.vocab_size, (B, N, Tc)).astype(np.int32)
     lengths = np.array([[1, 4, 7], [4, 7, 10]], np.int32)  # real lengths 7, 10, 13 in both rows
-    z_BN = np.asarray(score_completion_tokens(params, cfg, prompts, completions, lengths))
+    z_BM = np.asarray(score_completion_tokens(params, cfg, prompts, completions, lengths))
     tokens_MS, valid_MS = map(np.asarray, pack_prompt_completion(prompts, completions, lengths))
     z_chunked = np.asarray(score_tokens(params, cfg, tokens_MS, valid_MS, row_chunk=4))  # 6 rows: 2 chunks
     # Reference: each row's real tokens alone, unpadded; rows of equal length share one forward.
@@ -210,17 +210,17 @@ def test_score_tokens_on_packed_rows_equals_unpadded_full_forward(tiny):
     for length in {len(row) for row in rows}:
         ms = [m for m in range(B * N) if len(rows[m]) == length]
         want = np.asarray(forward(params, np.stack([rows[m] for m in ms])))[:, -1]
-        np.testing.assert_allclose(z_BN.reshape(-1)[ms], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(z_BM.reshape(-1)[ms], want, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(z_chunked[ms], want, rtol=1e-5, atol=1e-5)
-    assert np.ptp(z_BN) > 1e-2  # the rows really differ
+    assert np.ptp(z_BM) > 1e-2  # the rows really differ
 
 
 def test_packed_sampler_rows_hold_the_training_layout(arith_task, tokenizer):
     exs = arith_task.examples("train")[:2]
     completions = [[exs[0].reference, "1+1=2\n\\boxed{2}", ""],
                    [exs[1].reference, exs[0].reference, "\\boxed{7}"]]
-    prompt_BT, comp_BNT, len_BN = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=24)
-    tokens_MS, valid_MS = map(np.asarray, pack_prompt_completion(prompt_BT, comp_BNT, len_BN))
+    prompt_BT, comp_BMT, len_BM = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=24)
+    tokens_MS, valid_MS = map(np.asarray, pack_prompt_completion(prompt_BT, comp_BMT, len_BM))
     for m in range(6):
         b, n = divmod(m, 3)
         real = tokens_MS[m][valid_MS[m]]
@@ -237,9 +237,9 @@ def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny
     exs = list(arith_task.examples("test")[:3])
     completions = [[e.reference, e.reference.replace("\\boxed{", "\\boxed{1")] for e in exs]
     z_text = verifier.score(exs, completions)
-    prompt_BT, comp_BNT, len_BN = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=32)
-    z_tok = verifier.score(exs, CompletionTokens(comp_BNT, len_BN, prompt_BT))
-    z_tok_no_prompt = verifier.score(exs, CompletionTokens(comp_BNT, len_BN))  # prompts encoded by the verifier
+    prompt_BT, comp_BMT, len_BM = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=32)
+    z_tok = verifier.score(exs, CompletionTokens(comp_BMT, len_BM, prompt_BT))
+    z_tok_no_prompt = verifier.score(exs, CompletionTokens(comp_BMT, len_BM))  # prompts encoded by the verifier
     assert z_text.shape == (3, 2) and z_text.dtype == np.float32
     np.testing.assert_allclose(z_tok, z_text, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z_tok_no_prompt, z_text, rtol=1e-5, atol=1e-5)
@@ -516,12 +516,12 @@ def test_learned_verifier_beats_chance_on_held_out_problems(arith_task, tokenize
     # The metrics are those of the verifier's own scores.
     verifier = LearnedVerifier(params, cfg, tokenizer, pooling=pooling)
     exs = [Example(id=str(i), prompt=p) for i, p in enumerate(prompts[::2])]
-    z_BN = verifier.score(exs, [list(completions[i:i + 2]) for i in range(0, len(completions), 2)])
-    assert auc(z_BN.reshape(-1), labels) == pytest.approx(metrics["eval/auc"], abs=1e-9)
+    z_BM = verifier.score(exs, [list(completions[i:i + 2]) for i in range(0, len(completions), 2)])
+    assert auc(z_BM.reshape(-1), labels) == pytest.approx(metrics["eval/auc"], abs=1e-9)
     # Best-of-2 by the verifier picks the reference more often than chance; pairwise accuracy says so.
-    assert np.mean(z_BN[:, 0] > z_BN[:, 1]) > 0.6
+    assert np.mean(z_BM[:, 0] > z_BM[:, 1]) > 0.6
     assert metrics["eval/pairs"] == len(prompts) // 2
-    assert metrics["eval/pairwise_accuracy"] == pytest.approx(np.mean(z_BN[:, 0] > z_BN[:, 1]), abs=1e-9)
+    assert metrics["eval/pairwise_accuracy"] == pytest.approx(np.mean(z_BM[:, 0] > z_BM[:, 1]), abs=1e-9)
 
 
 def test_training_with_the_ranking_term_reports_it(arith_task, tokenizer):
@@ -563,13 +563,13 @@ def test_oracle_verifier_equals_task_rewards(arith_task, tokenizer):
     oracle = OracleVerifier(arith_task, tokenizer)
     assert isinstance(oracle, Verifier)
     scores = oracle.score(exs, completions)
-    np.testing.assert_array_equal(scores, arith_task.grade_batch(exs, completions).rewards_BN)
+    np.testing.assert_array_equal(scores, arith_task.grade_batch(exs, completions).rewards_BM)
     np.testing.assert_array_equal(scores, np.tile([1.0, 0.0, 0.0, 1.0], (3, 1)))
     assert scores.dtype == np.float32
-    _, comp_BNT, len_BN = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=40)
-    np.testing.assert_array_equal(oracle.score(exs, CompletionTokens(comp_BNT, len_BN)), scores)
+    _, comp_BMT, len_BM = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=40)
+    np.testing.assert_array_equal(oracle.score(exs, CompletionTokens(comp_BMT, len_BM)), scores)
     with pytest.raises(ValueError, match="tokenizer"):
-        OracleVerifier(arith_task).score(exs, CompletionTokens(comp_BNT, len_BN))
+        OracleVerifier(arith_task).score(exs, CompletionTokens(comp_BMT, len_BM))
 
 
 def test_sentiment_verifier_is_monotone_in_obvious_sentiment():

@@ -37,7 +37,7 @@ def main(w):
         out = sampling.sample(params, cfg, prompts_BT, w["n"], jax.random.key(i),
                               max_new_tokens=w["new_tokens"], prompt_lengths_B=lengths_B,
                               temperature=1.0, eos_id=None)
-        return jax.device_get(out.tokens_BNT)
+        return jax.device_get(out.tokens_BMT)
 
     def check(tokens):
         if tokens.shape != (B, w["n"], w["new_tokens"]):

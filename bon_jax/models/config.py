@@ -37,9 +37,9 @@ class ModelConfig:
       vocab_size: V, size of the tied input/output embedding.
       num_layers: L.
       embed_dim: D, width of the residual stream.
-      num_heads: N query heads.
-      num_kv_heads: K key/value heads; N % K == 0. K == 1 is multi-query, 1 < K < N grouped-query.
-      head_dim: H.
+      num_heads: H query heads.
+      num_kv_heads: G key/value heads; H % G == 0. G == 1 is multi-query, 1 < G < H grouped-query.
+      head_dim: E, width of one head.
       mlp_dim: F, hidden width of the GeGLU feed-forward.
       attention_types: one `AttentionType` per layer.
       sliding_window_size: W; a local layer's query at position p sees keys at positions q with p - q < W.
@@ -106,7 +106,7 @@ class ModelConfig:
 
     @property
     def num_groups(self) -> int:
-        """G = N / K query heads per key/value head."""
+        """Q = H / G query heads per key/value head."""
         return self.num_heads // self.num_kv_heads
 
     @property

@@ -72,18 +72,18 @@ def decoder_layer(cfg: ModelConfig, attention_type: AttentionType, ops: LayerOps
         y = x + post_attention_norm?(attn_out(attend(q, k, v)))
         x' = y + post_ffw_norm?(ffw(pre_ffw_norm(y)))
 
-    `attend(q_BTNH, k_BTKH, v_BTKH) -> (out_BTNH, aux)` is the path's attention (the modules: a mask and an
+    `attend(q_BTHE, k_BTGE, v_BTGE) -> (out_BTHE, aux)` is the path's attention (the modules: a mask and an
     optional KV cache; prefill: causal, in query chunks; decode: a shared prompt prefix plus the rows' own
     slots). Returns (x'_BTD, aux).
     """
-    q_BTNH, k_BTKH, v_BTKH = ops.qkv(ops.norm("pre_attention_norm", x_BTD))
+    q_BTHE, k_BTGE, v_BTGE = ops.qkv(ops.norm("pre_attention_norm", x_BTD))
     if cfg.use_qk_norm:
-        q_BTNH, k_BTKH = ops.norm("query_norm", q_BTNH), ops.norm("key_norm", k_BTKH)
+        q_BTHE, k_BTGE = ops.norm("query_norm", q_BTHE), ops.norm("key_norm", k_BTGE)
     rope = rope_settings(cfg, attention_type)
-    q_BTNH = apply_rope(q_BTNH, positions_BT, **rope) * jnp.asarray(cfg.query_scale, cfg.compute_dtype)
-    k_BTKH = apply_rope(k_BTKH, positions_BT, **rope)
-    out_BTNH, aux = attend(q_BTNH, k_BTKH, v_BTKH)
-    attn_BTD = ops.attn_out(out_BTNH)
+    q_BTHE = apply_rope(q_BTHE, positions_BT, **rope) * jnp.asarray(cfg.query_scale, cfg.compute_dtype)
+    k_BTGE = apply_rope(k_BTGE, positions_BT, **rope)
+    out_BTHE, aux = attend(q_BTHE, k_BTGE, v_BTGE)
+    attn_BTD = ops.attn_out(out_BTHE)
     if cfg.use_post_attn_norm:
         attn_BTD = ops.norm("post_attention_norm", attn_BTD)
     x_BTD = x_BTD + attn_BTD
@@ -112,8 +112,8 @@ class Block(nn.Module):
                 return attn.norm(name, x)
             return RMSNorm(cfg.norm_eps, cfg.params_dtype, name=name)(x)
 
-        def attend(q_BTNH, k_BTKH, v_BTKH):
-            return attn.attend(q_BTNH, k_BTKH, v_BTKH, positions_BT, attn_mask_BTS, key_positions_BS,
+        def attend(q_BTHE, k_BTGE, v_BTGE):
+            return attn.attend(q_BTHE, k_BTGE, v_BTGE, positions_BT, attn_mask_BTS, key_positions_BS,
                                cache, end_index)
 
         ops = LayerOps(norm=norm, qkv=attn.project_qkv, attn_out=attn.project_out, ffw=mlp)
@@ -192,28 +192,28 @@ class ScalarHeadTransformer(_Backbone):
 # its weights are re-laid out ONCE per sampling call (`decode_weights`: fused q/k/v and gate/up
 # projections as plain 2-D matrices in the compute dtype, applied by `fused_ops`), where the modules' 3-D
 # einsum weights would be transposed by XLA on every step of the loop, and its attention reads a prompt
-# prefix shared by the N samples of each prompt (`attention.shared_prefix_attention`). The layer maths is
+# prefix shared by the M samples of each prompt (`attention.shared_prefix_attention`). The layer maths is
 # the modules' own `decoder_layer`; the tests check the result against a full uncached forward.
 
 
 def decode_weights(params, cfg: ModelConfig) -> dict:
     """`Transformer` params -> the decode step's weights (compute dtype; norm scales as stored).
 
-    Per layer: qkv [D, (N + 2K) H] (columns: q heads, then k heads, then v heads), o [N H, D],
+    Per layer: qkv [D, (H + 2G) E] (columns: q heads, then k heads, then v heads), o [H E, D],
     gate_up [D, 2F] (gate columns first), down [F, D], and the norm scales by name (the layer's and
     query_norm / key_norm); plus embedding [V, D].
     """
-    N, K, D, H, F = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim, cfg.mlp_dim
+    H, G, D, E, F = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim, cfg.mlp_dim
     dt = cfg.compute_dtype
     layers = []
     for i in range(cfg.num_layers):
         p = params[f"layer_{i}"]
         attn, mlp = p["attn"], p["mlp"]
-        q_DX = jnp.transpose(attn["q_einsum"]["w"], (1, 0, 2)).reshape(D, N * H)
-        kv_DX = jnp.transpose(attn["kv_einsum"]["w"], (2, 0, 1, 3)).reshape(D, 2 * K * H)
+        q_DX = jnp.transpose(attn["q_einsum"]["w"], (1, 0, 2)).reshape(D, H * E)
+        kv_DX = jnp.transpose(attn["kv_einsum"]["w"], (2, 0, 1, 3)).reshape(D, 2 * G * E)
         layer = dict(
             qkv=jnp.concatenate([q_DX, kv_DX], axis=1).astype(dt),
-            o=attn["attn_vec_einsum"]["w"].reshape(N * H, D).astype(dt),
+            o=attn["attn_vec_einsum"]["w"].reshape(H * E, D).astype(dt),
             gate_up=jnp.transpose(mlp["gating_einsum"]["w"], (1, 0, 2)).reshape(D, 2 * F).astype(dt),
             down=mlp["linear"]["w"].astype(dt),
             norms={k: v["scale"] for part in (p, attn) for k, v in part.items() if k.endswith("_norm")})
@@ -232,7 +232,7 @@ class PrefixWindow:
     anyway. Attending over W slots instead of P gives the same softmax (the dropped slots contribute
     exp(-inf) = 0) at W / P of the cost.
 
-        kv: `DecodeKV` [B * K, W, H] for the local layers (None for the global ones)
+        kv: `DecodeKV` [B * G, W, E] for the local layers (None for the global ones)
         valid_BW: the slot holds a real token (False for prompts shorter than W)
         positions_BW: its position (L - W + w)
     """
@@ -264,18 +264,18 @@ def _norm(cfg: ModelConfig, scale, x):
 
 def fused_ops(cfg: ModelConfig, layer: dict, *, one_token: bool = False) -> LayerOps:
     """`LayerOps` over one layer of `decode_weights`: plain 2-D matmuls. Activations are [B, T, D], or
-    [R, D] with `one_token` (decode: one token per row), whose heads are then [R, 1, heads, H]."""
-    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    [R, D] with `one_token` (decode: one token per row), whose heads are then [R, 1, heads, E]."""
+    H, G, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
     def qkv(h_D):
         qkv_X = jnp.dot(h_D, layer["qkv"])
         lead = (qkv_X.shape[0], 1) if one_token else qkv_X.shape[:-1]
-        return (qkv_X[..., :N * H].reshape(*lead, N, H), qkv_X[..., N * H:(N + K) * H].reshape(*lead, K, H),
-                qkv_X[..., (N + K) * H:].reshape(*lead, K, H))
+        return (qkv_X[..., :H * E].reshape(*lead, H, E), qkv_X[..., H * E:(H + G) * E].reshape(*lead, G, E),
+                qkv_X[..., (H + G) * E:].reshape(*lead, G, E))
 
-    def attn_out(out_BTNH):
-        lead = out_BTNH.shape[:1] if one_token else out_BTNH.shape[:2]
-        return jnp.dot(out_BTNH.reshape(*lead, N * H), layer["o"])
+    def attn_out(out_BTHE):
+        lead = out_BTHE.shape[:1] if one_token else out_BTHE.shape[:2]
+        return jnp.dot(out_BTHE.reshape(*lead, H * E), layer["o"])
 
     def ffw(h_TD):
         gate_up_TX = jnp.dot(h_TD, layer["gate_up"])
@@ -294,7 +294,7 @@ PREFILL_CHUNK = 128  # query slots per attention chunk of `prefill`
 
 
 def prefill(w: dict, cfg: ModelConfig, tokens_BT, valid_BT, *, chunk: int = PREFILL_CHUNK):
-    """The sampler's prefill: prompts -> (last real token's logits_BV float32, `DecodeKV` [B * K, T, H]).
+    """The sampler's prefill: prompts -> (last real token's logits_BV float32, `DecodeKV` [B * G, T, E]).
 
     The maths of `Transformer` with `masks.causal_mask(valid_BT)` and `positions_from_valid(valid_BT)`,
     written against `decode_weights` (plain 2-D matmuls; the modules' 3-D einsum weights cost a
@@ -302,7 +302,7 @@ def prefill(w: dict, cfg: ModelConfig, tokens_BT, valid_BT, *, chunk: int = PREF
     key slots [0, t1) only (a key after the query is masked whatever the padding), about half the
     attention work of a full [T, T] score matrix at T = 4 chunks. Only the last real token is unembedded.
     """
-    N, K, G, H = cfg.num_heads, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim
+    H, G, Q, E = cfg.num_heads, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim
     dt = cfg.compute_dtype
     B, T = tokens_BT.shape
     valid_BT = valid_BT.astype(bool)
@@ -312,7 +312,7 @@ def prefill(w: dict, cfg: ModelConfig, tokens_BT, valid_BT, *, chunk: int = PREF
     for layer, kind in zip(w["layers"], cfg.attention_types):
         local = kind == AttentionType.LOCAL_SLIDING
 
-        def attend(q_BTNH, k_BTKH, v_BTKH, local=local):
+        def attend(q_BTHE, k_BTGE, v_BTGE, local=local):
             outs = []
             for t0 in range(0, T, chunk):
                 t1 = min(T, t0 + chunk)
@@ -321,14 +321,14 @@ def prefill(w: dict, cfg: ModelConfig, tokens_BT, valid_BT, *, chunk: int = PREF
                 if local:
                     mask_BCS = mask_BCS & (positions_BT[:, t0:t1, None] - positions_BT[:, None, :t1]
                                            < cfg.sliding_window_size)
-                outs.append(dot_attention(q_BTNH[:, t0:t1].reshape(B, t1 - t0, K, G, H), k_BTKH[:, :t1],
-                                          v_BTKH[:, :t1], mask_BCS, cap=cfg.attn_logits_soft_cap, dtype=dt))
-            as_kv = lambda x_BTKH: jnp.swapaxes(x_BTKH, 1, 2).reshape(B * K, T, H)
-            return jnp.concatenate(outs, axis=1).reshape(B, T, N, H), (as_kv(k_BTKH), as_kv(v_BTKH))
+                outs.append(dot_attention(q_BTHE[:, t0:t1].reshape(B, t1 - t0, G, Q, E), k_BTGE[:, :t1],
+                                          v_BTGE[:, :t1], mask_BCS, cap=cfg.attn_logits_soft_cap, dtype=dt))
+            as_kv = lambda x_BTGE: jnp.swapaxes(x_BTGE, 1, 2).reshape(B * G, T, E)
+            return jnp.concatenate(outs, axis=1).reshape(B, T, H, E), (as_kv(k_BTGE), as_kv(v_BTGE))
 
-        x_BTD, (k_XTH, v_XTH) = decoder_layer(cfg, kind, fused_ops(cfg, layer), x_BTD, positions_BT, attend)
-        ks.append(k_XTH)
-        vs.append(v_XTH)
+        x_BTD, (k_XTE, v_XTE) = decoder_layer(cfg, kind, fused_ops(cfg, layer), x_BTD, positions_BT, attend)
+        ks.append(k_XTE)
+        vs.append(v_XTE)
     h_BD = _norm(cfg, w["final_norm"], take_last_valid(x_BTD, valid_BT))
     logits_BV = unembed(w["embedding"], h_BD, dt)
     return soft_cap(logits_BV, cfg.final_logit_soft_cap), DecodeKV(k=tuple(ks), v=tuple(vs))
@@ -342,16 +342,16 @@ def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: Decode
       w: `decode_weights(params, cfg)`.
       tokens_R, positions_R: the token fed to each of the R = B * n rows and its RoPE position; the n
         rows of a prompt (r = b * n + i) must be at the same position (lock-step decoding).
-      prefix: the B prompts' keys/values (`DecodeKV` [B * K, P, H]); prefix_valid_BP marks real slots,
+      prefix: the B prompts' keys/values (`DecodeKV` [B * G, P, E]); prefix_valid_BP marks real slots,
         prefix_positions_BP their positions (for the sliding window of local layers).
-      own: the rows' generated keys/values ([R * K, S, H]); this token's are written at slot `slot`, and
+      own: the rows' generated keys/values ([R * G, S, E]); this token's are written at slot `slot`, and
         the row reads its own slots 0 .. slot, which hold positions positions_R - slot .. positions_R.
       window: `prefix_window(cfg, prefix, prefix_valid_BP, prefix_positions_BP)`: local layers then read
         only the prompts' last W slots (same result, less work); None: every layer reads all P slots.
     Returns:
       (logits_RV float32 after the final soft-cap, own with this token's keys/values written).
     """
-    K, H = cfg.num_kv_heads, cfg.head_dim
+    G, E = cfg.num_kv_heads, cfg.head_dim
     dt = cfg.compute_dtype
     R, B = tokens_R.shape[0], prefix_valid_BP.shape[0]
     n, S = R // B, own.length
@@ -361,10 +361,10 @@ def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: Decode
     new_k, new_v = [], []
     for i, (layer, kind) in enumerate(zip(w["layers"], cfg.attention_types)):
 
-        def attend(q_R1NH, k_R1KH, v_R1KH, i=i, local=kind == AttentionType.LOCAL_SLIDING):
-            write = lambda c, x_R1KH: lax.dynamic_update_slice(c, x_R1KH.reshape(R * K, 1, H).astype(c.dtype),
+        def attend(q_R1HE, k_R1GE, v_R1GE, i=i, local=kind == AttentionType.LOCAL_SLIDING):
+            write = lambda c, x_R1GE: lax.dynamic_update_slice(c, x_R1GE.reshape(R * G, 1, E).astype(c.dtype),
                                                                 (0, slot, 0))
-            own_k, own_v = write(own.k[i], k_R1KH), write(own.v[i], v_R1KH)
+            own_k, own_v = write(own.k[i], k_R1GE), write(own.v[i], v_R1GE)
             prefix_k, prefix_v = prefix.k[i], prefix.v[i]
             prefix_mask_BP, own_mask_S = prefix_valid_BP, own_back_S >= 0
             if local:
@@ -374,10 +374,10 @@ def decode_step(w: dict, cfg: ModelConfig, tokens_R, positions_R, prefix: Decode
                     prefix_mask_BP, positions_BP = window.valid_BW, window.positions_BW
                 prefix_mask_BP = prefix_mask_BP & (q_pos_B[:, None] - positions_BP < W)
                 own_mask_S = own_mask_S & (own_back_S < W)
-            out_RNH = shared_prefix_attention(
-                q_R1NH[:, 0], prefix_k.astype(dt), prefix_v.astype(dt), prefix_mask_BP, own_k.astype(dt),
+            out_RHE = shared_prefix_attention(
+                q_R1HE[:, 0], prefix_k.astype(dt), prefix_v.astype(dt), prefix_mask_BP, own_k.astype(dt),
                 own_v.astype(dt), own_mask_S, cap=cfg.attn_logits_soft_cap, dtype=dt)
-            return out_RNH[:, None], (own_k, own_v)
+            return out_RHE[:, None], (own_k, own_v)
 
         x_RD, (own_k, own_v) = decoder_layer(cfg, kind, fused_ops(cfg, layer, one_token=True), x_RD,
                                              positions_R[:, None], attend)

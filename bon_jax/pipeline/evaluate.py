@@ -77,17 +77,17 @@ def evaluate_policy(
             prompt_ids_B=np.arange(start, start + len(chunk)),
         )
         if is_reference:
-            ref_token_logp_BNT = g.token_logp_BNT
+            ref_token_logp_BMT = g.token_logp_BMT
         else:
-            ref_token_logp_BNT = np.asarray(token_logp(ref_params, prompts_BT, plen_B, g.tokens_BNT, g.lengths_BN))
+            ref_token_logp_BMT = np.asarray(token_logp(ref_params, prompts_BT, plen_B, g.tokens_BMT, g.lengths_BM))
         return {
-            "rewards_BN": np.asarray(g.rewards_BN),
-            "scores_BN": np.asarray(g.scores_BN),
-            "answers_BN": [list(row) for row in g.answers_BN],
-            "logp_BN": np.asarray(g.logp_BN),
-            "ref_logp_BN": np.asarray(ref_token_logp_BNT).sum(-1),
-            "kl_k3_BN": kl_estimates(g.token_logp_BNT, ref_token_logp_BNT, g.lengths_BN)[1],
-            "lengths_BN": np.asarray(g.lengths_BN),
+            "rewards_BM": np.asarray(g.rewards_BM),
+            "scores_BM": np.asarray(g.scores_BM),
+            "answers_BM": [list(row) for row in g.answers_BM],
+            "logp_BM": np.asarray(g.logp_BM),
+            "ref_logp_BM": np.asarray(ref_token_logp_BMT).sum(-1),
+            "kl_k3_BM": kl_estimates(g.token_logp_BMT, ref_token_logp_BMT, g.lengths_BM)[1],
+            "lengths_BM": np.asarray(g.lengths_BM),
         }
 
     rewards, scores, answers, logp, ref_logp, lengths, kl_k3 = [], [], [], [], [], [], []
@@ -102,13 +102,13 @@ def evaluate_policy(
                 part = sample_part(examples[start : start + prompts_per_call], start)
                 if path:
                     _save_part(path, part)
-            rewards.append(part["rewards_BN"])
-            scores.append(part["scores_BN"])
-            answers.extend(part["answers_BN"])
-            logp.append(part["logp_BN"])
-            ref_logp.append(part["ref_logp_BN"])
-            kl_k3.append(part["kl_k3_BN"])
-            lengths.append(part["lengths_BN"])
+            rewards.append(part["rewards_BM"])
+            scores.append(part["scores_BM"])
+            answers.extend(part["answers_BM"])
+            logp.append(part["logp_BM"])
+            ref_logp.append(part["ref_logp_BM"])
+            kl_k3.append(part["kl_k3_BM"])
+            lengths.append(part["lengths_BM"])
             if guard is not None and guard.requested():
                 done = min(start + prompts_per_call, len(examples))
                 raise Preempted(f"eval: {done} of {len(examples)} prompts evaluated; restart to resume")
@@ -152,14 +152,14 @@ def evaluate_policy(
 
 def _save_part(path: str, part: dict) -> None:
     """One evaluated chunk: its arrays, and its answers (strings or None) as JSON; written atomically."""
-    arrays = {k: v for k, v in part.items() if k != "answers_BN"}
+    arrays = {k: v for k, v in part.items() if k != "answers_BM"}
     with open(path + ".tmp", "wb") as f:
-        np.savez(f, answers_json=np.asarray(json.dumps(part["answers_BN"])), **arrays)
+        np.savez(f, answers_json=np.asarray(json.dumps(part["answers_BM"])), **arrays)
     os.replace(path + ".tmp", path)
 
 
 def _load_part(path: str) -> dict:
     with np.load(path) as saved:
         part = {k: saved[k] for k in saved.files if k != "answers_json"}
-        part["answers_BN"] = json.loads(str(saved["answers_json"]))
+        part["answers_BM"] = json.loads(str(saved["answers_json"]))
     return part

@@ -70,7 +70,7 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, te
             model_cfg,
             batch["prompt_tokens_BT"],
             batch["tokens_BMT"],
-            completion_lengths_BN=batch["lengths_BM"],
+            completion_lengths_BM=batch["lengths_BM"],
             prompt_lengths_B=batch["prompt_lengths_B"],
             padding_side="left",
             temperature=temperature,
@@ -85,7 +85,7 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, te
                 model_cfg,
                 batch["prompt_tokens_BT"],
                 batch["expert_tokens_BT"][:, None],
-                completion_lengths_BN=batch["expert_lengths_B"][:, None],
+                completion_lengths_BM=batch["expert_lengths_B"][:, None],
                 prompt_lengths_B=batch["prompt_lengths_B"],
                 padding_side="left",
                 temperature=temperature,
@@ -249,21 +249,21 @@ def finetune_stage(
         )
         # Whose samples the objective's rollout holds (bon_distill_sft: pi_ref's, Amini et al.'s baseline).
         g = draw(base_params if spec.samples == "reference" else state.train.params, rl.m, k_sample)
-        select_BM = g.rewards_BN if selection == "reward" else g.scores_BN
-        args = (g.prompt_tokens_BT, g.prompt_lengths_B, g.tokens_BNT, g.lengths_BN)
-        rollout = dict(rewards_BM=g.rewards_BN, scores_BM=g.scores_BN)
+        select_BM = g.rewards_BM if selection == "reward" else g.scores_BM
+        args = (g.prompt_tokens_BT, g.prompt_lengths_B, g.tokens_BMT, g.lengths_BM)
+        rollout = dict(rewards_BM=g.rewards_BM, scores_BM=g.scores_BM)
         host = {
-            "sample/reward_mean": float(g.rewards_BN.mean()),
-            "sample/score_mean": float(g.scores_BN.mean()),
-            "sample/bon_reward_argmax_M": float(_bon_reward(select_BM, g.rewards_BN)),
-            "sample/pass_at_M": float((g.rewards_BN.max(1) > 0).mean()),
-            "sample/length": float(g.lengths_BN.mean()),
-            "sample/finished": float(g.finished_BN.mean()),
+            "sample/reward_mean": float(g.rewards_BM.mean()),
+            "sample/score_mean": float(g.scores_BM.mean()),
+            "sample/bon_reward_argmax_M": float(_bon_reward(select_BM, g.rewards_BM)),
+            "sample/pass_at_M": float((g.rewards_BM.max(1) > 0).mean()),
+            "sample/length": float(g.lengths_BM.mean()),
+            "sample/finished": float(g.finished_BM.mean()),
         }
         if spec.kl_terms:  # samples of pi: KL(pi || pi_ref) is estimable from them
             ref_logp_BM = seq_logp(base_params, *args)
             rollout["ref_logp_BM"] = ref_logp_BM
-            host["sample/kl_ref_k1"] = float(np.mean(g.logp_BN - np.asarray(ref_logp_BM)))
+            host["sample/kl_ref_k1"] = float(np.mean(g.logp_BM - np.asarray(ref_logp_BM)))
             if use_anchor:
                 rollout["anchor_logp_BM"] = seq_logp(state.anchor, *args)
         if spec.reference_samples:
@@ -288,19 +288,19 @@ def finetune_stage(
         elif spec.demonstrations == "bon_of_reference":
             # One draw of pi_BoN(pi_ref, selection, N): the winner of N fresh samples of pi_ref.
             bon = draw(base_params, rl.n, k_bon)
-            win_B = bon_winners(bon.rewards_BN if selection == "reward" else bon.scores_BN, k_tie)
+            win_B = bon_winners(bon.rewards_BM if selection == "reward" else bon.scores_BM, k_tie)
             expert["expert_tokens_BT"], expert["expert_lengths_B"] = _fit_width(
-                bon.tokens_BNT[np.arange(len(win_B)), win_B], bon.lengths_BN[np.arange(len(win_B)), win_B],
+                bon.tokens_BMT[np.arange(len(win_B)), win_B], bon.lengths_BM[np.arange(len(win_B)), win_B],
                 rl.max_new_tokens,
             )
-            host["sample/bon_of_reference_reward"] = float(bon.rewards_BN[np.arange(len(win_B)), win_B].mean())
+            host["sample/bon_of_reference_reward"] = float(bon.rewards_BM[np.arange(len(win_B)), win_B].mean())
         rollout = objectives.Rollout(**rollout)
         objectives.validate_rollout(rollout)
         out = {
             "prompt_tokens_BT": g.prompt_tokens_BT,
             "prompt_lengths_B": g.prompt_lengths_B,
-            "tokens_BMT": g.tokens_BNT,
-            "lengths_BM": g.lengths_BN,
+            "tokens_BMT": g.tokens_BMT,
+            "lengths_BM": g.lengths_BM,
             "rollout": rollout,
             **expert,
             "host": host,
@@ -308,7 +308,7 @@ def finetune_stage(
         if use_value:
             # The regression target: the unbiased BoN@N estimate of each prompt, sum_j u_j R_j.
             u_BM = objectives.bon_winner_weights(jnp.asarray(select_BM), jnp.ones(select_BM.shape, bool), rl.n)
-            out["value_target_B"] = np.asarray(jnp.sum(u_BM * g.rewards_BN, axis=-1), np.float32)
+            out["value_target_B"] = np.asarray(jnp.sum(u_BM * g.rewards_BM, axis=-1), np.float32)
         if use_anchor:
             out["anchor_coef"] = jnp.float32(
                 objectives.anchor_kl_coef(
@@ -342,8 +342,8 @@ def finetune_stage(
 def _draw_reference(draw, ref_params, k: int, ref_key):
     """`[B, K]` rewards and scores of K samples of pi_ref per prompt, drawn REF_CHUNK at a time."""
     chunks = [draw(ref_params, REF_CHUNK, jax.random.fold_in(ref_key, c)) for c in range(-(-k // REF_CHUNK))]
-    rewards_BK = np.concatenate([g.rewards_BN for g in chunks], axis=1)[:, :k]
-    scores_BK = np.concatenate([g.scores_BN for g in chunks], axis=1)[:, :k]
+    rewards_BK = np.concatenate([g.rewards_BM for g in chunks], axis=1)[:, :k]
+    scores_BK = np.concatenate([g.scores_BM for g in chunks], axis=1)[:, :k]
     return rewards_BK, scores_BK
 
 

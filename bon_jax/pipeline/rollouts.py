@@ -1,9 +1,9 @@
-"""From prompts to a graded, scored rollout: sample `[B, N]` completions, decode, grade, score.
+"""From prompts to a graded, scored rollout: sample `[B, M]` completions, decode, grade, score.
 
 Sampling and scoring are jitted device work; decoding and grading are host work on text (ground truth is
 a string comparison, a sandboxed test run or a sentiment scorer), which is why a BoN-RL step is three
 calls (sample -> grade -> update) rather than one: the host round trip per step is inherent to grading
-text, and it moves `[B, N, T]` int32 tokens, not activations.
+text, and it moves `[B, M, T]` int32 tokens, not activations.
 """
 
 from __future__ import annotations
@@ -19,30 +19,30 @@ import numpy as np
 from bon_jax.sampling import sample, sequence_logprobs
 from bon_jax.tasks.base import Example
 
-# scorer(examples_B, texts_BN, prompt_tokens_BT, prompt_lengths_B, tokens_BNT, lengths_BN, rewards_BN)
+# scorer(examples_B, texts_BM, prompt_tokens_BT, prompt_lengths_B, tokens_BMT, lengths_BM, rewards_BM)
 Scorer = Callable[..., np.ndarray]
 
 
 @dataclasses.dataclass
 class GradedSamples:
-    """N samples of each of B prompts, with everything the objectives and metrics need (host arrays)."""
+    """M samples of each of B prompts, with everything the objectives and metrics need (host arrays)."""
 
     prompt_tokens_BT: np.ndarray  # left-padded, bos first
     prompt_lengths_B: np.ndarray
-    tokens_BNT: np.ndarray
-    lengths_BN: np.ndarray
-    logp_BN: np.ndarray  # sequence log-prob under pi_tau = softmax(logits / temperature) (see draw_graded)
-    token_logp_BNT: np.ndarray  # its per-token terms (0 after each completion's end)
-    texts_BN: list[list[str]]
-    rewards_BN: np.ndarray
-    answers_BN: np.ndarray
-    scores_BN: np.ndarray
-    finished_BN: np.ndarray  # ended with eos (not cut at max_new_tokens)
+    tokens_BMT: np.ndarray
+    lengths_BM: np.ndarray
+    logp_BM: np.ndarray  # sequence log-prob under pi_tau = softmax(logits / temperature) (see draw_graded)
+    token_logp_BMT: np.ndarray  # its per-token terms (0 after each completion's end)
+    texts_BM: list[list[str]]
+    rewards_BM: np.ndarray
+    answers_BM: np.ndarray
+    scores_BM: np.ndarray
+    finished_BM: np.ndarray  # ended with eos (not cut at max_new_tokens)
 
 
-def decode_completions(tokenizer, tokens_BNT: np.ndarray, lengths_BN: np.ndarray) -> list[list[str]]:
-    B, N, _ = tokens_BNT.shape
-    return [[tokenizer.decode(tokens_BNT[b, i, : lengths_BN[b, i]]) for i in range(N)] for b in range(B)]
+def decode_completions(tokenizer, tokens_BMT: np.ndarray, lengths_BM: np.ndarray) -> list[list[str]]:
+    B, M, _ = tokens_BMT.shape
+    return [[tokenizer.decode(tokens_BMT[b, i, : lengths_BM[b, i]]) for i in range(M)] for b in range(B)]
 
 
 def draw_graded(
@@ -65,7 +65,7 @@ def draw_graded(
 ) -> GradedSamples:
     # The policy being sampled (and trained, and compared to the reference) is pi_tau = softmax(l / tau):
     # its log-probs are the sampler's 'sampling' ones when no top-k / top-p truncation applies. Truncation
-    # is not part of the differentiable policy: with it, logp_BN is the untruncated temperature-1 log-prob
+    # is not part of the differentiable policy: with it, logp_BM is the untruncated temperature-1 log-prob
     # (the sampler's 'policy' mode) and the objectives see samples from a different sampler (off-policy).
     truncated = bool(top_k) or top_p < 1.0
     out = sample(
@@ -85,44 +85,44 @@ def draw_graded(
         prompt_ids_B=prompt_ids_B,
         logprobs="sampling" if temperature != 1.0 and not truncated else "policy",
     )
-    tokens_BNT, logprobs_BNT, lengths_BN = jax.device_get((out.tokens_BNT, out.logprobs_BNT, out.lengths_BN))
-    B, N, T = tokens_BNT.shape
-    last_BN = tokens_BNT[np.arange(B)[:, None], np.arange(N)[None], np.maximum(lengths_BN - 1, 0)]
-    finished_BN = (lengths_BN > 0) & (last_BN == tokenizer.eos_id)
+    tokens_BMT, logprobs_BMT, lengths_BM = jax.device_get((out.tokens_BMT, out.logprobs_BMT, out.lengths_BM))
+    B, M, T = tokens_BMT.shape
+    last_BM = tokens_BMT[np.arange(B)[:, None], np.arange(M)[None], np.maximum(lengths_BM - 1, 0)]
+    finished_BM = (lengths_BM > 0) & (last_BM == tokenizer.eos_id)
     # The eos is scored by the objectives (it is part of the sampled sequence) but not shown to graders.
-    text_lengths_BN = lengths_BN - finished_BN
-    texts_BN = decode_completions(tokenizer, tokens_BNT, text_lengths_BN)
-    grades = task.grade_batch(examples_B, texts_BN)
-    scores_BN = scorer(
-        examples_B, texts_BN, prompt_tokens_BT, prompt_lengths_B, tokens_BNT, lengths_BN, grades.rewards_BN
+    text_lengths_BM = lengths_BM - finished_BM
+    texts_BM = decode_completions(tokenizer, tokens_BMT, text_lengths_BM)
+    grades = task.grade_batch(examples_B, texts_BM)
+    scores_BM = scorer(
+        examples_B, texts_BM, prompt_tokens_BT, prompt_lengths_B, tokens_BMT, lengths_BM, grades.rewards_BM
     )
     return GradedSamples(
         prompt_tokens_BT=np.asarray(prompt_tokens_BT),
         prompt_lengths_B=np.asarray(prompt_lengths_B),
-        tokens_BNT=tokens_BNT,
-        lengths_BN=lengths_BN,
-        logp_BN=logprobs_BNT.sum(-1),
-        token_logp_BNT=logprobs_BNT,
-        texts_BN=texts_BN,
-        rewards_BN=np.asarray(grades.rewards_BN, np.float32),
-        answers_BN=grades.answers_BN,
-        scores_BN=np.asarray(scores_BN, np.float32),
-        finished_BN=finished_BN,
+        tokens_BMT=tokens_BMT,
+        lengths_BM=lengths_BM,
+        logp_BM=logprobs_BMT.sum(-1),
+        token_logp_BMT=logprobs_BMT,
+        texts_BM=texts_BM,
+        rewards_BM=np.asarray(grades.rewards_BM, np.float32),
+        answers_BM=grades.answers_BM,
+        scores_BM=np.asarray(scores_BM, np.float32),
+        finished_BM=finished_BM,
     )
 
 
 def make_sequence_logp(model_cfg, temperature: float = 1.0, *, per_token: bool = False):
-    """jitted `(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN) -> logp_BN` (token sum) under
-    pi_tau = softmax(logits / temperature); with `per_token`, the terms `logp_BNT` (0 past each length)."""
+    """jitted `(params, prompts_BT, prompt_lengths_B, tokens_BMT, lengths_BM) -> logp_BM` (token sum) under
+    pi_tau = softmax(logits / temperature); with `per_token`, the terms `logp_BMT` (0 past each length)."""
 
     @jax.jit
-    def logp(params, prompts_BT, prompt_lengths_B, tokens_BNT, lengths_BN):
+    def logp(params, prompts_BT, prompt_lengths_B, tokens_BMT, lengths_BM):
         tok = sequence_logprobs(
             params,
             model_cfg,
             prompts_BT,
-            tokens_BNT,
-            completion_lengths_BN=lengths_BN,
+            tokens_BMT,
+            completion_lengths_BM=lengths_BM,
             prompt_lengths_B=prompt_lengths_B,
             padding_side="left",
             temperature=temperature,
@@ -132,26 +132,26 @@ def make_sequence_logp(model_cfg, temperature: float = 1.0, *, per_token: bool =
     return logp
 
 
-def kl_estimates(token_logp_BNT, ref_token_logp_BNT, lengths_BN) -> tuple[np.ndarray, np.ndarray]:
-    """(k1_BN, k3_BN): two unbiased estimates of KL(pi || pi_ref) per sampled sequence y ~ pi.
+def kl_estimates(token_logp_BMT, ref_token_logp_BMT, lengths_BM) -> tuple[np.ndarray, np.ndarray]:
+    """(k1_BM, k3_BM): two unbiased estimates of KL(pi || pi_ref) per sampled sequence y ~ pi.
 
     With l_t = log pi_ref(y_t | y_<t) - log pi(y_t | y_<t) over the completion's tokens t < length:
         k1 = -sum_t l_t                        (the sequence log-ratio; any sign, high variance)
         k3 = sum_t (exp(l_t) - 1 - l_t)        (per token >= 0; E_pi[exp(l_t) - 1 | y_<t] = 0, so each term's
                                                mean is the next-token KL and the sum's mean is the sequence KL)
     Schulman's k1 / k3 estimators (docs/objectives.md, "KL estimates")."""
-    valid = np.arange(np.shape(token_logp_BNT)[-1]) < np.asarray(lengths_BN)[..., None]
-    l_BNT = np.where(valid, np.asarray(ref_token_logp_BNT, np.float64) - np.asarray(token_logp_BNT, np.float64), 0.0)
-    return -l_BNT.sum(-1), (np.expm1(l_BNT) - l_BNT).sum(-1)
+    valid = np.arange(np.shape(token_logp_BMT)[-1]) < np.asarray(lengths_BM)[..., None]
+    l_BMT = np.where(valid, np.asarray(ref_token_logp_BMT, np.float64) - np.asarray(token_logp_BMT, np.float64), 0.0)
+    return -l_BMT.sum(-1), (np.expm1(l_BMT) - l_BMT).sum(-1)
 
 
-def bon_winners(select_BN, rng: jax.Array) -> np.ndarray:
-    """[B] index of the Best-of-N winner of each row: the largest `select_BN`, ties broken uniformly at
+def bon_winners(select_BM, rng: jax.Array) -> np.ndarray:
+    """[B] index of the Best-of-N winner of each row: the largest `select_BM`, ties broken uniformly at
     random (one draw of pi_BoN(pi, s, N) from N iid samples of pi, docs/objectives.md)."""
-    select_BN = np.asarray(select_BN)
-    tie_break_BN = np.asarray(jax.random.uniform(rng, select_BN.shape))
-    top_BN = select_BN == select_BN.max(axis=1, keepdims=True)
-    return np.argmax(np.where(top_BN, tie_break_BN, -1.0), axis=1)
+    select_BM = np.asarray(select_BM)
+    tie_break_BM = np.asarray(jax.random.uniform(rng, select_BM.shape))
+    top_BM = select_BM == select_BM.max(axis=1, keepdims=True)
+    return np.argmax(np.where(top_BM, tie_break_BM, -1.0), axis=1)
 
 
 class ReferenceSamples:
@@ -213,10 +213,10 @@ class ReferenceSamples:
 
 
 def reward_scorer(
-    examples_B, texts_BN, prompt_tokens_BT, prompt_lengths_B, tokens_BNT, lengths_BN, rewards_BN
+    examples_B, texts_BM, prompt_tokens_BT, prompt_lengths_B, tokens_BMT, lengths_BM, rewards_BM
 ):
     """Selects by the ground-truth reward itself (BoN-RL-S, pass@N; the oracle verifier)."""
-    return np.asarray(rewards_BN, np.float32)
+    return np.asarray(rewards_BM, np.float32)
 
 
 def as_jnp(tree):

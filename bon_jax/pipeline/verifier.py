@@ -167,7 +167,7 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk
             if path and os.path.exists(path):
                 with open(path) as f:
                     saved = json.load(f)
-                texts_BN, rewards_BN = saved["texts_BN"], np.asarray(saved["rewards_BN"], np.float32)
+                texts_BM, rewards_BM = saved["texts_BM"], np.asarray(saved["rewards_BM"], np.float32)
             else:
                 toks, lens = tokenizer.encode_batch(
                     [e.prompt for e in ex],
@@ -191,16 +191,16 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk
                     temperature=v.temperature,
                     prompt_ids_B=np.arange(start, start + len(ex)),
                 )
-                texts_BN = [[str(t) for t in row] for row in g.texts_BN]
-                rewards_BN = np.asarray(g.rewards_BN, np.float32)
+                texts_BM = [[str(t) for t in row] for row in g.texts_BM]
+                rewards_BM = np.asarray(g.rewards_BM, np.float32)
                 if path:
                     with open(path + ".tmp", "w") as f:
-                        json.dump({"texts_BN": texts_BN, "rewards_BN": rewards_BN.tolist()}, f)
+                        json.dump({"texts_BM": texts_BM, "rewards_BM": rewards_BM.tolist()}, f)
                     os.replace(path + ".tmp", path)
             for b, e in enumerate(ex):
                 for i in range(v.samples_per_prompt):
                     held = is_held(start + b)
-                    add(e.prompt, texts_BN[b][i], float(rewards_BN[b, i] > 0.5), start + b, held)
+                    add(e.prompt, texts_BM[b][i], float(rewards_BM[b, i] > 0.5), start + b, held)
                 if not is_held(start + b):
                     add_references(e, start + b)
             if guard is not None and guard.requested():

@@ -4,7 +4,7 @@ A task knows nothing about tokens or models. It yields `Example`s and grades com
 `reward` is the ground truth R(x, y) of docs/maths.md, `answer` the extracted final answer (for majority
 voting), `reason` why a completion failed (unparsable, wrong, timed out, ...).
 
-Grading a `[B, N]` batch goes through `Task.grade_batch`, which returns arrays; tasks whose grading is
+Grading a `[B, M]` batch goes through `Task.grade_batch`, which returns arrays; tasks whose grading is
 expensive (code execution) override it to run in parallel.
 """
 
@@ -48,15 +48,15 @@ class Grade:
 
 @dataclasses.dataclass(frozen=True)
 class Grades:
-    """Grades of a `[B, N]` batch of completions.
+    """Grades of a `[B, M]` batch of completions.
 
-    rewards_BN: float32 rewards. answers_BN: object array of extracted answers (None if unparsable).
-    reasons_BN: object array of failure reasons (None where the completion was graded normally).
+    rewards_BM: float32 rewards. answers_BM: object array of extracted answers (None if unparsable).
+    reasons_BM: object array of failure reasons (None where the completion was graded normally).
     """
 
-    rewards_BN: np.ndarray
-    answers_BN: np.ndarray
-    reasons_BN: np.ndarray
+    rewards_BM: np.ndarray
+    answers_BM: np.ndarray
+    reasons_BM: np.ndarray
 
 
 class Task(abc.ABC):
@@ -79,33 +79,33 @@ class Task(abc.ABC):
         have many written forms override it."""
         return a == b
 
-    def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
+    def grade_batch(self, examples_B: Sequence[Example], completions_BM: Sequence[Sequence[str]]) -> Grades:
         """Grades every completion; the default loops in Python (cheap graders only)."""
-        batch_shape(examples_B, completions_BN)
-        grades = [[self.grade(ex, c) for c in row] for ex, row in zip(examples_B, completions_BN)]
+        batch_shape(examples_B, completions_BM)
+        grades = [[self.grade(ex, c) for c in row] for ex, row in zip(examples_B, completions_BM)]
         return stack_grades(grades)
 
 
-def batch_shape(examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> tuple[int, int]:
-    """(B, N) of a grading batch; refuses a row count that differs from the examples, or ragged rows."""
-    if len(examples_B) != len(completions_BN):
-        raise ValueError(f"grade_batch: {len(examples_B)} examples but {len(completions_BN)} rows of completions")
-    widths = sorted({len(row) for row in completions_BN})
+def batch_shape(examples_B: Sequence[Example], completions_BM: Sequence[Sequence[str]]) -> tuple[int, int]:
+    """(B, M) of a grading batch; refuses a row count that differs from the examples, or ragged rows."""
+    if len(examples_B) != len(completions_BM):
+        raise ValueError(f"grade_batch: {len(examples_B)} examples but {len(completions_BM)} rows of completions")
+    widths = sorted({len(row) for row in completions_BM})
     if len(widths) > 1:
         raise ValueError(f"grade_batch: rows of different lengths {widths}")
     return len(examples_B), (widths[0] if widths else 0)
 
 
-def stack_grades(grades_BN: Sequence[Sequence[Grade]]) -> Grades:
+def stack_grades(grades_BM: Sequence[Sequence[Grade]]) -> Grades:
     """Turns nested lists of `Grade` (all rows the same length) into a `Grades` of arrays."""
-    B = len(grades_BN)
-    N = len(grades_BN[0]) if B else 0
-    if any(len(row) != N for row in grades_BN):
+    B = len(grades_BM)
+    M = len(grades_BM[0]) if B else 0
+    if any(len(row) != M for row in grades_BM):
         raise ValueError("stack_grades: rows of different lengths")
-    rewards = np.zeros((B, N), np.float32)
-    answers = np.empty((B, N), object)
-    reasons = np.empty((B, N), object)
-    for b, row in enumerate(grades_BN):
+    rewards = np.zeros((B, M), np.float32)
+    answers = np.empty((B, M), object)
+    reasons = np.empty((B, M), object)
+    for b, row in enumerate(grades_BM):
         for n, g in enumerate(row):
             rewards[b, n] = g.reward
             answers[b, n] = g.answer

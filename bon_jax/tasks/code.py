@@ -40,7 +40,7 @@ finishing its tests. Before that, the
 completion is cut at the first stop sequence (`truncate_at_stop`, as the Codex paper and the
 bigcode harness do: a base model goes on writing after the function): HUMANEVAL_STOP for HumanEval,
 MBPP_STOP for MBPP (no "\\ndef"/"\\nclass" there: its programs may hold several). `grade_batch` runs
-all B x N programs through `sandbox.run_many` in parallel.
+all B x M programs through `sandbox.run_many` in parallel.
 """
 
 from __future__ import annotations
@@ -126,10 +126,10 @@ class _CodeTask(Task):
     def grade(self, example: Example, completion: str) -> Grade:
         return _grade_of(self._run([self.program(example, completion)])[0])
 
-    def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
-        """Runs all B x N programs in parallel (`max_workers`, default os.cpu_count())."""
-        _, n = batch_shape(examples_B, completions_BN)
-        programs = [self.program(ex, c) for ex, row in zip(examples_B, completions_BN) for c in row]
+    def grade_batch(self, examples_B: Sequence[Example], completions_BM: Sequence[Sequence[str]]) -> Grades:
+        """Runs all B x M programs in parallel (`max_workers`, default os.cpu_count())."""
+        _, n = batch_shape(examples_B, completions_BM)
+        programs = [self.program(ex, c) for ex, row in zip(examples_B, completions_BM) for c in row]
         results = self._run(programs)
         grades = [[_grade_of(r) for r in results[b * n : (b + 1) * n]] for b in range(len(examples_B))]
         return stack_grades(grades)

@@ -255,19 +255,19 @@ class ImdbTask(Task):
             return Grade(0.0, None, "completion is not text")
         return Grade(float(self._rewards([self._texts(example, completion)])[0]))
 
-    def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
-        """One `score_texts` call for the whole `[B, N]` batch."""
-        B, N = batch_shape(examples_B, completions_BN)
+    def grade_batch(self, examples_B: Sequence[Example], completions_BM: Sequence[Sequence[str]]) -> Grades:
+        """One `score_texts` call for the whole `[B, M]` batch."""
+        B, M = batch_shape(examples_B, completions_BM)
         texts, where = [], []
-        reasons = np.empty((B, N), object)
-        for b, (ex, row) in enumerate(zip(examples_B, completions_BN)):
+        reasons = np.empty((B, M), object)
+        for b, (ex, row) in enumerate(zip(examples_B, completions_BM)):
             for n, c in enumerate(row):
                 if isinstance(c, str):
                     texts.append(self._texts(ex, c))
                     where.append((b, n))
                 else:
                     reasons[b, n] = "completion is not text"
-        rewards = np.zeros((B, N), np.float32)
+        rewards = np.zeros((B, M), np.float32)
         for (b, n), r in zip(where, self._rewards(texts)):
             rewards[b, n] = r
-        return Grades(rewards, np.empty((B, N), object), reasons)
+        return Grades(rewards, np.empty((B, M), object), reasons)

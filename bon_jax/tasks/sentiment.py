@@ -358,9 +358,9 @@ class SentimentTask(Task):
         reward = float(self.scorer.score_texts([self.text_to_score(example, completion)])[0])
         return Grade(reward, None, None)
 
-    def grade_batch(self, examples_B: Sequence[Example], completions_BN: Sequence[Sequence[str]]) -> Grades:
-        """One scorer pass over the [B, N] texts; rewards float32 [B, N], answers and reasons None."""
-        B, N = batch_shape(examples_B, completions_BN)
-        texts = [self.text_to_score(ex, c) for ex, row in zip(examples_B, completions_BN) for c in row]
-        rewards = self.scorer.score_texts(texts).reshape(B, N)
-        return Grades(rewards, np.full((B, N), None, object), np.full((B, N), None, object))
+    def grade_batch(self, examples_B: Sequence[Example], completions_BM: Sequence[Sequence[str]]) -> Grades:
+        """One scorer pass over the [B, M] texts; rewards float32 [B, M], answers and reasons None."""
+        B, M = batch_shape(examples_B, completions_BM)
+        texts = [self.text_to_score(ex, c) for ex, row in zip(examples_B, completions_BM) for c in row]
+        rewards = self.scorer.score_texts(texts).reshape(B, M)
+        return Grades(rewards, np.full((B, M), None, object), np.full((B, M), None, object))

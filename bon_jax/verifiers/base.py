@@ -1,12 +1,12 @@
 """The verifier interface s(x, y) and the two verifiers that need no training: the oracle and sentiment.
 
-    score(examples_B, completions_BN) -> scores_BN   float32 [B, N], higher = more likely correct / better
+    score(examples_B, completions_BM) -> scores_BM   float32 [B, M], higher = more likely correct / better
 
 Best-of-N selects by these scores (s in docs/maths.md), so only their order within a row matters to selection;
 `LearnedVerifier` returns logits, the oracle the task reward R itself, the sentiment verifier a score in
 [0, 1].
 
-Completions come as text (`list[list[str]]`, B rows of N) or as a sampler's tokens (`CompletionTokens`).
+Completions come as text (`list[list[str]]`, B rows of M) or as a sampler's tokens (`CompletionTokens`).
 Text verifiers decode tokens with the tokenizer they were given; the learned verifier scores tokens
 directly (no decode / re-encode round trip).
 """
@@ -25,23 +25,23 @@ from bon_jax.tasks.sentiment import SentimentScorer
 
 @dataclasses.dataclass(frozen=True)
 class CompletionTokens:
-    """A sampler's output for B prompts x N samples.
+    """A sampler's output for B prompts x M samples.
 
     Attributes:
-      tokens_BNT: int completion tokens; entries past each length are ignored.
-      lengths_BN: int number of real completion tokens (eos included when the completion has one).
+      tokens_BMT: int completion tokens; entries past each length are ignored.
+      lengths_BM: int number of real completion tokens (eos included when the completion has one).
       prompt_tokens_BT: int prompts, left-padded with pad, bos first (what the sampler prefilled). Optional:
         a verifier that needs prompt tokens and lacks them encodes `example.prompt` itself.
     """
 
-    tokens_BNT: np.ndarray
-    lengths_BN: np.ndarray
+    tokens_BMT: np.ndarray
+    lengths_BM: np.ndarray
     prompt_tokens_BT: np.ndarray | None = None
 
     def __post_init__(self):
-        t, n = np.shape(self.tokens_BNT), np.shape(self.lengths_BN)
+        t, n = np.shape(self.tokens_BMT), np.shape(self.lengths_BM)
         if len(t) != 3 or tuple(t[:2]) != tuple(n):
-            raise ValueError(f"CompletionTokens: tokens {t} and lengths {n} are not [B, N, T] and [B, N]")
+            raise ValueError(f"CompletionTokens: tokens {t} and lengths {n} are not [B, M, T] and [B, M]")
         if self.prompt_tokens_BT is not None:
             p = np.shape(self.prompt_tokens_BT)
             if len(p) != 2 or p[0] != t[0]:
@@ -49,7 +49,7 @@ class CompletionTokens:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(np.shape(self.lengths_BN))
+        return tuple(np.shape(self.lengths_BM))
 
 
 Completions = Sequence[Sequence[str]] | CompletionTokens
@@ -57,39 +57,39 @@ Completions = Sequence[Sequence[str]] | CompletionTokens
 
 @runtime_checkable
 class Verifier(Protocol):
-    """Scores completions of prompts: float32 [B, N], higher = better."""
+    """Scores completions of prompts: float32 [B, M], higher = better."""
 
-    def score(self, examples_B: Sequence[Example], completions_BN: Completions) -> np.ndarray:
+    def score(self, examples_B: Sequence[Example], completions_BM: Completions) -> np.ndarray:
         ...
 
 
-def group_shape(examples_B: Sequence[Example], completions_BN: Completions) -> tuple[int, int]:
-    """(B, N), after checking that there is one row of N completions per example."""
-    if isinstance(completions_BN, CompletionTokens):
-        B, N = completions_BN.shape
+def group_shape(examples_B: Sequence[Example], completions_BM: Completions) -> tuple[int, int]:
+    """(B, M), after checking that there is one row of M completions per example."""
+    if isinstance(completions_BM, CompletionTokens):
+        B, M = completions_BM.shape
     else:
-        B = len(completions_BN)
-        N = len(completions_BN[0]) if B else 0
-        if any(len(row) != N for row in completions_BN):
+        B = len(completions_BM)
+        M = len(completions_BM[0]) if B else 0
+        if any(len(row) != M for row in completions_BM):
             raise ValueError("completions: rows of different lengths")
-        for row in completions_BN:
+        for row in completions_BM:
             if isinstance(row, str):
-                raise TypeError("completions must be B rows of N strings, got a row that is a string")
+                raise TypeError("completions must be B rows of M strings, got a row that is a string")
     if B != len(examples_B):
         raise ValueError(f"{len(examples_B)} examples but {B} rows of completions")
-    return B, N
+    return B, M
 
 
-def completion_texts(completions_BN: Completions, tokenizer=None) -> list[list[str]]:
+def completion_texts(completions_BM: Completions, tokenizer=None) -> list[list[str]]:
     """Completions as text: strings pass through; tokens are cut at their length and decoded (up to eos)."""
-    if not isinstance(completions_BN, CompletionTokens):
-        return [list(row) for row in completions_BN]
+    if not isinstance(completions_BM, CompletionTokens):
+        return [list(row) for row in completions_BM]
     if tokenizer is None:
         raise ValueError("scoring completion tokens as text needs a tokenizer")
-    tokens_BNT = np.asarray(completions_BN.tokens_BNT)
-    lengths_BN = np.asarray(completions_BN.lengths_BN)
-    B, N = lengths_BN.shape
-    return [[tokenizer.decode(tokens_BNT[b, n, : max(int(lengths_BN[b, n]), 0)]) for n in range(N)]
+    tokens_BMT = np.asarray(completions_BM.tokens_BMT)
+    lengths_BM = np.asarray(completions_BM.lengths_BM)
+    B, M = lengths_BM.shape
+    return [[tokenizer.decode(tokens_BMT[b, n, : max(int(lengths_BM[b, n]), 0)]) for n in range(M)]
             for b in range(B)]
 
 
@@ -103,12 +103,12 @@ class OracleVerifier:
         self.task = task
         self.tokenizer = tokenizer
 
-    def score(self, examples_B: Sequence[Example], completions_BN: Completions) -> np.ndarray:
-        B, N = group_shape(examples_B, completions_BN)
-        if B == 0 or N == 0:
-            return np.zeros((B, N), np.float32)
-        texts = completion_texts(completions_BN, self.tokenizer)
-        return np.asarray(self.task.grade_batch(examples_B, texts).rewards_BN, np.float32).reshape(B, N)
+    def score(self, examples_B: Sequence[Example], completions_BM: Completions) -> np.ndarray:
+        B, M = group_shape(examples_B, completions_BM)
+        if B == 0 or M == 0:
+            return np.zeros((B, M), np.float32)
+        texts = completion_texts(completions_BM, self.tokenizer)
+        return np.asarray(self.task.grade_batch(examples_B, texts).rewards_BM, np.float32).reshape(B, M)
 
 
 class SentimentVerifier:
@@ -127,11 +127,11 @@ class SentimentVerifier:
         self.score_on = score_on
         self.tokenizer = tokenizer
 
-    def score(self, examples_B: Sequence[Example], completions_BN: Completions) -> np.ndarray:
-        B, N = group_shape(examples_B, completions_BN)
-        rows = completion_texts(completions_BN, self.tokenizer)
+    def score(self, examples_B: Sequence[Example], completions_BM: Completions) -> np.ndarray:
+        B, M = group_shape(examples_B, completions_BM)
+        rows = completion_texts(completions_BM, self.tokenizer)
         texts = [(ex.prompt + c if self.score_on == "full" else c) for ex, row in zip(examples_B, rows)
                  for c in row]
         if not texts:
-            return np.zeros((B, N), np.float32)
-        return np.asarray(self.scorer.score_texts(texts), np.float32).reshape(B, N)
+            return np.zeros((B, M), np.float32)
+        return np.asarray(self.scorer.score_texts(texts), np.float32).reshape(B, M)

@@ -45,8 +45,8 @@ sigmoid(z) where a probability is wanted (calibration, thresholds).
 Two paths:
 - `score_tokens(params, cfg, tokens_BT, valid_BT) -> z_B`, jitted, for any padding (positions and the
   attention mask come from valid_BT);
-- `score_completion_tokens(params, cfg, prompt_tokens_BTp, completion_tokens_BNTc, completion_lengths_BN)
-  -> z_BN`, jitted, straight from a sampler's outputs (`pack_prompt_completion`), for the RL loop.
+- `score_completion_tokens(params, cfg, prompt_tokens_BTp, completion_tokens_BMTc, completion_lengths_BM)
+  -> z_BM`, jitted, straight from a sampler's outputs (`pack_prompt_completion`), for the RL loop.
 `LearnedVerifier` wraps both behind the `Verifier` interface, for text or `CompletionTokens`.
 """
 
@@ -114,17 +114,17 @@ def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT
     return noisy_or_logit(values_BT + HAZARD_OFFSET + surprisal_BT, completion_BT)
 
 
-def _in_row_chunks(fn, row_chunk: int | None, *arrays_MS):
+def _in_row_chunks(fn, row_chunk: int | None, *arrays_RT):
     """fn(*arrays) over rows in chunks of `row_chunk` (a `lax.map`, bounding activation memory); rows are
     padded with zero (all-invalid) rows to a multiple of the chunk, and their outputs dropped."""
-    M = arrays_MS[0].shape[0]
-    if row_chunk is None or row_chunk >= M:
-        return fn(*arrays_MS)
-    C = -(-M // row_chunk)
-    pad = C * row_chunk - M
-    chunked = tuple(jnp.pad(a, ((0, pad), (0, 0))).reshape(C, row_chunk, -1) for a in arrays_MS)
-    out_CR = jax.lax.map(lambda xs: fn(*xs), chunked)
-    return out_CR.reshape(C * row_chunk)[:M]
+    R = arrays_RT[0].shape[0]
+    if row_chunk is None or row_chunk >= R:
+        return fn(*arrays_RT)
+    I = -(-R // row_chunk)
+    pad = I * row_chunk - R
+    chunked = tuple(jnp.pad(a, ((0, pad), (0, 0))).reshape(I, row_chunk, -1) for a in arrays_RT)
+    out_IC = jax.lax.map(lambda xs: fn(*xs), chunked)
+    return out_IC.reshape(I * row_chunk)[:R]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "row_chunk", "pooling"))
@@ -143,19 +143,19 @@ def score_tokens(params, cfg: ModelConfig, tokens_BT, valid_BT, row_chunk: int |
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "pad_id", "row_chunk", "pooling"))
-def score_completion_tokens(params, cfg: ModelConfig, prompt_tokens_BT, completion_tokens_BNT,
-                            completion_lengths_BN, pad_id: int = 0, row_chunk: int | None = None,
+def score_completion_tokens(params, cfg: ModelConfig, prompt_tokens_BT, completion_tokens_BMT,
+                            completion_lengths_BM, pad_id: int = 0, row_chunk: int | None = None,
                             pooling: str = "last") -> jax.Array:
-    """z_BN float32 from a sampler's outputs: prompts [B, Tp] (left-padded, bos first), completions
-    [B, N, Tc] with lengths [B, N]. Packs to [B*N, Tp+Tc] (`pack_prompt_completion`) and scores."""
-    tokens_MS, valid_MS = pack_prompt_completion(prompt_tokens_BT, completion_tokens_BNT, completion_lengths_BN,
+    """z_BM float32 from a sampler's outputs: prompts [B, Tp] (left-padded, bos first), completions
+    [B, M, Tc] with lengths [B, M]. Packs to [B*M, Tp+Tc] (`pack_prompt_completion`) and scores."""
+    tokens_RT, valid_RT = pack_prompt_completion(prompt_tokens_BT, completion_tokens_BMT, completion_lengths_BM,
                                                  pad_id)
-    B, N = jnp.shape(completion_lengths_BN)
+    B, M = jnp.shape(completion_lengths_BM)
     Tp = jnp.shape(prompt_tokens_BT)[1]
-    completion_MS = valid_MS & (jnp.arange(valid_MS.shape[1]) >= Tp)[None, :]
+    completion_RT = valid_RT & (jnp.arange(valid_RT.shape[1]) >= Tp)[None, :]
     fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, pooling)
-    z_M = _in_row_chunks(fn, row_chunk, tokens_MS, valid_MS, completion_MS)
-    return z_M.reshape(B, N)
+    z_R = _in_row_chunks(fn, row_chunk, tokens_RT, valid_RT, completion_RT)
+    return z_R.reshape(B, M)
 
 
 def init_verifier_params(cfg: ModelConfig, rng: jax.Array, init_params_from=None,
@@ -217,7 +217,7 @@ class LearnedVerifier:
       params: `ScalarHeadTransformer` params.
       cfg: its `ModelConfig`.
       tokenizer: the tokenizer it was trained with.
-      row_chunk: rows per forward pass (None: all B*N at once).
+      row_chunk: rows per forward pass (None: all B*M at once).
       buckets: static widths text inputs are padded to (few shapes, few compilations).
       pooling: how per-token values become a sequence logit, one of `POOLINGS` (module docstring);
         it must be the pooling the params were trained with.
@@ -233,7 +233,7 @@ class LearnedVerifier:
         self.pooling = check_pooling(pooling)
 
     def score_pairs(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
-        """z [M] float32 of M (prompt, completion) text pairs."""
+        """z [R] float32 of R (prompt, completion) text pairs."""
         if not prompts:
             return np.zeros((0,), np.float32)
         batch = encode_pairs(self.tokenizer, prompts, completions, buckets=self.buckets)
@@ -241,27 +241,27 @@ class LearnedVerifier:
                          batch["target_BT"], self.pooling)
         return np.asarray(z, np.float32)
 
-    def score(self, examples_B: Sequence[Example], completions_BN: Completions) -> np.ndarray:
-        """z_BN float32 for text (`list[list[str]]`) or `CompletionTokens`."""
-        B, N = group_shape(examples_B, completions_BN)
-        if B == 0 or N == 0:
-            return np.zeros((B, N), np.float32)
-        if isinstance(completions_BN, CompletionTokens):
-            prompt_BT = completions_BN.prompt_tokens_BT
+    def score(self, examples_B: Sequence[Example], completions_BM: Completions) -> np.ndarray:
+        """z_BM float32 for text (`list[list[str]]`) or `CompletionTokens`."""
+        B, M = group_shape(examples_B, completions_BM)
+        if B == 0 or M == 0:
+            return np.zeros((B, M), np.float32)
+        if isinstance(completions_BM, CompletionTokens):
+            prompt_BT = completions_BM.prompt_tokens_BT
             if prompt_BT is None:
                 prompt_BT, _ = self.tokenizer.encode_batch([ex.prompt for ex in examples_B], add_bos=True,
                                                            pad_side="left", buckets=self.buckets)
-            z_BN = score_completion_tokens(self.params, self.cfg, prompt_BT, completions_BN.tokens_BNT,
-                                           completions_BN.lengths_BN, self.tokenizer.pad_id, self.row_chunk,
+            z_BM = score_completion_tokens(self.params, self.cfg, prompt_BT, completions_BM.tokens_BMT,
+                                           completions_BM.lengths_BM, self.tokenizer.pad_id, self.row_chunk,
                                            self.pooling)
-            return np.asarray(z_BN, np.float32)
-        prompts = [ex.prompt for ex, row in zip(examples_B, completions_BN) for _ in row]
-        flat = [c for row in completions_BN for c in row]
-        return self.score_pairs(prompts, flat).reshape(B, N)
+            return np.asarray(z_BM, np.float32)
+        prompts = [ex.prompt for ex, row in zip(examples_B, completions_BM) for _ in row]
+        flat = [c for row in completions_BM for c in row]
+        return self.score_pairs(prompts, flat).reshape(B, M)
 
-    def probabilities(self, examples_B: Sequence[Example], completions_BN: Completions) -> np.ndarray:
-        """sigmoid(z_BN): the verifier's P(correct), float32 [B, N]."""
-        return np.asarray(jax.nn.sigmoid(self.score(examples_B, completions_BN)), np.float32)
+    def probabilities(self, examples_B: Sequence[Example], completions_BM: Completions) -> np.ndarray:
+        """sigmoid(z_BM): the verifier's P(correct), float32 [B, M]."""
+        return np.asarray(jax.nn.sigmoid(self.score(examples_B, completions_BM)), np.float32)
 
     def save(self, directory, meta: dict | None = None) -> None:
         """Writes params, config and tokenizer to `directory` (`bon_jax.verifiers.io.save_verifier`)."""

@@ -262,8 +262,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         raise ValueError("ranking_weight > 0 needs the triples' prompt ids (groups)")
 
     data = encode_pairs(tokenizer, prompts, completions, width=width)
-    tokens_NT, valid_NT, completion_NT = data["tokens_BT"], data["valid_BT"], data["target_BT"]
-    width = tokens_NT.shape[1]
+    tokens_RT, valid_RT, completion_RT = data["tokens_BT"], data["valid_BT"], data["target_BT"]
+    width = tokens_RT.shape[1]
 
     params, copied = init_verifier_params(cfg, jax.random.key(seed), init_params, zero_head=zero_init_head)
     optimizer, update = _update_step(cfg, (w0, w1), ranking_weight, pooling, lr, steps, warmup, weight_decay,
@@ -275,9 +275,9 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
 
     def batch_fn(step, state):
         idx = order[step]
-        batch = {"tokens_BT": tokens_NT[idx], "valid_BT": valid_NT[idx], "label_B": y[idx]}
+        batch = {"tokens_BT": tokens_RT[idx], "valid_BT": valid_RT[idx], "label_B": y[idx]}
         if pooling != "last":
-            batch["completion_BT"] = completion_NT[idx]
+            batch["completion_BT"] = completion_RT[idx]
         if ranking_weight:
             batch["group_B"] = groups[idx]
         return batch
