@@ -1,4 +1,12 @@
-"""The `smoke` experiment's config for the runner tests, with `section.field=value` overrides."""
+"""The `smoke` experiment's config for the runner tests, with `section.field=value` overrides, and the check
+that its fine-tuning did something (without it, "resumed == uninterrupted" could compare the base with itself)."""
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
 
 from bon_jax.config import load_experiment
 
@@ -10,3 +18,29 @@ def smoke_config(tmp_path, name="run", **overrides):
         section, field = key.split(".")
         c[section][field] = value
     return c
+
+
+def _only(pattern):
+    (path,) = glob.glob(pattern)
+    return path
+
+
+def assert_finetuning_moved(finetune_dir, config, *, moved_after=0):
+    """The fine-tuning stage in `finetune_dir` (a `stages/finetune-*` directory of a run of `config`) had
+    non-zero rewards and gradient norms (at some step > `moved_after` too) and its params differ from the
+    base policy's (`stages/base_policy-*` beside it). Returns the logged rows."""
+    from bon_jax.models import get_config
+    from bon_jax.pipeline.policy import load_params
+
+    with open(os.path.join(finetune_dir, "logs", "finetune.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert rows, finetune_dir
+    assert any(r["reward_mean"] > 0 for r in rows), [r["reward_mean"] for r in rows]
+    norms = [(r["step"], r["grad_norm"]) for r in rows]
+    assert any(g > 0 for step, g in norms if step > moved_after), norms
+    cfg = get_config(config.model.name, vocab_size=config.tokenizer.vocab_size)
+    base = load_params(_only(os.path.join(os.path.dirname(finetune_dir), "base_policy-*", "params")), cfg)
+    tuned = load_params(os.path.join(finetune_dir, "params"), cfg)
+    diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), base, tuned)
+    assert max(jax.tree.leaves(diff)) > 0, "the tuned params equal the base policy's"
+    return rows

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from smoke import smoke_config
+from smoke import assert_finetuning_moved, smoke_config
 
 from bon_jax.config import load_experiment
 from bon_jax.pipeline import finetune as finetune_mod
@@ -47,6 +47,8 @@ def test_smoke_experiment_end_to_end(tmp_path):
         assert ev["pass_at_k"]["1"]["mean"] <= ev["pass_at_k"]["4"]["mean"] + 1e-9
     assert (tmp_path / "run" / "accuracy_vs_n.png").stat().st_size > 1000
     assert "auc" in json.dumps(on_disk["verifier"])  # the learned verifier reports its held-out AUC
+    c = smoke_config(tmp_path)
+    assert_finetuning_moved(_finetune_dir(c.workdir), c)  # so "tuned" is not the base evaluated twice
     # A rerun reuses every cached stage and reproduces the evaluation exactly.
     again = run_experiment(smoke_config(tmp_path))
     assert again["eval"]["tuned"]["bon_at_k"] == summary["eval"]["tuned"]["bon_at_k"]
@@ -59,6 +61,8 @@ def test_sigterm_mid_finetune_then_restart_gives_uninterrupted_params(tmp_path, 
     c.stages = stages
     run_experiment(c)
     done_dir = _finetune_dir(c.workdir)
+    # The comparison below means something only if the steps after the step-2 checkpoint move the params.
+    uninterrupted_rows = assert_finetuning_moved(done_dir, c, moved_after=2)
     shutil.move(done_dir, done_dir + ".uninterrupted")
 
     calls = {"n": 0}
@@ -79,12 +83,15 @@ def test_sigterm_mid_finetune_then_restart_gives_uninterrupted_params(tmp_path, 
 
     from bon_jax.models import get_config
 
-    model_cfg = get_config("tiny", vocab_size=300)
+    model_cfg = get_config("tiny", vocab_size=c.tokenizer.vocab_size)
     resumed = load_params(os.path.join(done_dir, "params"), model_cfg)
     uninterrupted = load_params(os.path.join(done_dir + ".uninterrupted", "params"), model_cfg)
     jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
     rows = [json.loads(x) for x in open(os.path.join(done_dir, "logs", "finetune.jsonl"))]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # The resumed steps saw the same samples and took the same (non-zero) steps.
+    for key in ("reward_mean", "grad_norm"):
+        assert [r[key] for r in rows] == [r[key] for r in uninterrupted_rows], key
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from smoke import smoke_config
+from smoke import assert_finetuning_moved, smoke_config
 
 
 @pytest.mark.slow
@@ -21,4 +21,8 @@ def test_sweep_runs_shards_skips_done_points_and_plots(tmp_path):
     assert (root / "reward_vs_kl.png").stat().st_size > 1000
     stages = os.listdir(root / "stages")
     assert sum(s.startswith("base_policy-") for s in stages) == 1  # shared by both points
+    tuned = [s for s in stages if s.startswith("finetune-")]
+    assert len(tuned) == 2
+    for s in tuned:  # each point's fine-tuning moved the shared base (else the table compares the base with itself)
+        assert_finetuning_moved(str(root / "stages" / s), c)
     assert pareto_front([(0.0, 0.1), (1.0, 0.5), (2.0, 0.4), (0.5, 0.1)]) == [0, 1]
