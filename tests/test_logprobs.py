@@ -86,9 +86,9 @@ PLEN = np.array([3, 5])
 
 @functools.cache
 def _setup(cap, vocab_size=128):
-    """The tiny Gemma-2-style model (local/global layers) with final cap `cap`, its embedding scaled by 3
-    (sharper logits), left-padded prompts and completions with some lengths short of T_c."""
-    cfg = get_config("tiny", final_logit_soft_cap=cap, vocab_size=vocab_size, sliding_window_size=4)
+    """The tiny Gemma-2-style model cut to one (local, window 4) layer with final cap `cap`, its embedding
+    scaled by 3 (sharper logits); left-padded prompts, completions with some lengths short of T_c."""
+    cfg = get_config("tiny", final_logit_soft_cap=cap, vocab_size=vocab_size, sliding_window_size=4, num_layers=1)
     params = init_params(cfg, jax.random.key(1))
     params["embedder"]["input_embedding"] = params["embedder"]["input_embedding"] * 3.0
     rng = np.random.default_rng(2)
