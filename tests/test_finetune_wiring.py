@@ -22,9 +22,17 @@ from bon_jax.pipeline.policy import task_corpus
 from bon_jax.pipeline.rollouts import ReferenceSamples, bon_winners, draw_graded
 from bon_jax.tasks.arith import ArithTask
 from bon_jax.tokenizer import Tokenizer
+from bon_jax.verifiers import Samples, Verifier, completion_texts
 
-# A score that varies between samples (so Best-of-N winners differ from a uniform pick) and is cheap.
-SCORER = lambda ex, texts, *rest: np.array([[float(len(t) % 5) for t in row] for row in texts], np.float32)
+
+class LengthVerifier:
+    """A score that varies between samples (so Best-of-N winners differ from a uniform pick) and is cheap."""
+
+    def score(self, examples_B, samples):
+        return np.array([[float(len(t) % 5) for t in row] for row in completion_texts(samples)], np.float32)
+
+
+SCORER = LengthVerifier()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,7 @@ def toy(tmp_path_factory):
     return tok, cfg, init_params(cfg, jax.random.key(0))
 
 
-def _run(toy, root, name, objective, monkeypatch=None, *, record=None, steps=2, **overrides):
+def _run(toy, root, name, objective, monkeypatch=None, *, record=None, steps=2, verifier=SCORER, **overrides):
     """finetune_stage for `steps` steps on 2 training prompts (so every step meets the same ones); returns
     (tuned params, the logged rows). `record` collects (params copy, n) of every draw_graded call."""
     tok, cfg, params = toy
@@ -54,7 +62,7 @@ def _run(toy, root, name, objective, monkeypatch=None, *, record=None, steps=2, 
 
         monkeypatch.setattr(F, "draw_graded", recording)
     ctx = RunContext(c, shared_cache_root=str(root / "stages"))
-    tuned, st = F.finetune_stage(ctx, tok, cfg, params, "base", SCORER, "verifier")
+    tuned, st = F.finetune_stage(ctx, tok, cfg, params, "base", verifier, "verifier")
     with open(os.path.join(st.path, "logs", "finetune.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     return tuned, rows
@@ -97,6 +105,30 @@ def test_bond_runs_and_reference_samples_are_drawn_once_per_prompt(toy, tmp_path
     with np.load(tmp_path / "stages" / stage_dir / "reference_samples.npz") as z:
         cached = {k: z[k] for k in z.files}
     assert sorted(cached["ids_P"]) == [0, 1] and cached["rewards_PK"].shape == (2, 4)
+
+
+def test_bon_sft_scores_its_demonstrations_through_the_verifier_interface(toy, tmp_path):
+    """One verifier interface: the samples and bon_sft's demonstrations reach `Verifier.score` as `Samples`
+    (the demonstrations as texts with reward 1, the samples with their tokens, texts and rewards)."""
+    seen = []
+
+    class Recording(LengthVerifier):
+        def score(self, examples_B, samples):
+            seen.append((list(examples_B), samples))
+            return super().score(examples_B, samples)
+
+    assert isinstance(Recording(), Verifier)
+    _run(toy, tmp_path, "bon_sft", "bon_sft", steps=1, verifier=Recording())
+    assert all(isinstance(s, Samples) for _, s in seen)
+    demos = [(ex, s) for ex, s in seen if s.tokens_BMT is None]
+    drawn = [s for _, s in seen if s.tokens_BMT is not None]
+    assert len(demos) == 1 and drawn
+    ex, s = demos[0]
+    assert [list(row) for row in s.texts_BM] == [[e.reference] for e in ex]
+    np.testing.assert_array_equal(s.rewards_BM, np.ones((len(ex), 1)))
+    for s in drawn:
+        assert s.rewards_BM.shape == s.lengths_BM.shape == (len(s.texts_BM), 2)
+        assert s.prompt_tokens_BT.shape[0] == len(s.texts_BM)
 
 
 def test_sweep_points_share_the_reference_samples_stage(tmp_path):
@@ -194,7 +226,7 @@ def value_run(toy, tmp_path_factory):
 
     def graded_by_length(self, examples_B, texts_BM):  # rewards that vary, so the value has something to fit
         grades = real_grade(self, examples_B, texts_BM)
-        rewards = SCORER(examples_B, texts_BM) / 4.0  # the verifier is then a perfect one
+        rewards = SCORER.score(examples_B, texts_BM) / 4.0  # the verifier is then a perfect one
         return dataclasses.replace(grades, rewards_BM=rewards)
 
     real_grade = ArithTask.grade_batch

@@ -25,9 +25,9 @@ from bon_jax.train.checkpoint import CheckpointMismatchError
 from bon_jax.train.lm import sequence_batch
 from bon_jax.verifiers import (
     HAZARD_OFFSET,
-    CompletionTokens,
     LearnedVerifier,
     OracleVerifier,
+    Samples,
     SentimentVerifier,
     Verifier,
     auc,
@@ -220,11 +220,11 @@ def test_packed_sampler_rows_hold_the_training_layout(arith_task, tokenizer):
     completions = [[exs[0].reference, "1+1=2\n\\boxed{2}", ""],
                    [exs[1].reference, exs[0].reference, "\\boxed{7}"]]
     prompt_BT, comp_BMT, len_BM = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=24)
-    tokens_MS, valid_MS = map(np.asarray, pack_prompt_completion(prompt_BT, comp_BMT, len_BM))
-    for m in range(6):
-        b, n = divmod(m, 3)
-        real = tokens_MS[m][valid_MS[m]]
-        want = sequence_batch(tokenizer, [exs[b].prompt], [completions[b][n]], len(real))
+    tokens_RT, valid_RT = map(np.asarray, pack_prompt_completion(prompt_BT, comp_BMT, len_BM))
+    for r in range(6):
+        b, i = divmod(r, 3)
+        real = tokens_RT[r][valid_RT[r]]
+        want = sequence_batch(tokenizer, [exs[b].prompt], [completions[b][i]], len(real))
         np.testing.assert_array_equal(real, want["tokens_BT"][0])
         assert want["valid_BT"].all()
 
@@ -238,11 +238,13 @@ def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny
     completions = [[e.reference, e.reference.replace("\\boxed{", "\\boxed{1")] for e in exs]
     z_text = verifier.score(exs, completions)
     prompt_BT, comp_BMT, len_BM = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=32)
-    z_tok = verifier.score(exs, CompletionTokens(comp_BMT, len_BM, prompt_BT))
-    z_tok_no_prompt = verifier.score(exs, CompletionTokens(comp_BMT, len_BM))  # prompts encoded by the verifier
+    z_tok = verifier.score(exs, Samples(comp_BMT, len_BM, prompt_BT))
+    z_tok_no_prompt = verifier.score(exs, Samples(comp_BMT, len_BM))  # prompts encoded by the verifier
     assert z_text.shape == (3, 2) and z_text.dtype == np.float32
     np.testing.assert_allclose(z_tok, z_text, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z_tok_no_prompt, z_text, rtol=1e-5, atol=1e-5)
+    graded = Samples(comp_BMT, len_BM, prompt_BT, texts_BM=completions, rewards_BM=np.zeros((3, 2), np.float32))
+    np.testing.assert_allclose(verifier.score(exs, graded), z_text, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(verifier.probabilities(exs, completions), np.exp(-np.logaddexp(0.0, -z_text)), rtol=1e-5,
                                atol=1e-30)  # XLA flushes denormals
     with pytest.raises(ValueError, match="examples"):
@@ -567,9 +569,45 @@ def test_oracle_verifier_equals_task_rewards(arith_task, tokenizer):
     np.testing.assert_array_equal(scores, np.tile([1.0, 0.0, 0.0, 1.0], (3, 1)))
     assert scores.dtype == np.float32
     _, comp_BMT, len_BM = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=40)
-    np.testing.assert_array_equal(oracle.score(exs, CompletionTokens(comp_BMT, len_BM)), scores)
+    np.testing.assert_array_equal(oracle.score(exs, Samples(comp_BMT, len_BM)), scores)
     with pytest.raises(ValueError, match="tokenizer"):
-        OracleVerifier(arith_task).score(exs, CompletionTokens(comp_BMT, len_BM))
+        OracleVerifier(arith_task).score(exs, Samples(comp_BMT, len_BM))
+
+
+def test_every_verifier_scores_graded_samples(arith_task, tokenizer):
+    """The pipeline hands each verifier one `Samples` (texts, tokens, lengths, prompt tokens, rewards): the
+    oracle reads the rewards (the task that graded them may be the evaluation task, not its own), the
+    sentiment verifier the texts; ungraded samples are graded, malformed ones refused."""
+    exs = list(arith_task.examples("test")[:2])
+    texts = [[e.reference, "no answer"] for e in exs]
+    rewards = np.array([[0.5, 0.25], [0.0, 1.0]], np.float32)  # not what grading gives: read, not recomputed
+    graded = Samples(texts_BM=texts, rewards_BM=rewards)
+    for oracle in (OracleVerifier(), OracleVerifier(arith_task)):
+        assert isinstance(oracle, Verifier)
+        np.testing.assert_array_equal(oracle.score(exs, graded), rewards)
+    np.testing.assert_array_equal(OracleVerifier(arith_task).score(exs, Samples(texts_BM=texts)), [[1, 0], [1, 0]])
+    with pytest.raises(ValueError, match="graded samples only"):
+        OracleVerifier().score(exs, texts)
+
+    class Lengths:
+        def score_texts(self, texts):
+            return np.array([len(t) / 1000 for t in texts], np.float32)
+
+    sentiment = SentimentVerifier(Lengths(), score_on="completion")
+    assert isinstance(sentiment, Verifier)
+    np.testing.assert_array_equal(sentiment.score(exs, graded), sentiment.score(exs, texts))
+    _, comp_BMT, len_BM = _sampler_outputs(tokenizer, [e.prompt for e in exs], texts, Tc=40)
+    np.testing.assert_array_equal(SentimentVerifier(Lengths(), score_on="completion", tokenizer=tokenizer).score(
+        exs, Samples(comp_BMT, len_BM)), sentiment.score(exs, texts))
+
+    with pytest.raises(ValueError, match="texts_BM or tokens_BMT"):
+        Samples(rewards_BM=rewards)
+    with pytest.raises(ValueError, match="rewards"):
+        Samples(texts_BM=texts, rewards_BM=rewards[:, :1])
+    with pytest.raises(ValueError, match="texts are"):
+        Samples(comp_BMT, len_BM, texts_BM=[row[:1] for row in texts])
+    with pytest.raises(ValueError, match="examples"):
+        OracleVerifier().score(exs[:1], graded)
 
 
 def test_sentiment_verifier_is_monotone_in_obvious_sentiment():

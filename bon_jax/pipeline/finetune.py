@@ -41,6 +41,7 @@ from bon_jax.sampling import sequence_logprobs
 from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
+from bon_jax.verifiers.base import Samples, Verifier
 from bon_jax.verifiers.learned import init_verifier_params, sequence_logits
 
 # Samples of pi_ref per prompt per sampling call when filling the reference-sample cache: fixed (not rl.m),
@@ -155,7 +156,7 @@ def finetune_stage(
     model_cfg,
     base_params,
     base_key: str,
-    scorer,
+    verifier: Verifier,
     verifier_key: str,
     *,
     stop_after: int | None = None,
@@ -235,7 +236,7 @@ def finetune_stage(
             model_cfg,
             tokenizer,
             task,
-            scorer,
+            verifier,
             ex_B,
             pb["prompt_tokens_BT"],
             pb["prompt_lengths_B"],
@@ -276,15 +277,9 @@ def finetune_stage(
                 tokenizer, ex_B, rl.max_new_tokens
             )
             if spec.selects_by == "score":
-                rollout["expert_scores_B"] = scorer(
-                    ex_B,
-                    [[e.reference] for e in ex_B],
-                    None,
-                    None,
-                    None,
-                    None,
-                    np.ones((len(ex_B), 1), np.float32),
-                )[:, 0]
+                # The demonstrations are correct by definition: reward 1.
+                demos = Samples(texts_BM=[[e.reference] for e in ex_B], rewards_BM=np.ones((len(ex_B), 1), np.float32))
+                rollout["expert_scores_B"] = verifier.score(ex_B, demos)[:, 0]
         elif spec.demonstrations == "bon_of_reference":
             # One draw of pi_BoN(pi_ref, selection, N): the winner of N fresh samples of pi_ref.
             bon = draw(base_params, rl.n, k_bon)

@@ -18,9 +18,7 @@ import numpy as np
 
 from bon_jax.sampling import sample, sequence_logprobs
 from bon_jax.tasks.base import Example
-
-# scorer(examples_B, texts_BM, prompt_tokens_BT, prompt_lengths_B, tokens_BMT, lengths_BM, rewards_BM)
-Scorer = Callable[..., np.ndarray]
+from bon_jax.verifiers.base import Samples, Verifier
 
 
 @dataclasses.dataclass
@@ -50,7 +48,7 @@ def draw_graded(
     model_cfg,
     tokenizer,
     task,
-    scorer: Scorer,
+    verifier: Verifier,
     examples_B: Sequence[Example],
     prompt_tokens_BT: np.ndarray,
     prompt_lengths_B: np.ndarray,
@@ -93,9 +91,9 @@ def draw_graded(
     text_lengths_BM = lengths_BM - finished_BM
     texts_BM = decode_completions(tokenizer, tokens_BMT, text_lengths_BM)
     grades = task.grade_batch(examples_B, texts_BM)
-    scores_BM = scorer(
-        examples_B, texts_BM, prompt_tokens_BT, prompt_lengths_B, tokens_BMT, lengths_BM, grades.rewards_BM
-    )
+    scores_BM = verifier.score(examples_B, Samples(
+        tokens_BMT=tokens_BMT, lengths_BM=lengths_BM, prompt_tokens_BT=np.asarray(prompt_tokens_BT),
+        texts_BM=texts_BM, rewards_BM=np.asarray(grades.rewards_BM, np.float32)))
     return GradedSamples(
         prompt_tokens_BT=np.asarray(prompt_tokens_BT),
         prompt_lengths_B=np.asarray(prompt_lengths_B),
@@ -210,13 +208,6 @@ class ReferenceSamples:
                 self.scores.setdefault(i, s)
             self._save()
         return np.stack([self.rewards[i] for i in ids_B]), np.stack([self.scores[i] for i in ids_B])
-
-
-def reward_scorer(
-    examples_B, texts_BM, prompt_tokens_BT, prompt_lengths_B, tokens_BMT, lengths_BM, rewards_BM
-):
-    """Selects by the ground-truth reward itself (BoN-RL-S, pass@N; the oracle verifier)."""
-    return np.asarray(rewards_BM, np.float32)
 
 
 def as_jnp(tree):

@@ -49,11 +49,11 @@ def run_experiment(
     )
     tok, tok_st = tokenizer_stage(ctx)
     model_cfg, base_params, base_st = base_policy_stage(ctx, tok, tok_st, stop_after=stop_after)
-    scorer, ver_st = verifier_stage(ctx, tok, model_cfg, base_params, base_st.key, stop_after=stop_after)
+    verifier, ver_st = verifier_stage(ctx, tok, model_cfg, base_params, base_st.key, stop_after=stop_after)
     policies = {"base": base_params}
     if "finetune" in c.stages and c.rl.steps > 0:
         tuned, ft_st = finetune_stage(
-            ctx, tok, model_cfg, base_params, base_st.key, scorer, ver_st.key, stop_after=stop_after
+            ctx, tok, model_cfg, base_params, base_st.key, verifier, ver_st.key, stop_after=stop_after
         )
         policies["tuned"] = tuned
     evals = {}
@@ -73,7 +73,7 @@ def run_experiment(
                     base_params,
                     tok,
                     ctx.eval_task,
-                    scorer,
+                    verifier,
                     examples,
                     ctx.rng("eval"),
                     m=c.eval.m,

@@ -10,7 +10,8 @@
   head (`verifier.pooling`); a held-out 20% of the prompts (from the validation split where there is one)
   gives AUC, within-prompt pairwise accuracy, BoN@k vs pass@k and calibration (ECE) on policy samples.
 
-Returns a scorer with the `bon_jax.pipeline.rollouts.Scorer` signature and the stage (for cache keys).
+Returns the `Verifier` (`bon_jax.verifiers.base`: `score(examples_B, samples) -> scores_BM` over graded samples)
+and the stage (for cache keys).
 
 The learned verifier's stage is preemptible like the training stages: its samples are drawn in chunks of
 prompts, each saved in the stage's directory as it is graded, and its training checkpoints there; a SIGTERM
@@ -29,11 +30,18 @@ from tqdm.auto import tqdm
 
 from bon_jax.models import get_config
 from bon_jax.pipeline.context import RunContext
-from bon_jax.pipeline.rollouts import draw_graded, reward_scorer
+from bon_jax.pipeline.rollouts import draw_graded
 from bon_jax.pipeline.stage_cache import stage
 from bon_jax.train.loop import Preempted
 from bon_jax.train.preemption import PreemptionGuard
-from bon_jax.verifiers import LearnedVerifier, SentimentVerifier, load_verifier, save_verifier, train_verifier
+from bon_jax.verifiers import (
+    LearnedVerifier,
+    OracleVerifier,
+    SentimentVerifier,
+    load_verifier,
+    save_verifier,
+    train_verifier,
+)
 
 # Part of the verifier stage's cache key: bumped whenever `_graded_samples` draws other data for the same
 # config, so a cached verifier trained on the old data is not reused (2: held-out prompts from validation).
@@ -48,10 +56,9 @@ def verifier_stage(
     v = c.verifier
     st = stage(ctx.cache_root, "verifier", base_key, c.verifier, c.seed, VERIFIER_DATA_VERSION)
     if v.kind == "oracle":
-        return reward_scorer, st
+        return OracleVerifier(), st
     if v.kind == "sentiment":
-        sv = SentimentVerifier()
-        return (lambda ex, texts, *_: sv.score(ex, texts)), st
+        return SentimentVerifier(), st
     if st.claim():
         ctx.require_training("verifier")
         prompts, completions, labels, groups, holdout = _graded_samples(
@@ -102,8 +109,7 @@ def verifier_stage(
         save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=dict(report, pooling=v.pooling))
         st.mark_done(report)
     params, vcfg, _, _ = load_verifier(st.file("verifier"))
-    lv = LearnedVerifier(params, vcfg, tokenizer, pooling=v.pooling)
-    return (lambda ex, texts, *_: lv.score(ex, texts)), st
+    return LearnedVerifier(params, vcfg, tokenizer, pooling=v.pooling), st
 
 
 def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk_dir: str | None = None):
@@ -181,7 +187,7 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk
                     model_cfg,
                     tokenizer,
                     ctx.task,
-                    reward_scorer,
+                    OracleVerifier(),
                     ex,
                     toks,
                     lens,

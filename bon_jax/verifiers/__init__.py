@@ -2,8 +2,8 @@
 calibration metrics, sampler-output packing and save / load."""
 
 from bon_jax.verifiers.base import (
-    CompletionTokens,
     OracleVerifier,
+    Samples,
     SentimentVerifier,
     Verifier,
     completion_texts,
@@ -38,7 +38,7 @@ from bon_jax.verifiers.train import (
 )
 
 __all__ = [
-    "HAZARD_OFFSET", "POOLINGS", "CompletionTokens", "LearnedVerifier", "OracleVerifier", "SentimentVerifier", "Verifier", "auc",
+    "HAZARD_OFFSET", "POOLINGS", "LearnedVerifier", "OracleVerifier", "Samples", "SentimentVerifier", "Verifier", "auc",
     "bce_loss", "binary_cross_entropy", "binary_metrics", "calibration_bins", "class_weights",
     "completion_texts", "encode_pairs", "evaluate_verifier", "expected_calibration_error",
     "init_verifier_params", "load_verifier", "noisy_or_logit", "pack_prompt_completion", "pairwise_accuracy", "ranking_loss",

@@ -47,7 +47,7 @@ Two paths:
   attention mask come from valid_BT);
 - `score_completion_tokens(params, cfg, prompt_tokens_BTp, completion_tokens_BMTc, completion_lengths_BM)
   -> z_BM`, jitted, straight from a sampler's outputs (`pack_prompt_completion`), for the RL loop.
-`LearnedVerifier` wraps both behind the `Verifier` interface, for text or `CompletionTokens`.
+`LearnedVerifier` wraps both behind the `Verifier` interface, for text or `Samples`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from bon_jax.models import (
 )
 from bon_jax.tasks.base import Example
 from bon_jax.tokenizer import DEFAULT_BUCKETS, sequence_batch
-from bon_jax.verifiers.base import Completions, CompletionTokens, group_shape
+from bon_jax.verifiers.base import Completions, Samples, completion_texts, group_shape
 from bon_jax.verifiers.io import load_verifier, save_verifier
 from bon_jax.verifiers.packing import pack_prompt_completion
 
@@ -241,27 +241,29 @@ class LearnedVerifier:
                          batch["target_BT"], self.pooling)
         return np.asarray(z, np.float32)
 
-    def score(self, examples_B: Sequence[Example], completions_BM: Completions) -> np.ndarray:
-        """z_BM float32 for text (`list[list[str]]`) or `CompletionTokens`."""
-        B, M = group_shape(examples_B, completions_BM)
+    def score(self, examples_B: Sequence[Example], samples: Completions) -> np.ndarray:
+        """z_BM float32 of text (`list[list[str]]`) or `Samples`: their texts when they have them (what the
+        verifier was trained on), else their tokens."""
+        B, M = group_shape(examples_B, samples)
         if B == 0 or M == 0:
             return np.zeros((B, M), np.float32)
-        if isinstance(completions_BM, CompletionTokens):
-            prompt_BT = completions_BM.prompt_tokens_BT
+        if isinstance(samples, Samples) and samples.texts_BM is None:
+            prompt_BT = samples.prompt_tokens_BT
             if prompt_BT is None:
                 prompt_BT, _ = self.tokenizer.encode_batch([ex.prompt for ex in examples_B], add_bos=True,
                                                            pad_side="left", buckets=self.buckets)
-            z_BM = score_completion_tokens(self.params, self.cfg, prompt_BT, completions_BM.tokens_BMT,
-                                           completions_BM.lengths_BM, self.tokenizer.pad_id, self.row_chunk,
+            z_BM = score_completion_tokens(self.params, self.cfg, prompt_BT, samples.tokens_BMT,
+                                           samples.lengths_BM, self.tokenizer.pad_id, self.row_chunk,
                                            self.pooling)
             return np.asarray(z_BM, np.float32)
-        prompts = [ex.prompt for ex, row in zip(examples_B, completions_BM) for _ in row]
-        flat = [c for row in completions_BM for c in row]
+        texts_BM = completion_texts(samples)
+        prompts = [ex.prompt for ex, row in zip(examples_B, texts_BM) for _ in row]
+        flat = [c for row in texts_BM for c in row]
         return self.score_pairs(prompts, flat).reshape(B, M)
 
-    def probabilities(self, examples_B: Sequence[Example], completions_BM: Completions) -> np.ndarray:
+    def probabilities(self, examples_B: Sequence[Example], samples: Completions) -> np.ndarray:
         """sigmoid(z_BM): the verifier's P(correct), float32 [B, M]."""
-        return np.asarray(jax.nn.sigmoid(self.score(examples_B, completions_BM)), np.float32)
+        return np.asarray(jax.nn.sigmoid(self.score(examples_B, samples)), np.float32)
 
     def save(self, directory, meta: dict | None = None) -> None:
         """Writes params, config and tokenizer to `directory` (`bon_jax.verifiers.io.save_verifier`)."""
