@@ -1,6 +1,6 @@
 """Best-of-N sampling: prefill each prompt once; its M samples share its keys and values while they decode.
 
-    sample(params, cfg, prompts_BT, n, rng, max_new_tokens=...) -> SampleOutput(tokens_BMT,
+    sample(params, cfg, prompts_BT, m, rng, max_new_tokens=...) -> SampleOutput(tokens_BMT,
                                                                             logprobs_BMT, lengths_BM)
 
 Pipeline (two jitted functions, compiled once per shape bucket and static settings):
@@ -324,19 +324,19 @@ def _decode(params, prefix: DecodeKV, logits_BV, prompt_valid_BT, rng, prompt_id
 # ----------------------------------------------------------------------------- public API
 
 
-def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_tokens: int,
+def sample(params, model_cfg: ModelConfig, prompts_BT, m: int, rng, *, max_new_tokens: int,
            prompt_lengths_B=None, padding_side: str = "right", pad_id: int = 0,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            greedy: bool = False, eos_id: int | None = None, stop_ids=(),
            logprobs: str = "policy", prompt_ids_B=None, pad_prompts_to_multiple: int = 1,
            prefill_once: bool = True) -> SampleOutput:
-    """Draws n completions of each of the B prompts.
+    """Draws m completions of each of the B prompts.
 
     Args:
       params: the policy's params (the 'params' collection of `models.Transformer`).
       model_cfg: its config.
       prompts_BT: int prompts, padded on either side (or both) with pad_id.
-      n: samples per prompt (M).
+      m: samples per prompt (M).
       rng: a PRNG key; see the module docstring for how per-sample keys derive from it.
       max_new_tokens: T_new, the length of the outputs.
       prompt_lengths_B: real tokens per row, with `padding_side` ('right' or 'left'); without it the
@@ -347,8 +347,8 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
       prompt_ids_B: int ids that seed each prompt's samples (default arange(B)).
       pad_prompts_to_multiple: pads the prompt width up to a multiple of this (shape buckets: fewer
         compilations when prompt widths vary between calls).
-      prefill_once: False repeats each prompt n times before the prefill instead of sharing its keys
-        and values; the same samples, n times the prefill and prompt-attention work (a reference path
+      prefill_once: False repeats each prompt m times before the prefill instead of sharing its keys
+        and values; the same samples, m times the prefill and prompt-attention work (a reference path
         for tests and benchmarks).
 
     Returns:
@@ -361,8 +361,8 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
         max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=top_k,
         top_p=top_p, greedy=bool(greedy), stop_ids=stops, pad_id=int(pad_id), logprobs=logprobs)
     settings.validate(model_cfg.vocab_size)
-    if n < 1:
-        raise ConfigError("sampling.n", f"must be >= 1, got {n}")
+    if m < 1:
+        raise ConfigError("sampling.m", f"must be >= 1, got {m}")
     valid_BT = _prompt_valid(prompts_BT, prompt_lengths_B, pad_id, padding_side)
     try:
         empty = not bool(jnp.all(valid_BT.any(-1)))
@@ -376,16 +376,16 @@ def sample(params, model_cfg: ModelConfig, prompts_BT, n: int, rng, *, max_new_t
     prompt_ids_B = jnp.arange(B, dtype=jnp.int32) if prompt_ids_B is None else jnp.asarray(
         prompt_ids_B, jnp.int32)
 
-    if prefill_once:  # B prompts, n rows each
+    if prefill_once:  # B prompts, m rows each
         logits_BV, prefix = _prefill(params, prompts_BT, valid_BT, cfg=model_cfg)
-        rows = n
-    else:  # reference path: each prompt repeated n times, one row each
-        logits_BV, prefix = _prefill(params, jnp.repeat(prompts_BT, n, axis=0),
-                                     jnp.repeat(valid_BT, n, axis=0), cfg=model_cfg)
-        valid_BT, rows = jnp.repeat(valid_BT, n, axis=0), 1
+        rows = m
+    else:  # reference path: each prompt repeated m times, one row each
+        logits_BV, prefix = _prefill(params, jnp.repeat(prompts_BT, m, axis=0),
+                                     jnp.repeat(valid_BT, m, axis=0), cfg=model_cfg)
+        valid_BT, rows = jnp.repeat(valid_BT, m, axis=0), 1
     tokens_RT, logprobs_RT, lengths_R = _decode(
-        params, prefix, logits_BV, valid_BT, rng, jnp.repeat(prompt_ids_B, n),
-        jnp.tile(jnp.arange(n, dtype=jnp.int32), B), cfg=model_cfg, settings=settings, n=rows)
-    return SampleOutput(tokens_BMT=tokens_RT.reshape(B, n, -1),
-                        logprobs_BMT=logprobs_RT.reshape(B, n, -1),
-                        lengths_BM=lengths_R.reshape(B, n))
+        params, prefix, logits_BV, valid_BT, rng, jnp.repeat(prompt_ids_B, m),
+        jnp.tile(jnp.arange(m, dtype=jnp.int32), B), cfg=model_cfg, settings=settings, n=rows)
+    return SampleOutput(tokens_BMT=tokens_RT.reshape(B, m, -1),
+                        logprobs_BMT=logprobs_RT.reshape(B, m, -1),
+                        lengths_BM=lengths_R.reshape(B, m))
