@@ -102,10 +102,10 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 
 def group_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """For the sampler's `[B, N, ...]` arrays: prompts B split over `('data', 'fsdp')`, the N
+    """For the sampler's `[B, M, ...]` arrays: prompts B split over `('data', 'fsdp')`, the M
     samples of a prompt kept together on one device so group reductions need no communication."""
     if ndim < 2:
-        raise ValueError(f"a group array is [B, N, ...], got ndim={ndim}")
+        raise ValueError(f"a group array is [B, M, ...], got ndim={ndim}")
     return batch_sharding(mesh, ndim)
 
 

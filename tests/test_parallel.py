@@ -116,7 +116,7 @@ def test_batch_group_and_replicated_shardings():
     assert replicated(mesh).spec == P()
     tokens_BMT = jax.device_put(np.arange(8 * 3 * 5).reshape(8, 3, 5), group_sharding(mesh, 3))
     shard = tokens_BMT.addressable_shards[0]
-    assert shard.data.shape == (1, 3, 5)  # one prompt per device, all N samples with it
+    assert shard.data.shape == (1, 3, 5)  # one prompt per device, all M samples with it
     with pytest.raises(ValueError):
         group_sharding(mesh, 1)
     with pytest.raises(ValueError):
@@ -406,12 +406,12 @@ def test_sharded_sampler_matches_unsharded(greedy):
     out = run(shard_params(params, mesh, 0), jax.device_put(prompts_BT, batch_sharding(mesh, 2)))
 
     assert out.tokens_BMT.shape == (8, 3, 6)
-    # Prompts split over the devices, each prompt's N samples on its own device.
+    # Prompts split over the devices, each prompt's M samples on its own device.
     assert out.tokens_BMT.sharding.is_equivalent_to(group_sharding(mesh, 3), 3)
     np.testing.assert_array_equal(out.tokens_BMT, ref.tokens_BMT)
     np.testing.assert_array_equal(out.lengths_BM, ref.lengths_BM)
     np.testing.assert_allclose(out.logprobs_BMT, ref.logprobs_BMT, rtol=1e-5, atol=1e-6)
-    if not greedy:  # the N samples of a prompt differ: the test is not comparing copies
+    if not greedy:  # the M samples of a prompt differ: the test is not comparing copies
         assert (ref.tokens_BMT[:, 0] != ref.tokens_BMT[:, 1]).any()
 
 
