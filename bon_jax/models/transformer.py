@@ -38,7 +38,6 @@ from bon_jax.models.layers import (
     RMSNorm,
     embed,
     geglu,
-    next_token_logprobs,
     soft_cap,
     unembed,
 )
@@ -180,9 +179,22 @@ class ScalarHeadTransformer(_Backbone):
     def values_and_surprisal(self, tokens_BT, positions_BT, attn_mask_BTS):
         """(values_BT, surprisal_BT), both float32: surprisal_BT[b, t] = -log p(tokens[b, t] | tokens[b, <t])
         under the backbone's own tied language-model head (0 at t = 0). The embedder is shared with the
-        policy the verifier starts from, so at initialisation this is the policy's own surprisal."""
+        policy the verifier starts from, so at initialisation this is the policy's own surprisal.
+
+        The hidden state at t - 1 is unembedded by `bon_jax.logprobs.taken_logprobs` (the same soft-capped
+        logits as `logits`, in chunks of rows, forward and backward), so no [B, T, V] logits are held."""
+        from bon_jax.logprobs import taken_logprobs  # logprobs imports this module
+
         h_BTD, _ = self.hidden_states(tokens_BT, positions_BT, attn_mask_BTS)
-        surprisal_BT = -next_token_logprobs(self.logits(h_BTD), tokens_BT)
+        B, T, D = h_BTD.shape
+        if T < 2:
+            surprisal_BT = jnp.zeros((B, T), jnp.float32)
+        else:
+            logp_R = taken_logprobs(h_BTD[:, :-1].reshape(B * (T - 1), D), self.embedder.input_embedding,
+                                    tokens_BT[:, 1:].reshape(-1).astype(jnp.int32),
+                                    final_logit_soft_cap=self.config.final_logit_soft_cap,
+                                    compute_dtype=self.config.compute_dtype)
+            surprisal_BT = -jnp.pad(logp_R.reshape(B, T - 1), ((0, 0), (1, 0)))
         return self.value_head(h_BTD)[..., 0].astype(jnp.float32), surprisal_BT
 
 

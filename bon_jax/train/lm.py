@@ -10,6 +10,10 @@ A training sequence is `[bos] prompt completion [eos]`, right-padded with pad (i
 
 `bon_jax.tokenizer.sequence_batch` builds such a batch. The supervised loss is the mean over target tokens
 of -logp; a sequence's log-prob (what the RL objectives take) is the sum over its target tokens.
+
+The [B, T, V] logits are never built: the B * (T - 1) predicting hidden states are unembedded by
+`bon_jax.logprobs.taken_logprobs` in chunks of rows, forward and backward (its docstring has the maths), so
+SFT on a 256k-vocabulary model holds one chunk's logits, not B * T of them.
 """
 
 from __future__ import annotations
@@ -17,23 +21,37 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bon_jax.models import causal_mask, next_token_logprobs, positions_from_valid
+from bon_jax.logprobs import taken_logprobs
+from bon_jax.models import Transformer, causal_mask, positions_from_valid
 from bon_jax.tokenizer import sequence_batch  # noqa: F401  (lives beside the tokenizer; re-exported here)
 
 
-def token_logprobs(model, params, tokens_BT, valid_BT) -> jax.Array:
-    """[B, T] float32 log-prob of each token given the earlier ones (0 at position 0 and on padding)."""
-    logits_BTV, _ = model.apply(
-        {"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT)
-    )
-    return jnp.where(valid_BT, next_token_logprobs(logits_BTV, tokens_BT), 0.0)
+def token_logprobs(model, params, tokens_BT, valid_BT, chunk: int | None = None) -> jax.Array:
+    """[B, T] float32 log-prob of each token given the earlier ones (0 at position 0 and on padding).
+
+    logp_BT[b, t] = log softmax(soft_cap(h_b(t-1) E^T, c_f))[tokens_BT[b, t]], with h the final-normed hidden
+    states and E the tied embedding (`Transformer.logits`), computed by `taken_logprobs` in chunks of
+    `chunk` rows (default `bon_jax.logprobs.chunk_rows`) without the [B, T, V] logits.
+    """
+    cfg = model.config
+    h_BTD, _ = model.apply({"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT),
+                           method=Transformer.hidden_states)
+    B, T, D = h_BTD.shape
+    if T < 2:
+        return jnp.zeros((B, T), jnp.float32)
+    logp_R = taken_logprobs(h_BTD[:, :-1].reshape(B * (T - 1), D), params["embedder"]["input_embedding"],
+                            tokens_BT[:, 1:].reshape(-1), final_logit_soft_cap=cfg.final_logit_soft_cap,
+                            compute_dtype=cfg.compute_dtype, chunk=chunk)
+    logp_BT = jnp.pad(logp_R.reshape(B, T - 1), ((0, 0), (1, 0)))
+    return jnp.where(valid_BT, logp_BT, 0.0)
 
 
-def sft_loss(model):
-    """Mean next-token NLL over target tokens: `loss(params, batch) -> (loss, metrics)`."""
+def sft_loss(model, chunk: int | None = None):
+    """Mean next-token NLL over target tokens: `loss(params, batch) -> (loss, metrics)`. `chunk`: rows per
+    unembedding chunk (`token_logprobs`)."""
 
     def loss(params, batch):
-        logp_BT = token_logprobs(model, params, batch["tokens_BT"], batch["valid_BT"])
+        logp_BT = token_logprobs(model, params, batch["tokens_BT"], batch["valid_BT"], chunk)
         target_BT = batch["target_BT"].astype(jnp.float32)
         count = jnp.maximum(target_BT.sum(), 1.0)
         nll = -(logp_BT * target_BT).sum() / count
