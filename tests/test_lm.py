@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import bon_jax.logprobs
+import bon_jax.models.unembed
 from bon_jax.models import (
     abstract_params,
     causal_mask,
@@ -177,7 +177,7 @@ def test_compiled_memory_does_not_grow_with_vocab_times_rows(monkeypatch, what):
     temporaries by far less than the [R, V] float32 logits of the R = 8 * 64 predicting positions would
     (the old code held those, several times over). The default chunk (`CHUNK_ELEMENTS // V` rows) is made
     16 rows at V = 2048."""
-    monkeypatch.setattr(bon_jax.logprobs, "CHUNK_ELEMENTS", 16 * 2048)
+    monkeypatch.setattr(bon_jax.models.unembed, "CHUNK_ELEMENTS", 16 * 2048)
     b, t = 8, 65
 
     def temps(vocab_size):

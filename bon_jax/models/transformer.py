@@ -43,6 +43,7 @@ from bon_jax.models.layers import (
 )
 from bon_jax.models.masks import positions_from_valid, take_last_valid
 from bon_jax.models.rope import apply_rope
+from bon_jax.models.unembed import taken_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +182,8 @@ class ScalarHeadTransformer(_Backbone):
         under the backbone's own tied language-model head (0 at t = 0). The embedder is shared with the
         policy the verifier starts from, so at initialisation this is the policy's own surprisal.
 
-        The hidden state at t - 1 is unembedded by `bon_jax.logprobs.taken_logprobs` (the same soft-capped
+        The hidden state at t - 1 is unembedded by `bon_jax.models.unembed.taken_logprobs` (the same soft-capped
         logits as `logits`, in chunks of rows, forward and backward), so no [B, T, V] logits are held."""
-        from bon_jax.logprobs import taken_logprobs  # logprobs imports this module
-
         h_BTD, _ = self.hidden_states(tokens_BT, positions_BT, attn_mask_BTS)
         B, T, D = h_BTD.shape
         if T < 2:
