@@ -13,6 +13,12 @@ if "xla_force_host_platform_device_count" not in _flags:
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Much of the suite's time is XLA compiling the same programs again (each smoke run builds its steps
+# afresh, in both xdist workers): a persistent compilation cache, keyed by the program and the flags, lets
+# later tests load them. It lives in pytest's cache folder, so `make clean` (or deleting it) empties it.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_report_header(config):
