@@ -56,7 +56,7 @@ def _bon_jax_harness():
     with open(path, "rb") as f:
         code = compile(f.read(), path, "exec", dont_inherit=True)
     exec(code, {{"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}})
-    try:
+    try:  # the program may have closed or replaced sys.stdout; the marker goes to fd 1 regardless
         sys.stdout.flush()
     except Exception:
         pass
