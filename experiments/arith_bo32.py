@@ -29,7 +29,7 @@ def get_config():
     c.model.max_len = 96
     # Steps, not tokens, are what the policy learns arithmetic from: 1200 steps of 16 cost what 300 of 64
     # do (the step time is linear in the batch here) and give pass@1 0.109 / pass@32 0.823 against
-    # 0.061 / 0.635 (96 test prompts x 32; README, "what was tried").
+    # 0.061 / 0.635 (96 test prompts x 32; docs/lab_notes/arith_bo32.md, "Base policy").
     c.sft.steps = 1200
     c.sft.batch_size = 16
     c.sft.lr = 3e-3
@@ -44,11 +44,12 @@ def get_config():
     # (unseen by the policy) a last-token head trained 200 steps ranks a prompt's incorrect samples above
     # its correct ones (within-prompt pairwise accuracy 0.45, BoN@8 0.069 vs BoN@1 0.103); scoring by the
     # completion's log-likelihood under the backbone with per-token corrections learned by BCE + the
-    # within-prompt ranking term at lr 1e-4 ('likelihood') reaches 0.676, BoN@8 0.157 (README, "Verifier
-    # variants"; per-token surprisal hazards, 'noisy_or_surprisal': 0.663, BoN@8 0.108).
+    # within-prompt ranking term at lr 1e-4 ('likelihood') reaches 0.676, BoN@8 0.157
+    # (docs/lab_notes/verifier.md, "Verifier variants"; per-token surprisal hazards, 'noisy_or_surprisal':
+    # 0.663, BoN@8 0.108).
     c.verifier.pooling = "likelihood"
     # A zero-initialised head starts exactly at the backbone's likelihood: pairwise 0.686, BoN@8 0.167 on
-    # the same validation samples (README, "Verifier variants").
+    # the same validation samples (docs/lab_notes/verifier.md, "Verifier variants").
     c.verifier.zero_init_head = True
     c.verifier.lr = 1e-4
     c.verifier.ranking_weight = 1.0

@@ -26,7 +26,7 @@ gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT).
   A verifier initialised from the policy starts as the policy's own likelihood check (a token the policy
   found unlikely is a likely error; with a fresh head of values ~0) and BCE fine-tunes from there, instead
   of from chance. On the arith default's held-out samples the untrained start already ranks a prompt's
-  correct sample above an incorrect one 69% of the time (README).
+  correct sample above an incorrect one 69% of the time (docs/lab_notes/verifier.md).
 
 - `'likelihood'`: the completion's log-likelihood under the backbone's own language-model head, corrected
   by the head's per-token values,
