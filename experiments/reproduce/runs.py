@@ -1,0 +1,91 @@
+"""The run list: which runs each claim needs, deduplicated across claims.
+
+A run is (family, method label, seed): the family's experiment config with the family's and the method's
+overrides (experiments/reproduce/settings.py) and `seed`. Claims name methods; runs shared by claims (the
+base policy and standard RL appear in claims 1, 2 and 5) are listed once. Every run of a family evaluates
+the base policy too (the same cached `eval_base` stage for every run of a seed), so "base" is not a run.
+
+Layout under the workdir, per profile:
+
+    <workdir>/<profile>/<family>/stages/                       the stage cache the family's runs share
+    <workdir>/<profile>/<family>/runs/<label>-<hash>/seed<s>/  summary.json, per_prompt.json of one run
+    <workdir>/<profile>/runs.json                              wall time of every run tried
+
+<hash> is a hash of the run's overrides, so changing a setting makes a new run instead of reusing one made
+with the old value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from bon_jax.pipeline.stage_cache import config_key
+
+from experiments.reproduce.claims import CLAIMS
+from experiments.reproduce.settings import Profile
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    profile: str
+    family: str
+    experiment: str  # experiments/<experiment>.py
+    label: str  # the method label of settings.py
+    overrides: tuple  # ((dotted key, value), ...): family's then method's
+    seed: int
+
+    @property
+    def settings_key(self) -> str:
+        return config_key(dict(self.overrides))
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.family}/{self.label}-{self.settings_key}/seed{self.seed}"
+
+    def workdir(self, root: str) -> str:
+        return os.path.join(root, self.profile, self.family, "runs", f"{self.label}-{self.settings_key}",
+                            f"seed{self.seed}")
+
+    def cache_root(self, root: str) -> str:
+        return os.path.join(root, self.profile, self.family, "stages")
+
+    def finished(self, root: str) -> bool:
+        d = self.workdir(root)
+        return os.path.exists(os.path.join(d, "summary.json")) and os.path.exists(
+            os.path.join(d, "per_prompt.json")
+        )
+
+    def objective(self) -> str:
+        return dict(self.overrides).get("rl.objective", "")
+
+
+def method_run(profile: Profile, family: str, label: str, seed: int) -> Run:
+    fam = profile.families[family]
+    if label not in fam.methods:
+        raise KeyError(f"profile {profile.name!r} has no {family} method {label!r}; known: {sorted(fam.methods)}")
+    overrides = {**fam.overrides, **fam.methods[label]}
+    return Run(profile.name, family, fam.experiment, label, tuple(sorted(overrides.items())), seed)
+
+
+def claim_methods(profile: Profile, claim_id: str) -> list[tuple[str, str]]:
+    """(family, method label) pairs the claim needs under this profile."""
+    claim = CLAIMS[claim_id]
+    return [(claim.family, label) for label in claim.methods(profile)]
+
+
+def runs_for(profile: Profile, claim_ids: list[str] | None = None) -> list[Run]:
+    """Every run the claims need (all claims when None), each once, in claim order then seed order."""
+    ids = list(CLAIMS) if claim_ids is None else claim_ids
+    unknown = [c for c in ids if c not in CLAIMS]
+    if unknown:
+        raise KeyError(f"unknown claims {unknown}; known: {', '.join(CLAIMS)}")
+    seen, out = set(), []
+    for seed in profile.seeds:  # seed-major: a stopped reproduction has whole seeds, not one method's seeds
+        for cid in ids:
+            for family, label in claim_methods(profile, cid):
+                run = method_run(profile, family, label, seed)
+                if run.run_id not in seen:
+                    seen.add(run.run_id)
+                    out.append(run)
+    return out

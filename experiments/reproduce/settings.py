@@ -1,0 +1,171 @@
+"""The per-method settings of `make reproduce`: THE table to tune, one per profile.
+
+A profile names, per family (one task and its experiment file), the overrides every run of the family gets
+(`family_overrides`: the shared sample budget), then per method the overrides that make it that method
+(`methods`), and the seeds. A run is the family's experiment config + family overrides + method overrides
++ `seed`; `seed` seeds the whole pipeline (base policy, verifier, fine-tuning, evaluation keys) while the
+task's own seed, hence the held-out prompts, is the same for every run, so the seeds and the prompts are
+crossed (experiments/reproduce/stats.py).
+
+Changing a value here makes new runs (a run's directory is named by a hash of its overrides); the runs of
+the old values stay on disk and are listed in docs/reproduction.md as runs tried.
+
+Fair tuning (issue 15): every method of a family gets the same sample budget (prompts per step x samples
+per prompt x steps, set once in `family_overrides`) and the same number of tuning runs, chosen on
+validation prompts (`--config.eval.split=validation` with `make train`); what is chosen is entered here,
+and the test split is read by `make reproduce` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    experiment: str  # experiments/<experiment>.py
+    overrides: dict  # dotted config key -> value, for every run of the family
+    methods: dict  # method label -> overrides (dotted keys) on top of the family's
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    seeds: tuple[int, ...]
+    families: dict  # family name ("arith", "sentiment") -> Family
+    # Claim 8's equivalence margin: vbon and vbon_bound reach "the same front" when the 95% CI of their
+    # difference in reward-above-the-BoN-curve lies inside [-margin, margin] (reward units).
+    equivalence_margin: float = 0.02
+
+
+def _sentiment_sweep(grid: str) -> dict:
+    """Amini et al.'s grid, as experiments/sentiment_vbon.py's `get_sweep` defines it (N / beta per method)."""
+    from bon_jax.pipeline.sweep import point_name
+
+    path = os.path.join(EXPERIMENTS, "sentiment_vbon.py")
+    spec = importlib.util.spec_from_file_location("bon_jax_experiment_sentiment_vbon", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {point_name(o): dict(o) for o in module.get_sweep(grid)}
+
+
+# ============================================================================================================
+# FULL PROFILE: the settings to tune (the lead fills these in from validation runs).
+# ============================================================================================================
+ARITH_BUDGET = {  # the same for every arith method: 8 prompts x 32 samples x 32 steps
+    "rl.steps": 32,
+    "rl.batch_size": 8,
+    "rl.m": 32,
+    "rl.lr": 1e-4,
+    "eval.split": "test",
+}
+ARITH_METHODS = {
+    # claim 1, 5, 6: BoN-RL-V (Chow Lemma 2) at N' = 32
+    "bon_rl_v": {"rl.objective": "bon_rl_v", "rl.n": 32},
+    # standard RL: the same estimator at N' = 1 (REINFORCE on the verifier's score, leave-one-out baseline)
+    "standard_rl": {"rl.objective": "bon_rl_v", "rl.n": 1},
+    "grpo": {"rl.objective": "grpo", "rl.n": 1},
+    # claim 2: BoN-RL-S (selects by the ground-truth reward)
+    "bon_rl_s": {"rl.objective": "bon_rl_s", "rl.n": 32},
+    # claim 3: pass@k objectives at N' = 32
+    "bon_rlbp": {"rl.objective": "bon_rlbp", "rl.n": 32},
+    "bon_rlb": {"rl.objective": "bon_rlb", "rl.n": 32},
+    "bon_rlb_printed": {"rl.objective": "bon_rlb_printed", "rl.n": 32},
+    "pkpo": {"rl.objective": "pkpo", "rl.n": 32},
+    # claim 4: supervised fine-tuning on the task's demonstrations, plain and BoN-aware
+    "sft": {"rl.objective": "sft", "rl.n": 1},
+    "bon_sft": {"rl.objective": "bon_sft", "rl.n": 32},
+    # claim 6: the training N' (N' = 1 is `standard_rl`, N' = 32 is `bon_rl_v`)
+    "bon_rl_v_n4": {"rl.objective": "bon_rl_v", "rl.n": 4},
+    "bon_rl_v_n16": {"rl.objective": "bon_rl_v", "rl.n": 16},
+}
+SENTIMENT_BUDGET = {"eval.split": "test"}
+FULL = Profile(
+    name="full",
+    seeds=(0, 1, 2),
+    families={
+        "arith": Family("arith_bo32", ARITH_BUDGET, ARITH_METHODS),
+        # vbon / vbon_bound over N, kl_rl over beta, bon_distill_sft over N: the sweep's points, by name
+        "sentiment": Family("sentiment_vbon", SENTIMENT_BUDGET, _sentiment_sweep("full")),
+    },
+)
+# ============================================================================================================
+
+
+# TINY PROFILE: the pipeline end to end in minutes, not the science. Tiny models, a few steps, N' scaled
+# down to the 4 samples drawn per prompt; the same method labels so every claim is analysed and written.
+_TINY_ARITH_FAMILY = {
+    "rl.steps": 1,
+    "rl.batch_size": 2,
+    "rl.m": 4,
+    "rl.warmup": 0,
+    "rl.max_new_tokens": 16,
+    "sft.steps": 30,
+    "verifier.steps": 4,
+    "verifier.num_prompts": 8,
+    "eval.num_prompts": 8,
+    "eval.m": 4,
+    "eval.ks": (1, 2, 4),
+    "eval.max_new_tokens": 16,
+    "eval.bootstrap": 50,
+    "eval.split": "test",
+    "mesh.data": 1,
+    "log_every": 1,
+}
+_TINY_ARITH = {
+    label: {**o, "rl.n": min(o.get("rl.n", 1), 4)}
+    for label, o in ARITH_METHODS.items()
+    if label not in ("bon_rl_v_n4", "bon_rl_v_n16")
+}
+_TINY_ARITH["bon_rl_v_n2"] = {"rl.objective": "bon_rl_v", "rl.n": 2}
+_TINY_SENTIMENT_FAMILY = {
+    "task.kwargs.num_train": 200,
+    "task.kwargs.num_test": 8,
+    "tokenizer.vocab_size": 256,
+    "model.name": "tiny",
+    "model.max_len": 32,
+    "sft.steps": 20,
+    "sft.batch_size": 16,
+    "rl.steps": 1,
+    "rl.batch_size": 2,
+    "rl.m": 4,
+    "rl.warmup": 0,
+    "rl.ref_samples": 64,
+    "rl.max_new_tokens": 8,
+    "eval.num_prompts": 8,
+    "eval.m": 4,
+    "eval.ks": (1, 2, 4),
+    "eval.max_new_tokens": 8,
+    "eval.bootstrap": 50,
+    "eval.split": "test",
+    "mesh.data": 1,
+    "log_every": 1,
+}
+_TINY_SENTIMENT = {
+    "n=2_objective=vbon": {"rl.objective": "vbon", "rl.n": 2},
+    "n=4_objective=vbon": {"rl.objective": "vbon", "rl.n": 4},
+    "n=2_objective=vbon_bound": {"rl.objective": "vbon_bound", "rl.n": 2},
+    "beta=0.1_objective=kl_rl": {"rl.objective": "kl_rl", "rl.beta": 0.1},
+    "beta=1.0_objective=kl_rl": {"rl.objective": "kl_rl", "rl.beta": 1.0},
+    "beta=0.0_n=2_objective=bon_distill_sft": {"rl.objective": "bon_distill_sft", "rl.n": 2, "rl.beta": 0.0},
+}
+TINY = Profile(
+    name="tiny",
+    seeds=(0, 1),
+    families={
+        "arith": Family("smoke", _TINY_ARITH_FAMILY, _TINY_ARITH),
+        "sentiment": Family("sentiment_vbon", _TINY_SENTIMENT_FAMILY, _TINY_SENTIMENT),
+    },
+)
+
+PROFILES = {"full": FULL, "tiny": TINY}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    return PROFILES[name]

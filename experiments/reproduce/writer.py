@@ -1,0 +1,134 @@
+"""Writes docs/reproduction.md: per claim the statement, every run tried, the CI tables, the figure, the verdict;
+the command and the total wall time (from runs.json)."""
+
+from __future__ import annotations
+
+import os
+
+from experiments.reproduce import stats
+
+RULE = """\
+**How the numbers are made.** Each run evaluates its tuned policy and the base policy of its seed on the
+same held-out test prompts with the same sampling keys. A difference `a - b` is taken per prompt within a
+seed, then combined over seeds and prompts (crossed: every seed sees the same prompts): the mean, and a 95%
+interval mean +- t * sqrt(V) with V = var(seed means)/S + var(prompt means)/P and Welch-Satterthwaite
+degrees of freedom (experiments/reproduce/stats.py). With one seed the interval is over prompts only.
+
+**Verdict rule** (mechanical). A comparison claimed `>` is *reproduced* when its interval lies above 0, *not
+reproduced* when it lies below 0, *inconclusive* otherwise; `<` is the mirror image; `=` (claim 8) is
+reproduced when the interval lies inside [-margin, margin], not reproduced when it lies wholly outside,
+inconclusive otherwise. Comparisons without a direction are reported, not judged. A claim is *not
+reproduced* if any of its judged comparisons is, *reproduced* if all are, *inconclusive* otherwise
+(including when runs are missing)."""
+
+
+def _fmt(e: stats.Estimate | None, digits: int = 3) -> str:
+    if e is None:
+        return "-"
+    return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+
+
+def _comparison_table(result) -> list[str]:
+    lines = ["| comparison | claimed | mean [95% CI] | seeds x prompts | verdict |", "|---|---|---|---|---|"]
+    for row in result.rows:
+        e = row.estimate
+        shape = f"{e.seeds} x {e.prompts}" if e else "no data"
+        lines.append(f"| {row.label} | {row.comparison.direction or '(reported)'} | {_fmt(e)} | {shape} | "
+                     f"{row.verdict or '-'} |")
+    return lines
+
+
+def _level_table(result) -> list[str]:
+    metrics = list(dict.fromkeys(m for lv in result.levels.values() for m in lv))
+    if not metrics:
+        return []
+    lines = ["| policy | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for who, lv in result.levels.items():
+        lines.append(f"| {who} | " + " | ".join(_fmt(lv.get(m)) for m in metrics) + " |")
+    return lines
+
+
+def _extra(result) -> list[str]:
+    lines = []
+    front = result.extra.get("on_front")
+    if front:
+        lines += ["", "Points on the Pareto front (per seed, over every point of the sweep), summed over seeds:", "",
+                  "| objective | on the front | points |", "|---|---|---|"]
+        lines += [f"| {obj} | {on} | {n} |" for obj, (on, n) in sorted(front.items())]
+    curve = result.extra.get("kl_curve")
+    if curve:
+        lines += ["", "| N | measured KL(BoN@N) [95% CI] | bound log N - (N-1)/N |", "|---|---|---|"]
+        lines += [f"| {k} | {_fmt(e)} | {b:.3f} |" for k, e, b in curve]
+    return lines
+
+
+def _runs(result, log: dict, root: str) -> list[str]:
+    lines = ["| run | settings | wall s | status |", "|---|---|---|---|"]
+    for run, finished in result.runs:
+        entry = log.get(run.run_id, {})
+        method = {k: v for k, v in dict(run.overrides).items()
+                  if k in result_settings(run)}
+        lines.append(f"| `{run.run_id}` | {_settings(method)} | {entry.get('wall_s', 0):.0f} | "
+                     f"{'done' if finished else entry.get('status', 'not run')} |")
+    return lines
+
+
+def result_settings(run) -> set:
+    """The keys worth showing for a run: the method's and the budget's rl.* / seed keys."""
+    return {k for k, _ in run.overrides if k.startswith("rl.")}
+
+
+def _settings(d: dict) -> str:
+    return ", ".join(f"{k.removeprefix('rl.')}={v}" for k, v in sorted(d.items()))
+
+
+def write(results, *, profile, log: dict, root: str, doc_path: str, figure_dir: str, command: str) -> str:
+    total = sum(e.get("wall_s", 0.0) for e in log.values())
+    done = sum(e.get("status") == "done" for e in log.values())
+    lines = [
+        "# Reproduction of the papers' claims",
+        "",
+        f"Made by `{command}` (profile `{profile.name}`, seeds {', '.join(map(str, profile.seeds))}); the "
+        "settings are in experiments/reproduce/settings.py. It resumes where it stopped: finished runs are kept.",
+        "",
+        f"Total wall time of the runs: **{total / 3600:.2f} h** ({total:.0f} s over {len(log)} runs tried, "
+        f"{done} finished; runs.json under `{os.path.join(root, profile.name)}`).",
+        "",
+        RULE,
+        "",
+        "| claim | paper | verdict |",
+        "|---|---|---|",
+    ]
+    lines += [f"| [{r.claim.id}](#{r.claim.id}) | {r.claim.paper} | **{r.verdict}** |" for r in results]
+    for r in results:
+        fig = os.path.join(figure_dir, f"reproduce_{r.claim.id}.png")
+        rel = os.path.relpath(fig, os.path.dirname(os.path.abspath(doc_path)))
+        lines += [
+            "",
+            f"## {r.claim.id}",
+            "",
+            f"*{r.claim.paper}, on `{r.claim.family}`.* {r.claim.statement}",
+            "",
+            f"**Verdict: {r.verdict}.**",
+            "",
+            *_comparison_table(r),
+            "",
+            *_level_table(r),
+            *_extra(r),
+            "",
+            f"![{r.claim.id}]({rel})",
+            "",
+            "Runs:",
+            "",
+            *_runs(r, log, root),
+        ]
+    tried = [rid for rid in log if not any(rid == run.run_id for r in results for run, _ in r.runs)]
+    if tried:
+        lines += ["", "## Other runs tried", "", "Runs in runs.json that the current settings no longer use:", "",
+                  "| run | settings | wall s | status |", "|---|---|---|---|"]
+        lines += [f"| `{rid}` | {_settings({k: v for k, v in log[rid].get('overrides', {}).items() if k.startswith('rl.')})}"
+                  f" | {log[rid].get('wall_s', 0):.0f} | {log[rid].get('status')} |" for rid in tried]
+    os.makedirs(os.path.dirname(os.path.abspath(doc_path)), exist_ok=True)
+    with open(doc_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return doc_path
