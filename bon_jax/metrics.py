@@ -27,6 +27,7 @@ __all__ = [
     "answers_to_ids",
     "bon_at_k",
     "bon_at_k_weights",
+    "bon_kl_at_k",
     "bootstrap_ci",
     "distinct_answers",
     "entropy_from_logits",
@@ -408,6 +409,34 @@ def distinct_answers(answers_BM, mask_BM=None):
     s = jnp.sort(a, axis=-1)
     first = jnp.concatenate([jnp.ones(s.shape[:-1] + (1,), bool), s[..., 1:] != s[..., :-1]], axis=-1)
     return jnp.sum(first & (s >= 0), axis=-1).astype(jnp.int32)
+
+
+def bon_kl_at_k(scores_BM, k: int) -> np.ndarray:
+    """Plug-in KL(pi_BoN_k || pi) per row, pi the empirical distribution of the row's M samples (host, float64).
+
+    Best-of-k reweights a sample only through its score's level (docs/maths.md, section 1): with q_l the
+    share of samples at level l, F_l the share at or below it and F_(l-1) below it, BoN puts mass
+    P_l = F_l^k - F_(l-1)^k on level l, so KL(pi_BoN || pi) = sum_l P_l log(P_l / q_l). Without ties it
+    is sum_j P_j log(M P_j) <= log k - (k-1)/k (the bound of `bon.kl_bon_upper_bound`, reached as M grows);
+    ties (many equal scores) lower it. k = 1 gives 0. Biased low when k is not small next to M.
+
+    Args: scores_BM [..., M] finite scores; k >= 1. Returns: [...] float64.
+    """
+    s = np.asarray(scores_BM, np.float64)
+    if k < 1:
+        raise ValueError(f"bon_kl_at_k: k must be >= 1, got {k}")
+    flat = s.reshape(-1, s.shape[-1])
+    m = flat.shape[-1]
+    out = np.empty(flat.shape[0])
+    for i, row in enumerate(flat):
+        _, counts = np.unique(row, return_counts=True)  # levels in increasing order
+        q = counts / m
+        f = np.cumsum(counts) / m
+        f_below = np.concatenate([[0.0], f[:-1]])
+        p = f**k - f_below**k
+        keep = p > 0
+        out[i] = float(np.sum(p[keep] * np.log(p[keep] / q[keep])))
+    return out.reshape(s.shape[:-1])
 
 
 # ------------------------------------------------------------------------------------------------ bootstrap

@@ -410,3 +410,27 @@ def test_evaluation_maj_at_k_votes_by_the_tasks_answer_equivalence(monkeypatch):
     assert out["mean_reward"]["mean"] == pytest.approx(0.6)
     assert out["maj_at_k"]["5"]["mean"] == pytest.approx(1.0)  # by strings: a 2-2 tie, 0.5
     assert out["distinct_answers"]["mean"] == pytest.approx(2.0)
+
+
+def _bon_kl_by_enumeration(scores, k):
+    """KL(BoN_k || uniform over the M samples): every k-tuple of draws, the winner uniform among the tied best."""
+    m = len(scores)
+    q = np.zeros(m)
+    for draw in itertools.product(range(m), repeat=k):
+        best = max(scores[i] for i in draw)
+        winners = [i for i in draw if scores[i] == best]
+        for i in winners:
+            q[i] += 1.0 / len(winners) / m**k
+    keep = q > 0
+    return float(np.sum(q[keep] * np.log(q[keep] * m)))
+
+
+@pytest.mark.parametrize("scores", [[0.1, 0.5, 0.3, 0.9], [0.0, 0.0, 0.7, 0.7, 0.2], [1.0, 1.0, 1.0]])
+def test_bon_kl_at_k_matches_enumeration_of_the_draws(scores):
+    for k in (1, 2, 3):
+        got = metrics.bon_kl_at_k(np.asarray([scores]), k)
+        assert got.shape == (1,)
+        assert got[0] == pytest.approx(_bon_kl_by_enumeration(scores, k), abs=1e-12)
+    # Distinct scores, M large: the plug-in approaches the bound log k - (k-1)/k from below.
+    many = metrics.bon_kl_at_k(np.random.default_rng(0).permutation(4000)[None], 4)[0]
+    assert many <= math.log(4) - 0.75 and many == pytest.approx(math.log(4) - 0.75, abs=2e-3)

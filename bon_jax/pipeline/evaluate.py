@@ -10,6 +10,9 @@ difference between the base and the tuned policy is not blurred by sampling nois
     KL     = mean over samples of log pi(y) - log pi_ref(y)   (k1, sequence level; both at the sampling
              temperature tau: pi = softmax(logits / tau)); kl_k3: the same mean of k3 summed over tokens,
              sum_t (r_t - 1 - log r_t), r_t = pi_ref(y_t | y_<t) / pi(y_t | y_<t) (`rollouts.kl_estimates`)
+    KL(BoN@k || pi) = plug-in KL of Best-of-k (by score) over the policy's own M samples, ties included
+             (`metrics.bon_kl_at_k`): what BoN sampling from this policy moves away from it
+    neg_logp = mean over samples of -log pi(y): a Monte Carlo estimate of the sequence entropy H(pi(.|x))
 """
 
 from __future__ import annotations
@@ -130,10 +133,11 @@ def evaluate_policy(
         "length": np.concatenate(lengths).mean(1),
     }
     out = {"num_prompts": len(examples), "m": m, "binary_reward": binary}
-    for name in ("bon_at_k", "pass_at_k", "maj_at_k"):
+    for name in ("bon_at_k", "pass_at_k", "maj_at_k", "bon_kl_at_k"):
         out[name] = {}
     for k in ks:
         per_prompt[f"bon_at_{k}"] = np.asarray(metrics.bon_at_k(S, R, k), np.float64)
+        per_prompt[f"bon_kl_at_{k}"] = metrics.bon_kl_at_k(S, k)
         if binary:
             per_prompt[f"pass_at_{k}"] = np.asarray(metrics.pass_at_k(m, (R > 0).sum(1), k), np.float64)
         if has_answers:

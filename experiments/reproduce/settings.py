@@ -132,6 +132,7 @@ _TINY_SENTIMENT_FAMILY = {
     "sft.batch_size": 16,
     "rl.steps": 1,
     "rl.batch_size": 2,
+    "rl.n": 1,  # kl_rl's points (N unused) within the 4 samples drawn
     "rl.m": 4,
     "rl.warmup": 0,
     "rl.ref_samples": 64,

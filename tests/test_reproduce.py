@@ -1,0 +1,218 @@
+"""`make reproduce` (issue 15, item 3): the CI over seeds x prompts, the verdict rule, the run list, the
+runner's skip / resume / timing, the analysis and the report on synthetic runs, and the tiny profile end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from experiments.reproduce import analysis, figures, runner, stats, writer
+from experiments.reproduce.claims import CLAIMS
+from experiments.reproduce.runs import method_run, runs_for
+from experiments.reproduce.settings import FULL, TINY
+
+
+def _reference_ci(d):
+    """The crossed-design interval of stats.py's docstring, written out with loops in float64."""
+    S, P = len(d), len(d[0])
+    grand = sum(sum(row) for row in d) / (S * P)
+    r = [sum(row) / P for row in d]
+    c = [sum(d[s][p] for s in range(S)) / S for p in range(P)]
+    var_r = sum((x - sum(r) / S) ** 2 for x in r) / (S - 1)
+    var_c = sum((x - sum(c) / P) ** 2 for x in c) / (P - 1)
+    v = var_r / S + var_c / P
+    nu = v**2 / ((var_r / S) ** 2 / (S - 1) + (var_c / P) ** 2 / (P - 1))
+    half = sps.t.ppf(0.975, nu) * v**0.5
+    return grand, grand - half, grand + half
+
+
+def test_crossed_ci_matches_a_float64_reference():
+    rng = np.random.default_rng(1)
+    d = 0.1 + rng.normal(size=(3, 1)) * 0.2 + rng.normal(size=(3, 17))
+    est = stats.crossed_ci(d)
+    np.testing.assert_allclose((est.mean, est.low, est.high), _reference_ci(d.tolist()), rtol=1e-12)
+    assert (est.seeds, est.prompts) == (3, 17)
+    one = stats.crossed_ci(d[:1])  # one seed: the paired t interval over prompts
+    half = sps.t.ppf(0.975, 16) * d[0].std(ddof=1) / np.sqrt(17)
+    np.testing.assert_allclose((one.low, one.high), (d[0].mean() - half, d[0].mean() + half), rtol=1e-12)
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.crossed_ci(np.array([[0.0, np.nan]]))
+
+
+@pytest.mark.parametrize("seed_sd,prompt_sd,noise_sd", [(1.0, 0.0, 0.5), (0.0, 1.0, 1.0), (0.3, 0.3, 1.0)])
+def test_crossed_ci_covers_the_mean_over_new_seeds_and_prompts(seed_sd, prompt_sd, noise_sd):
+    """d = mu + seed effect + prompt effect + noise, 3 seeds x 64 prompts: the 95% interval holds mu about
+    95% of the time, whichever variance dominates (an interval over prompts only covers ~40% in the first)."""
+    rng = np.random.default_rng(0)
+    hits, sims = 0, 1500
+    for _ in range(sims):
+        d = (0.5 + seed_sd * rng.normal(size=(3, 1)) + prompt_sd * rng.normal(size=(1, 64))
+             + noise_sd * rng.normal(size=(3, 64)))
+        e = stats.crossed_ci(d)
+        hits += e.low <= 0.5 <= e.high
+    assert 0.9 <= hits / sims <= 0.995, hits / sims
+
+
+def test_verdict_rule():
+    E = lambda lo, hi: stats.Estimate((lo + hi) / 2, lo, hi, 3, 64, 10.0)  # noqa: E731
+    R, N, I = stats.REPRODUCED, stats.NOT_REPRODUCED, stats.INCONCLUSIVE
+    assert [stats.verdict(E(*ci), ">") for ci in [(0.01, 0.2), (-0.2, -0.01), (-0.1, 0.1), (0.0, 0.1)]] == [R, N, I, I]
+    assert [stats.verdict(E(*ci), "<") for ci in [(0.01, 0.2), (-0.2, -0.01), (-0.1, 0.1)]] == [N, R, I]
+    eq = [stats.verdict(E(*ci), "=", margin=0.05) for ci in [(-0.04, 0.04), (0.06, 0.1), (-0.2, -0.06), (0.0, 0.1)]]
+    assert eq == [R, N, N, I]
+    assert stats.claim_verdict([R, R]) == R
+    assert stats.claim_verdict([R, I]) == I
+    assert stats.claim_verdict([R, None]) == I  # a comparison without data
+    assert stats.claim_verdict([I, N, R]) == N
+    assert stats.claim_verdict([]) == I
+    with pytest.raises(ValueError, match="direction"):
+        stats.verdict(E(0, 1), "!=")
+
+
+def test_run_list_is_deduplicated_and_named_by_its_settings():
+    runs = runs_for(FULL)
+    ids = [r.run_id for r in runs]
+    assert len(ids) == len(set(ids))
+    arith = [r for r in runs if r.family == "arith"]
+    assert len(arith) == len(FULL.families["arith"].methods) * len(FULL.seeds)  # standard_rl once per seed
+    assert {r.seed for r in runs} == {0, 1, 2}
+    assert {r.objective() for r in arith} >= {"bon_rl_v", "grpo", "bon_rl_s", "bon_rlbp", "bon_rlb",
+                                               "bon_rlb_printed", "pkpo", "sft", "bon_sft"}
+    one = runs_for(FULL, ["claim1", "claim2"])
+    assert sorted({r.label for r in one}) == ["bon_rl_s", "bon_rl_v", "grpo", "standard_rl"]
+    changed = dataclasses.replace(
+        FULL, families={**FULL.families, "arith": dataclasses.replace(
+            FULL.families["arith"], methods={**FULL.families["arith"].methods,
+                                             "grpo": {"rl.objective": "grpo", "rl.n": 1, "rl.lr": 3e-4}})})
+    assert method_run(changed, "arith", "grpo", 0).run_id != method_run(FULL, "arith", "grpo", 0).run_id
+    with pytest.raises(KeyError, match="unknown claims"):
+        runs_for(FULL, ["claim10"])
+
+
+def test_every_full_run_config_validates(tmp_path):
+    from bon_jax.config import validate
+
+    for run in runs_for(FULL):
+        c = runner.run_config(run, str(tmp_path))
+        validate(c)
+        assert c.seed == run.seed and c.eval.split == "test"
+
+
+def _fake_per_prompt(run, rng, prompts=12):
+    """Synthetic evaluations: every tuned arith policy beats the base by 0.02 + N' / 50, sentiment
+    points move along a reward-vs-KL line."""
+    o = dict(run.overrides)
+    ks = (1, 2, 4)
+    base = {"mean_reward": rng.uniform(0, 1, prompts).tolist(), "kl": [0.0] * prompts,
+            "neg_logp": rng.uniform(5, 6, prompts).tolist(), "distinct_answers": rng.integers(1, 4, prompts).tolist()}
+    for k in ks:
+        base[f"bon_at_{k}"] = (0.2 + 0.05 * k + rng.normal(0, 0.02, prompts)).tolist()
+        base[f"pass_at_{k}"] = (0.3 + 0.1 * k + rng.normal(0, 0.02, prompts)).tolist()
+        base[f"bon_kl_at_{k}"] = (0.6 * np.log(k) + rng.normal(0, 0.01, prompts)).clip(0).tolist()
+    lift = 0.02 + o.get("rl.n", 1) / 50
+    tuned = {key: (np.asarray(v) + lift + rng.normal(0, 0.005, prompts)).tolist() for key, v in base.items()}
+    tuned["kl"] = (lift * 10 + rng.uniform(0, 0.1, prompts)).tolist()
+    return {"base": base, "tuned": tuned}
+
+
+def _write_fake_runs(profile, root, rng):
+    for run in runs_for(profile):
+        d = run.workdir(root)
+        os.makedirs(d)
+        with open(os.path.join(d, "per_prompt.json"), "w") as f:
+            json.dump(_fake_per_prompt(run, rng), f)
+        with open(os.path.join(d, "summary.json"), "w") as f:
+            json.dump({}, f)
+
+
+def test_analysis_and_report_on_synthetic_runs(tmp_path):
+    root = str(tmp_path / "runs")
+    _write_fake_runs(TINY, root, np.random.default_rng(0))
+    results = analysis.analyse(TINY, list(CLAIMS), root)
+    by_id = {r.claim.id: r for r in results}
+    assert list(by_id) == [f"claim{i}" for i in range(1, 10)]
+    # claim 1: bon_rl_v (N' = 4) - base lifts BoN@4 by 0.1 with tiny noise: reproduced; bon_rl_v vs
+    # standard_rl / grpo (N' = 1) by 0.06.
+    c1 = by_id["claim1"]
+    first = c1.rows[0]
+    assert first.label == "BoN@4: bon_rl_v - base" and first.verdict == stats.REPRODUCED
+    assert first.estimate.seeds == len(TINY.seeds) and abs(first.estimate.mean - 0.1) < 0.01
+    assert c1.verdict == stats.REPRODUCED
+    # claim 2: standard RL lifts pass@4 by 0.04 although the claim says it does not: not reproduced.
+    assert by_id["claim2"].verdict == stats.NOT_REPRODUCED
+    assert by_id["claim9"].rows and by_id["claim7"].extra["on_front"]
+    runs_json = runner.log_path(root, "tiny")
+    os.makedirs(os.path.dirname(runs_json), exist_ok=True)
+    log = {method_run(TINY, "arith", "bon_rl_v", 0).run_id: {"wall_s": 7200.0, "status": "done"},
+           "arith/old-123/seed0": {"wall_s": 60.0, "status": "done", "overrides": {"rl.lr": 0.1}}}
+    fig_dir = str(tmp_path / "figures")
+    for r in results:
+        figures.plot_claim(r, os.path.join(fig_dir, f"reproduce_{r.claim.id}.png"))
+    doc = writer.write(results, profile=TINY, log=log, root=root, doc_path=str(tmp_path / "reproduction.md"),
+                       figure_dir=fig_dir, command="make reproduce")
+    text = open(doc).read()
+    for i in range(1, 10):
+        assert f"## claim{i}" in text and f"figures/reproduce_claim{i}.png" in text
+        assert os.path.getsize(os.path.join(fig_dir, f"reproduce_claim{i}.png")) > 5000
+    assert "**2.02 h**" in text  # 7200 s + 60 s
+    assert "arith/old-123/seed0" in text and "lr=0.1" in text  # a run tried under old settings is listed
+    assert "Verdict rule" in text
+
+
+def test_runner_skips_finished_runs_records_wall_time_and_keeps_interrupted_ones(tmp_path):
+    root = str(tmp_path)
+    profile = dataclasses.replace(TINY, seeds=(0,))
+    runs = runs_for(profile, ["claim4"])
+    calls = []
+
+    def fake(config, cache_root, fail=None):
+        calls.append(config.workdir)
+        assert cache_root.endswith(os.path.join("tiny", "arith", "stages")) and config.seed == 0
+        if fail:
+            raise fail
+        os.makedirs(config.workdir, exist_ok=True)
+        for name in ("summary.json", "per_prompt.json"):
+            open(os.path.join(config.workdir, name), "w").write("{}")
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_all(runs, root, run_fn=lambda c, r: fake(c, r, fail=KeyboardInterrupt()))
+    log = runner.read_log(root, "tiny")
+    assert [e["status"] for e in log.values()] == ["interrupted"]
+    runner.run_all(runs, root, run_fn=fake)
+    assert len(calls) == 1 + len(runs)
+    log = runner.read_log(root, "tiny")
+    assert all(e["status"] == "done" for e in log.values()) and len(log) == len(runs)
+    runner.run_all(runs, root, run_fn=fake)  # all finished: nothing runs
+    assert len(calls) == 1 + len(runs)
+
+
+@pytest.mark.slow
+def test_tiny_profile_end_to_end(tmp_path):
+    """The real pipeline for one claim at one seed (the tiny profile's full run is `make reproduce
+    ARGS=--profile=tiny`, minutes): runs, then a rerun that finds them finished, the report and figure."""
+    from experiments.reproduce.__main__ import main
+
+    import experiments.reproduce.settings as settings
+
+    one_seed = dataclasses.replace(TINY, seeds=(0,))
+    orig = settings.PROFILES["tiny"]
+    settings.PROFILES["tiny"] = one_seed
+    try:
+        args = ["--profile=tiny", "--only=claim4", f"--workdir={tmp_path}"]
+        assert main(args) == 0
+        log = runner.read_log(str(tmp_path), "tiny")
+        assert sorted(e["label"] for e in log.values()) == ["bon_sft", "sft"]
+        assert all(e["status"] == "done" and e["wall_s"] > 0 for e in log.values())
+        walls = {k: e["wall_s"] for k, e in log.items()}
+        assert main(args) == 0
+        assert {k: e["wall_s"] for k, e in runner.read_log(str(tmp_path), "tiny").items()} == walls
+    finally:
+        settings.PROFILES["tiny"] = orig
+    text = (tmp_path / "tiny" / "reproduction.md").read_text()
+    assert "## claim4" in text and "BoN@4: bon_sft - sft" in text and "1 x 8" in text
+    assert (tmp_path / "tiny" / "figures" / "reproduce_claim4.png").stat().st_size > 5000
