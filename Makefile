@@ -2,6 +2,7 @@
 #   make train [EXP=arith_bo32] [ARGS="--config.rl.n=16"]   run one experiment end to end
 #   make sweep EXP=sentiment_vbon [SHARD=0/2] [GRID=small]  run (a shard of) an experiment's grid
 #   make eval  EXP=... [ARGS=...]                           evaluate the latest checkpoint of a run
+#   make reproduce [ARGS="--profile=tiny --only=claim1"]    the papers' claims -> docs/reproduction.md (resumable)
 #   make test | make bench | make lint | make install
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ PYTEST_ARGS ?=
 PATH_ARGS := $(if $(CKPT),--config.model.checkpoint=$(CKPT)) $(if $(DATA),--config.task.data_dir=$(DATA)) \
              $(if $(TOKENIZER),--config.tokenizer.path=$(TOKENIZER))
 
-.PHONY: install test test-fast train sweep eval bench bench-peers lint format lock clean
+.PHONY: install test test-fast train sweep eval reproduce bench bench-peers lint format lock clean
 
 install: $(STAMP)
 
@@ -43,6 +44,11 @@ sweep: $(STAMP)
 
 eval: $(STAMP)
 	$(PY) -m bon_jax.cli.train --config=experiments/$(EXP).py --only=eval $(PATH_ARGS) $(ARGS)
+
+# Runs the missing runs of experiments/reproduce/settings.py, then writes docs/reproduction.md and
+# docs/figures/reproduce_claim*.png; rerun to resume (finished runs are kept). --profile=tiny: minutes.
+reproduce: $(STAMP)
+	$(PY) -m experiments.reproduce $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)
