@@ -51,8 +51,12 @@ def test_crossed_ci_covers_the_mean_over_new_seeds_and_prompts(seed_sd, prompt_s
     rng = np.random.default_rng(0)
     hits, sims = 0, 1500
     for _ in range(sims):
-        d = (0.5 + seed_sd * rng.normal(size=(3, 1)) + prompt_sd * rng.normal(size=(1, 64))
-             + noise_sd * rng.normal(size=(3, 64)))
+        d = (
+            0.5
+            + seed_sd * rng.normal(size=(3, 1))
+            + prompt_sd * rng.normal(size=(1, 64))
+            + noise_sd * rng.normal(size=(3, 64))
+        )
         e = stats.crossed_ci(d)
         hits += e.low <= 0.5 <= e.high
     assert 0.9 <= hits / sims <= 0.995, hits / sims
@@ -61,9 +65,17 @@ def test_crossed_ci_covers_the_mean_over_new_seeds_and_prompts(seed_sd, prompt_s
 def test_verdict_rule():
     E = lambda lo, hi: stats.Estimate((lo + hi) / 2, lo, hi, 3, 64, 10.0)  # noqa: E731
     R, N, I = stats.REPRODUCED, stats.NOT_REPRODUCED, stats.INCONCLUSIVE
-    assert [stats.verdict(E(*ci), ">") for ci in [(0.01, 0.2), (-0.2, -0.01), (-0.1, 0.1), (0.0, 0.1)]] == [R, N, I, I]
+    assert [stats.verdict(E(*ci), ">") for ci in [(0.01, 0.2), (-0.2, -0.01), (-0.1, 0.1), (0.0, 0.1)]] == [
+        R,
+        N,
+        I,
+        I,
+    ]
     assert [stats.verdict(E(*ci), "<") for ci in [(0.01, 0.2), (-0.2, -0.01), (-0.1, 0.1)]] == [N, R, I]
-    eq = [stats.verdict(E(*ci), "=", margin=0.05) for ci in [(-0.04, 0.04), (0.06, 0.1), (-0.2, -0.06), (0.0, 0.1)]]
+    eq = [
+        stats.verdict(E(*ci), "=", margin=0.05)
+        for ci in [(-0.04, 0.04), (0.06, 0.1), (-0.2, -0.06), (0.0, 0.1)]
+    ]
     assert eq == [R, N, N, I]
     assert stats.claim_verdict([R, R]) == R
     assert stats.claim_verdict([R, I]) == I
@@ -81,14 +93,32 @@ def test_run_list_is_deduplicated_and_named_by_its_settings():
     arith = [r for r in runs if r.family == "arith"]
     assert len(arith) == len(FULL.families["arith"].methods) * len(FULL.seeds)  # standard_rl once per seed
     assert {r.seed for r in runs} == {0, 1, 2}
-    assert {r.objective() for r in arith} >= {"bon_rl_v", "grpo", "bon_rl_s", "bon_rlbp", "bon_rlb",
-                                               "bon_rlb_printed", "pkpo", "sft", "bon_sft"}
+    assert {r.objective() for r in arith} >= {
+        "bon_rl_v",
+        "grpo",
+        "bon_rl_s",
+        "bon_rlbp",
+        "bon_rlb",
+        "bon_rlb_printed",
+        "pkpo",
+        "sft",
+        "bon_sft",
+    }
     one = runs_for(FULL, ["claim1", "claim2"])
     assert sorted({r.label for r in one}) == ["bon_rl_s", "bon_rl_v", "grpo", "standard_rl"]
     changed = dataclasses.replace(
-        FULL, families={**FULL.families, "arith": dataclasses.replace(
-            FULL.families["arith"], methods={**FULL.families["arith"].methods,
-                                             "grpo": {"rl.objective": "grpo", "rl.n": 1, "rl.lr": 3e-4}})})
+        FULL,
+        families={
+            **FULL.families,
+            "arith": dataclasses.replace(
+                FULL.families["arith"],
+                methods={
+                    **FULL.families["arith"].methods,
+                    "grpo": {"rl.objective": "grpo", "rl.n": 1, "rl.lr": 3e-4},
+                },
+            ),
+        },
+    )
     assert method_run(changed, "arith", "grpo", 0).run_id != method_run(FULL, "arith", "grpo", 0).run_id
     with pytest.raises(KeyError, match="unknown claims"):
         runs_for(FULL, ["claim10"])
@@ -108,8 +138,12 @@ def _fake_per_prompt(run, rng, prompts=12):
     points move along a reward-vs-KL line."""
     o = dict(run.overrides)
     ks = (1, 2, 4)
-    base = {"mean_reward": rng.uniform(0, 1, prompts).tolist(), "kl": [0.0] * prompts,
-            "neg_logp": rng.uniform(5, 6, prompts).tolist(), "distinct_answers": rng.integers(1, 4, prompts).tolist()}
+    base = {
+        "mean_reward": rng.uniform(0, 1, prompts).tolist(),
+        "kl": [0.0] * prompts,
+        "neg_logp": rng.uniform(5, 6, prompts).tolist(),
+        "distinct_answers": rng.integers(1, 4, prompts).tolist(),
+    }
     for k in ks:
         base[f"bon_at_{k}"] = (0.2 + 0.05 * k + rng.normal(0, 0.02, prompts)).tolist()
         base[f"pass_at_{k}"] = (0.3 + 0.1 * k + rng.normal(0, 0.02, prompts)).tolist()
@@ -148,13 +182,22 @@ def test_analysis_and_report_on_synthetic_runs(tmp_path):
     assert by_id["claim9"].rows and by_id["claim7"].extra["on_front"]
     runs_json = runner.log_path(root, "tiny")
     os.makedirs(os.path.dirname(runs_json), exist_ok=True)
-    log = {method_run(TINY, "arith", "bon_rl_v", 0).run_id: {"wall_s": 7200.0, "status": "done"},
-           "arith/old-123/seed0": {"wall_s": 60.0, "status": "done", "overrides": {"rl.lr": 0.1}}}
+    log = {
+        method_run(TINY, "arith", "bon_rl_v", 0).run_id: {"wall_s": 7200.0, "status": "done"},
+        "arith/old-123/seed0": {"wall_s": 60.0, "status": "done", "overrides": {"rl.lr": 0.1}},
+    }
     fig_dir = str(tmp_path / "figures")
     for r in results:
         figures.plot_claim(r, os.path.join(fig_dir, f"reproduce_{r.claim.id}.png"))
-    doc = writer.write(results, profile=TINY, log=log, root=root, doc_path=str(tmp_path / "reproduction.md"),
-                       figure_dir=fig_dir, command="make reproduce")
+    doc = writer.write(
+        results,
+        profile=TINY,
+        log=log,
+        root=root,
+        doc_path=str(tmp_path / "reproduction.md"),
+        figure_dir=fig_dir,
+        command="make reproduce",
+    )
     text = open(doc).read()
     for i in range(1, 10):
         assert f"## claim{i}" in text and f"figures/reproduce_claim{i}.png" in text
@@ -162,6 +205,8 @@ def test_analysis_and_report_on_synthetic_runs(tmp_path):
     assert "**2.02 h**" in text  # 7200 s + 60 s
     assert "arith/old-123/seed0" in text and "lr=0.1" in text  # a run tried under old settings is listed
     assert "Verdict rule" in text
+    tries = text.split("## claim4")[1].split("## claim5")[0]
+    assert "Validation tries (seed 0" in tries and "`arith/sft~try0-" in tries and "lr=0.003" in tries
 
 
 def test_runner_skips_finished_runs_records_wall_time_and_keeps_interrupted_ones(tmp_path):
@@ -195,11 +240,11 @@ def test_runner_skips_finished_runs_records_wall_time_and_keeps_interrupted_ones
 def test_tiny_profile_end_to_end(tmp_path):
     """The real pipeline for one claim at one seed (the tiny profile's full run is `make reproduce
     ARGS=--profile=tiny`, minutes): runs, then a rerun that finds them finished, the report and figure."""
+    import experiments.reproduce.settings as settings
     from experiments.reproduce.__main__ import main
 
-    import experiments.reproduce.settings as settings
-
-    one_seed = dataclasses.replace(TINY, seeds=(0,))
+    arith = dataclasses.replace(TINY.families["arith"], tuning={})  # the synthetic test covers the tries
+    one_seed = dataclasses.replace(TINY, seeds=(0,), families={**TINY.families, "arith": arith})
     orig = settings.PROFILES["tiny"]
     settings.PROFILES["tiny"] = one_seed
     try:

@@ -20,7 +20,9 @@ import sys
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="full", choices=("full", "tiny"))
-    p.add_argument("--only", default="", help="comma-separated claims, e.g. claim1,claim7 (default: all nine)")
+    p.add_argument(
+        "--only", default="", help="comma-separated claims, e.g. claim1,claim7 (default: all nine)"
+    )
     p.add_argument("--workdir", default="runs/reproduce")
     p.add_argument("--list", action="store_true", help="print the runs and exit")
     p.add_argument("--no-run", action="store_true", help="write the report from the finished runs only")
@@ -32,7 +34,6 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     from bon_jax.cli import run_reporting_errors
-
     from experiments.reproduce import analysis, figures, runner, writer
     from experiments.reproduce.claims import CLAIMS
     from experiments.reproduce.runs import runs_for
@@ -47,10 +48,14 @@ def main(argv=None) -> int:
     runs = runs_for(profile, claim_ids)
     if args.list:
         for run in runs:
-            print(f"{'done ' if run.finished(args.workdir) else 'to do'}  {run.run_id}  {dict(run.overrides)}")
+            print(
+                f"{'done ' if run.finished(args.workdir) else 'to do'}  {run.run_id}  {dict(run.overrides)}"
+            )
         return 0
     here = os.path.join(args.workdir, profile.name)
-    doc = args.doc or ("docs/reproduction.md" if profile.name == "full" else os.path.join(here, "reproduction.md"))
+    doc = args.doc or (
+        "docs/reproduction.md" if profile.name == "full" else os.path.join(here, "reproduction.md")
+    )
     fig_dir = args.figures or ("docs/figures" if profile.name == "full" else os.path.join(here, "figures"))
     if not args.no_run:
         run_reporting_errors(lambda: runner.run_all(runs, args.workdir))
@@ -58,8 +63,15 @@ def main(argv=None) -> int:
     for r in results:
         figures.plot_claim(r, os.path.join(fig_dir, f"reproduce_{r.claim.id}.png"))
     command = "make reproduce" + (f' ARGS="--profile={profile.name}"' if profile.name != "full" else "")
-    path = writer.write(results, profile=profile, log=runner.read_log(args.workdir, profile.name),
-                        root=args.workdir, doc_path=doc, figure_dir=fig_dir, command=command)
+    path = writer.write(
+        results,
+        profile=profile,
+        log=runner.read_log(args.workdir, profile.name),
+        root=args.workdir,
+        doc_path=doc,
+        figure_dir=fig_dir,
+        command=command,
+    )
     for r in results:
         print(f"[reproduce] {r.claim.id}: {r.verdict}")
     print(f"[reproduce] wrote {path}")

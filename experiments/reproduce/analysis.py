@@ -27,10 +27,9 @@ import numpy as np
 
 from bon_jax.bon import kl_bon_upper_bound
 from bon_jax.pipeline.sweep import pareto_front
-
 from experiments.reproduce import stats
 from experiments.reproduce.claims import CLAIMS, Claim, Comparison
-from experiments.reproduce.runs import Run, claim_methods, method_run
+from experiments.reproduce.runs import Run, claim_methods, method_run, tuning_runs
 
 
 @dataclasses.dataclass
@@ -49,6 +48,7 @@ class ClaimResult:
     levels: dict  # method label -> {metric label: Estimate}
     extra: dict  # claim-specific (curves, Pareto counts)
     verdict: str
+    tuning: list = dataclasses.field(default_factory=list)  # [(Run, {metric: Estimate})] validation tries
 
 
 def load_runs(runs: list[Run], root: str) -> dict:
@@ -76,8 +76,12 @@ def _values(data, family, who, seed, metric):
 
 
 def max_k(data, family, family_name: str = "bon_at_") -> int | None:
-    ks = [int(m[len(family_name):]) for pp in _family_dicts(data, family) for m in pp if m.startswith(family_name)
-          and m[len(family_name):].isdigit()]
+    ks = [
+        int(m[len(family_name) :])
+        for pp in _family_dicts(data, family)
+        for m in pp
+        if m.startswith(family_name) and m[len(family_name) :].isdigit()
+    ]
     return max(ks) if ks else None
 
 
@@ -94,12 +98,20 @@ def metric_name(metric: str, data, family) -> str:
 
 
 def pretty(metric: str) -> str:
-    for prefix, label in (("bon_kl_at_", "KL(BoN@{})"), ("bon_at_", "BoN@{}"), ("pass_at_", "pass@{}"),
-                          ("maj_at_", "maj@{}")):
+    for prefix, label in (
+        ("bon_kl_at_", "KL(BoN@{})"),
+        ("bon_at_", "BoN@{}"),
+        ("pass_at_", "pass@{}"),
+        ("maj_at_", "maj@{}"),
+    ):
         if metric.startswith(prefix):
-            return label.format(metric[len(prefix):])
-    return {"neg_logp": "entropy (mean -log pi(y))", "distinct_answers": "distinct answers",
-            "mean_reward": "mean reward", "kl": "KL(pi || pi_ref)"}.get(metric, metric)
+            return label.format(metric[len(prefix) :])
+    return {
+        "neg_logp": "entropy (mean -log pi(y))",
+        "distinct_answers": "distinct answers",
+        "mean_reward": "mean reward",
+        "kl": "KL(pi || pi_ref)",
+    }.get(metric, metric)
 
 
 def paired(data, family, seeds, metric, a, b) -> stats.Estimate | None:
@@ -136,16 +148,24 @@ def analyse_paired(claim, profile, data, runs) -> ClaimResult:
     fam = "pass_at_" if any(c.metric.startswith("pass_at") for c in claim.comparisons(profile)) else "bon_at_"
     kmax = max_k(data, family, fam)
     if kmax:
-        ks = sorted({int(m[len(fam):]) for d in _family_dicts(data, family) for m in d
-                     if m.startswith(fam) and m[len(fam):].isdigit()})
+        ks = sorted(
+            {
+                int(m[len(fam) :])
+                for d in _family_dicts(data, family)
+                for m in d
+                if m.startswith(fam) and m[len(fam) :].isdigit()
+            }
+        )
         for who in ["base", *claim.methods(profile)]:
             curves[who] = [(k, level(data, family, seeds, f"{fam}{k}", who)) for k in ks]
     extra = {"curve_metric": fam, "curves": curves}
     if claim.id == "claim6":
         methods = profile.families["arith"].methods
         kname = metric_name("bon_at_max", data, family)
-        extra["n_sweep"] = [(methods[label].get("rl.n", 1), label, level(data, family, seeds, kname, label))
-                            for label in claim.methods(profile)]
+        extra["n_sweep"] = [
+            (methods[label].get("rl.n", 1), label, level(data, family, seeds, kname, label))
+            for label in claim.methods(profile)
+        ]
     return _result(claim, runs, rows, levels, extra)
 
 
@@ -159,7 +179,7 @@ def _result(claim, runs, rows, levels, extra):
 
 def bon_curve(base: dict) -> tuple[np.ndarray, np.ndarray, bool]:
     """(KL per k, BoN@k per [k, prompt], measured?) of one seed's base evaluation, k ascending."""
-    ks = sorted(int(m[len("bon_at_"):]) for m in base if m.startswith("bon_at_") and m[7:].isdigit())
+    ks = sorted(int(m[len("bon_at_") :]) for m in base if m.startswith("bon_at_") and m[7:].isdigit())
     measured = all(f"bon_kl_at_{k}" in base for k in ks)
     kl = np.array([np.mean(base[f"bon_kl_at_{k}"]) if measured else kl_bon_upper_bound(k) for k in ks])
     return np.maximum.accumulate(kl), np.array([base[f"bon_at_{k}"] for k in ks], np.float64), measured
@@ -175,9 +195,14 @@ def point_gap(tuned: dict, curve) -> np.ndarray:
 
 
 def _group_gap(data, profile, seed, objective, curve):
-    labels = [lbl for lbl, o in profile.families["sentiment"].methods.items() if o.get("rl.objective") == objective]
-    gaps = [point_gap(data[("sentiment", lbl, seed)]["tuned"], curve) for lbl in labels
-            if ("sentiment", lbl, seed) in data and data[("sentiment", lbl, seed)].get("tuned")]
+    labels = [
+        lbl for lbl, o in profile.families["sentiment"].methods.items() if o.get("rl.objective") == objective
+    ]
+    gaps = [
+        point_gap(data[("sentiment", lbl, seed)]["tuned"], curve)
+        for lbl in labels
+        if ("sentiment", lbl, seed) in data and data[("sentiment", lbl, seed)].get("tuned")
+    ]
     return np.mean(gaps, axis=0) if gaps else None
 
 
@@ -196,8 +221,11 @@ def analyse_frontier(claim, profile, data, runs) -> ClaimResult:
         rows.append(_row(comp, est, f"gap to BoN curve: {comp.a} - {comp.b}", profile.equivalence_margin))
     levels, points = {}, {}
     for label in claim.methods(profile):
-        runs_s = [(s, data[("sentiment", label, s)]["tuned"]) for s in curves
-                  if data.get(("sentiment", label, s), {}).get("tuned")]
+        runs_s = [
+            (s, data[("sentiment", label, s)]["tuned"])
+            for s in curves
+            if data.get(("sentiment", label, s), {}).get("tuned")
+        ]
         if not runs_s:
             levels[label] = {}
             continue
@@ -210,8 +238,11 @@ def analyse_frontier(claim, profile, data, runs) -> ClaimResult:
     on_front: dict[str, list[int]] = {}
     all_labels = list(methods)
     for s in curves:
-        pts = [(lbl, float(np.mean(d["tuned"]["kl"])), float(np.mean(d["tuned"]["mean_reward"])))
-               for lbl in all_labels if (d := data.get(("sentiment", lbl, s))) and d.get("tuned")]
+        pts = [
+            (lbl, float(np.mean(d["tuned"]["kl"])), float(np.mean(d["tuned"]["mean_reward"])))
+            for lbl in all_labels
+            if (d := data.get(("sentiment", lbl, s))) and d.get("tuned")
+        ]
         front = set(pareto_front([(kl, r) for _, kl, r in pts]))
         for i, (lbl, _, _) in enumerate(pts):
             counts = on_front.setdefault(methods[lbl].get("rl.objective"), [0, 0])
@@ -220,7 +251,9 @@ def analyse_frontier(claim, profile, data, runs) -> ClaimResult:
     bon = {}
     if curves:
         kls = np.mean([c[0] for c in curves.values()], axis=0)
-        bon_rewards = [stats.crossed_ci(np.stack([c[1][j] for c in curves.values()])) for j in range(len(kls))]
+        bon_rewards = [
+            stats.crossed_ci(np.stack([c[1][j] for c in curves.values()])) for j in range(len(kls))
+        ]
         bon = {"kl": kls.tolist(), "reward": bon_rewards, "measured": all(c[2] for c in curves.values())}
     extra = {"points": points, "on_front": on_front, "bon": bon}
     return _result(claim, runs, rows, levels, extra)
@@ -235,18 +268,44 @@ def analyse_bon_kl(claim, profile, data, runs) -> ClaimResult:
     rows, curve = [], []
     if bases:
         first = next(iter(bases.values()))
-        ks = sorted(int(m[len("bon_kl_at_"):]) for m in first if m.startswith("bon_kl_at_"))
+        ks = sorted(int(m[len("bon_kl_at_") :]) for m in first if m.startswith("bon_kl_at_"))
         m = max_k(data, "sentiment", "bon_at_")  # the largest k evaluated: eval.m in the experiments
         for k in [k for k in ks if k >= 2]:
             measured = stats.crossed_ci(np.stack([np.asarray(b[f"bon_kl_at_{k}"]) for b in bases.values()]))
             bound = kl_bon_upper_bound(k)
-            diff = stats.crossed_ci(np.stack([np.asarray(b[f"bon_kl_at_{k}"]) - bound for b in bases.values()]))
+            diff = stats.crossed_ci(
+                np.stack([np.asarray(b[f"bon_kl_at_{k}"]) - bound for b in bases.values()])
+            )
             direction = "<" if m and k <= m / 4 else None
             comp = Comparison(f"bon_kl_at_{k}", "measured", "bound", direction)
             rows.append(_row(comp, diff, f"KL(BoN@{k}) measured - bound", profile.equivalence_margin))
             curve.append((k, measured, bound))
     levels = {}
     return _result(claim, runs, rows, levels, {"kl_curve": curve})
+
+
+TUNING_METRICS = ("bon_at_max", "pass_at_max", "pass_at_1", "mean_reward", "kl")
+
+
+def tuning_table(profile, claim, root) -> list[tuple[Run, dict]]:
+    """Per validation try of the claim's methods: tuned - base on the validation prompts (one seed)."""
+    out = []
+    for family, label in claim_methods(profile, claim.id):
+        for run in tuning_runs(profile, family, label):
+            if not run.finished(root):
+                out.append((run, {}))
+                continue
+            with open(os.path.join(run.workdir(root), "per_prompt.json")) as f:
+                pp = json.load(f)
+            data = {(family, "try", run.seed): pp}
+            diffs = {}
+            for metric in TUNING_METRICS:
+                name = metric_name(metric, data, family)
+                est = paired(data, family, (run.seed,), name, "try", "base")
+                if est is not None:
+                    diffs[pretty(name)] = est
+            out.append((run, diffs))
+    return out
 
 
 ANALYSES = {"paired": analyse_paired, "frontier": analyse_frontier, "bon_kl": analyse_bon_kl}
@@ -256,13 +315,23 @@ def analyse(profile, claim_ids, root) -> list[ClaimResult]:
     out = []
     for cid in claim_ids:
         claim = CLAIMS[cid]
-        runs = [method_run(profile, fam, label, s) for s in profile.seeds for fam, label in claim_methods(profile, cid)]
+        runs = [
+            method_run(profile, fam, label, s)
+            for s in profile.seeds
+            for fam, label in claim_methods(profile, cid)
+        ]
         data = load_runs(_family_runs(profile, claim.family), root)
         status = [(r, r.finished(root)) for r in runs]
-        out.append(ANALYSES[claim.kind](claim, profile, data, status))
+        result = ANALYSES[claim.kind](claim, profile, data, status)
+        result.tuning = tuning_table(profile, claim, root)
+        out.append(result)
     return out
 
 
 def _family_runs(profile, family) -> list[Run]:
     """Every run of the family under this profile (claims share the base evaluations and the sweep)."""
-    return [method_run(profile, family, label, s) for s in profile.seeds for label in profile.families[family].methods]
+    return [
+        method_run(profile, family, label, s)
+        for s in profile.seeds
+        for label in profile.families[family].methods
+    ]

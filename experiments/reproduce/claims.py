@@ -60,9 +60,7 @@ def _sentiment_all(profile):
 
 
 def _sentiment_groups(*objectives):
-    return lambda profile: [
-        label for obj in objectives for label in _by_objective(profile, "sentiment", obj)
-    ]
+    return lambda profile: [label for obj in objectives for label in _by_objective(profile, "sentiment", obj)]
 
 
 CLAIMS = {

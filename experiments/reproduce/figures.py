@@ -42,8 +42,14 @@ def _diversity(ax, result):
             if e is None:
                 continue
             scale = max(abs(result.levels["base"][m].mean), 1e-9) if result.levels["base"].get(m) else 1.0
-            ax.bar(j + i * width, e.mean / scale, width, yerr=[[(e.mean - e.low) / scale], [(e.high - e.mean) / scale]],
-                   label=who if j == 0 else None, color=f"C{i}")
+            ax.bar(
+                j + i * width,
+                e.mean / scale,
+                width,
+                yerr=[[(e.mean - e.low) / scale], [(e.high - e.mean) / scale]],
+                label=who if j == 0 else None,
+                color=f"C{i}",
+            )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, fontsize=7)
     ax.set_ylabel("relative to the base policy")
 
@@ -64,15 +70,27 @@ def _n_sweep(ax, result):
 def _frontier(ax, result):
     bon = result.extra["bon"]
     if bon:
-        _band(ax, bon["kl"], bon["reward"], "BoN sampling" + (" (measured KL)" if bon["measured"] else " (KL bound)"),
-              color="black")
+        _band(
+            ax,
+            bon["kl"],
+            bon["reward"],
+            "BoN sampling" + (" (measured KL)" if bon["measured"] else " (KL bound)"),
+            color="black",
+        )
     objectives = sorted({o for o, _, _ in result.extra["points"].values()})
     for i, obj in enumerate(objectives):
         sel = [(r, k) for o, r, k in result.extra["points"].values() if o == obj]
-        ax.errorbar([k.mean for _, k in sel], [r.mean for r, _ in sel],
-                    xerr=[[k.mean - k.low for _, k in sel], [k.high - k.mean for _, k in sel]],
-                    yerr=[[r.mean - r.low for r, _ in sel], [r.high - r.mean for r, _ in sel]],
-                    fmt="o", ms=4, color=f"C{i}", label=obj, capsize=2)
+        ax.errorbar(
+            [k.mean for _, k in sel],
+            [r.mean for r, _ in sel],
+            xerr=[[k.mean - k.low for _, k in sel], [k.high - k.mean for _, k in sel]],
+            yerr=[[r.mean - r.low for r, _ in sel], [r.high - r.mean for r, _ in sel]],
+            fmt="o",
+            ms=4,
+            color=f"C{i}",
+            label=obj,
+            capsize=2,
+        )
     ax.set_xlabel("KL(pi || pi_ref)")
     ax.set_ylabel("mean reward")
 

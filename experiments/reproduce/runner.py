@@ -16,7 +16,6 @@ import time
 
 from bon_jax.config import load_experiment, validate
 from bon_jax.pipeline.sweep import point_config
-
 from experiments.reproduce.runs import Run
 
 
@@ -66,8 +65,17 @@ def run_all(runs: list[Run], root: str, *, run_fn=None) -> dict:
     todo = [(r, c) for r, c in configs if not r.finished(root)]
     print(f"[reproduce] {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
     for i, (run, c) in enumerate(todo):
-        entry = log.setdefault(run.run_id, {"label": run.label, "family": run.family, "seed": run.seed,
-                                            "overrides": dict(run.overrides), "wall_s": 0.0, "status": "started"})
+        entry = log.setdefault(
+            run.run_id,
+            {
+                "label": run.label,
+                "family": run.family,
+                "seed": run.seed,
+                "overrides": dict(run.overrides),
+                "wall_s": 0.0,
+                "status": "started",
+            },
+        )
         print(f"[reproduce] ({i + 1}/{len(todo)}) {run.run_id}")
         t0 = time.time()
         try:

@@ -21,7 +21,6 @@ import dataclasses
 import os
 
 from bon_jax.pipeline.stage_cache import config_key
-
 from experiments.reproduce.claims import CLAIMS
 from experiments.reproduce.settings import Profile
 
@@ -34,6 +33,7 @@ class Run:
     label: str  # the method label of settings.py
     overrides: tuple  # ((dotted key, value), ...): family's then method's
     seed: int
+    tuning: bool = False  # a try on validation prompts (settings.Family.tuning), not a final run
 
     @property
     def settings_key(self) -> str:
@@ -44,8 +44,9 @@ class Run:
         return f"{self.family}/{self.label}-{self.settings_key}/seed{self.seed}"
 
     def workdir(self, root: str) -> str:
-        return os.path.join(root, self.profile, self.family, "runs", f"{self.label}-{self.settings_key}",
-                            f"seed{self.seed}")
+        return os.path.join(
+            root, self.profile, self.family, "runs", f"{self.label}-{self.settings_key}", f"seed{self.seed}"
+        )
 
     def cache_root(self, root: str) -> str:
         return os.path.join(root, self.profile, self.family, "stages")
@@ -63,9 +64,31 @@ class Run:
 def method_run(profile: Profile, family: str, label: str, seed: int) -> Run:
     fam = profile.families[family]
     if label not in fam.methods:
-        raise KeyError(f"profile {profile.name!r} has no {family} method {label!r}; known: {sorted(fam.methods)}")
+        raise KeyError(
+            f"profile {profile.name!r} has no {family} method {label!r}; known: {sorted(fam.methods)}"
+        )
     overrides = {**fam.overrides, **fam.methods[label]}
     return Run(profile.name, family, fam.experiment, label, tuple(sorted(overrides.items())), seed)
+
+
+def tuning_runs(profile: Profile, family: str, label: str) -> list[Run]:
+    """The method's validation tries (settings.Family.tuning), at the profile's first seed."""
+    fam = profile.families[family]
+    out = []
+    for i, extra in enumerate(fam.tuning.get(label, [])):
+        overrides = {**fam.overrides, **fam.methods[label], **extra, "eval.split": "validation"}
+        out.append(
+            Run(
+                profile.name,
+                family,
+                fam.experiment,
+                f"{label}~try{i}",
+                tuple(sorted(overrides.items())),
+                profile.seeds[0],
+                tuning=True,
+            )
+        )
+    return out
 
 
 def claim_methods(profile: Profile, claim_id: str) -> list[tuple[str, str]]:
@@ -75,12 +98,19 @@ def claim_methods(profile: Profile, claim_id: str) -> list[tuple[str, str]]:
 
 
 def runs_for(profile: Profile, claim_ids: list[str] | None = None) -> list[Run]:
-    """Every run the claims need (all claims when None), each once, in claim order then seed order."""
+    """Every run the claims need (all claims when None), each once: the validation tries first, then the
+    final runs seed by seed, claim by claim."""
     ids = list(CLAIMS) if claim_ids is None else claim_ids
     unknown = [c for c in ids if c not in CLAIMS]
     if unknown:
         raise KeyError(f"unknown claims {unknown}; known: {', '.join(CLAIMS)}")
     seen, out = set(), []
+    for cid in ids:
+        for family, label in claim_methods(profile, cid):
+            for run in tuning_runs(profile, family, label):
+                if run.run_id not in seen:
+                    seen.add(run.run_id)
+                    out.append(run)
     for seed in profile.seeds:  # seed-major: a stopped reproduction has whole seeds, not one method's seeds
         for cid in ids:
             for family, label in claim_methods(profile, cid):

@@ -30,6 +30,10 @@ class Family:
     experiment: str  # experiments/<experiment>.py
     overrides: dict  # dotted config key -> value, for every run of the family
     methods: dict  # method label -> overrides (dotted keys) on top of the family's
+    # method label -> [overrides to try on top of the method's], run on validation prompts at the first
+    # seed before the final runs and listed in docs/reproduction.md with their validation numbers; the
+    # chosen values are then entered in `methods`. Give every method of a claim the same number of tries.
+    tuning: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +87,17 @@ ARITH_METHODS = {
     "bon_rl_v_n4": {"rl.objective": "bon_rl_v", "rl.n": 4},
     "bon_rl_v_n16": {"rl.objective": "bon_rl_v", "rl.n": 16},
 }
+# Tuning tries on validation prompts, e.g. {"bon_rl_v": [{"rl.lr": 3e-5}, {"rl.lr": 3e-4}], ...}.
+ARITH_TUNING: dict = {}
 SENTIMENT_BUDGET = {"eval.split": "test"}
+SENTIMENT_TUNING: dict = {}
 FULL = Profile(
     name="full",
     seeds=(0, 1, 2),
     families={
-        "arith": Family("arith_bo32", ARITH_BUDGET, ARITH_METHODS),
+        "arith": Family("arith_bo32", ARITH_BUDGET, ARITH_METHODS, ARITH_TUNING),
         # vbon / vbon_bound over N, kl_rl over beta, bon_distill_sft over N: the sweep's points, by name
-        "sentiment": Family("sentiment_vbon", SENTIMENT_BUDGET, _sentiment_sweep("full")),
+        "sentiment": Family("sentiment_vbon", SENTIMENT_BUDGET, _sentiment_sweep("full"), SENTIMENT_TUNING),
     },
 )
 # ============================================================================================================
@@ -158,7 +165,8 @@ TINY = Profile(
     name="tiny",
     seeds=(0, 1),
     families={
-        "arith": Family("smoke", _TINY_ARITH_FAMILY, _TINY_ARITH),
+        # one validation try, so the tuning path runs too
+        "arith": Family("smoke", _TINY_ARITH_FAMILY, _TINY_ARITH, {"sft": [{"rl.lr": 3e-3}]}),
         "sentiment": Family("sentiment_vbon", _TINY_SENTIMENT_FAMILY, _TINY_SENTIMENT),
     },
 )

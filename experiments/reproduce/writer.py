@@ -33,8 +33,10 @@ def _comparison_table(result) -> list[str]:
     for row in result.rows:
         e = row.estimate
         shape = f"{e.seeds} x {e.prompts}" if e else "no data"
-        lines.append(f"| {row.label} | {row.comparison.direction or '(reported)'} | {_fmt(e)} | {shape} | "
-                     f"{row.verdict or '-'} |")
+        lines.append(
+            f"| {row.label} | {row.comparison.direction or '(reported)'} | {_fmt(e)} | {shape} | "
+            f"{row.verdict or '-'} |"
+        )
     return lines
 
 
@@ -52,8 +54,13 @@ def _extra(result) -> list[str]:
     lines = []
     front = result.extra.get("on_front")
     if front:
-        lines += ["", "Points on the Pareto front (per seed, over every point of the sweep), summed over seeds:", "",
-                  "| objective | on the front | points |", "|---|---|---|"]
+        lines += [
+            "",
+            "Points on the Pareto front (per seed, over every point of the sweep), summed over seeds:",
+            "",
+            "| objective | on the front | points |",
+            "|---|---|---|",
+        ]
         lines += [f"| {obj} | {on} | {n} |" for obj, (on, n) in sorted(front.items())]
     curve = result.extra.get("kl_curve")
     if curve:
@@ -66,10 +73,11 @@ def _runs(result, log: dict, root: str) -> list[str]:
     lines = ["| run | settings | wall s | status |", "|---|---|---|---|"]
     for run, finished in result.runs:
         entry = log.get(run.run_id, {})
-        method = {k: v for k, v in dict(run.overrides).items()
-                  if k in result_settings(run)}
-        lines.append(f"| `{run.run_id}` | {_settings(method)} | {entry.get('wall_s', 0):.0f} | "
-                     f"{'done' if finished else entry.get('status', 'not run')} |")
+        method = {k: v for k, v in dict(run.overrides).items() if k in result_settings(run)}
+        lines.append(
+            f"| `{run.run_id}` | {_settings(method)} | {entry.get('wall_s', 0):.0f} | "
+            f"{'done' if finished else entry.get('status', 'not run')} |"
+        )
     return lines
 
 
@@ -80,6 +88,26 @@ def result_settings(run) -> set:
 
 def _settings(d: dict) -> str:
     return ", ".join(f"{k.removeprefix('rl.')}={v}" for k, v in sorted(d.items()))
+
+
+def _tuning(result, log: dict) -> list[str]:
+    if not result.tuning:
+        return []
+    metrics = list(dict.fromkeys(m for _, diffs in result.tuning for m in diffs))
+    lines = [
+        "",
+        f"Validation tries (seed {result.tuning[0][0].seed}; tuned - base on validation prompts, 95% CI over "
+        "prompts):",
+        "",
+        "| try | settings | " + " | ".join(metrics) + " | wall s |",
+        "|---|---|" + "---|" * len(metrics) + "---|",
+    ]
+    for run, diffs in result.tuning:
+        cells = " | ".join(_fmt(diffs.get(m)) for m in metrics)
+        wall = log.get(run.run_id, {}).get("wall_s", 0)
+        settings = _settings({k: v for k, v in run.overrides if k.startswith("rl.")})
+        lines.append(f"| `{run.run_id}` | {settings} | {cells} | {wall:.0f} |")
+    return lines
 
 
 def write(results, *, profile, log: dict, root: str, doc_path: str, figure_dir: str, command: str) -> str:
@@ -115,6 +143,7 @@ def write(results, *, profile, log: dict, root: str, doc_path: str, figure_dir: 
             "",
             *_level_table(r),
             *_extra(r),
+            *_tuning(r, log),
             "",
             f"![{r.claim.id}]({rel})",
             "",
@@ -122,12 +151,25 @@ def write(results, *, profile, log: dict, root: str, doc_path: str, figure_dir: 
             "",
             *_runs(r, log, root),
         ]
-    tried = [rid for rid in log if not any(rid == run.run_id for r in results for run, _ in r.runs)]
+    listed = {run.run_id for r in results for run, _ in r.runs} | {
+        run.run_id for r in results for run, _ in r.tuning
+    }
+    tried = [rid for rid in log if rid not in listed]
     if tried:
-        lines += ["", "## Other runs tried", "", "Runs in runs.json that the current settings no longer use:", "",
-                  "| run | settings | wall s | status |", "|---|---|---|---|"]
-        lines += [f"| `{rid}` | {_settings({k: v for k, v in log[rid].get('overrides', {}).items() if k.startswith('rl.')})}"
-                  f" | {log[rid].get('wall_s', 0):.0f} | {log[rid].get('status')} |" for rid in tried]
+        lines += [
+            "",
+            "## Other runs tried",
+            "",
+            "Runs in runs.json that the current settings no longer use:",
+            "",
+            "| run | settings | wall s | status |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{rid}` | {_settings({k: v for k, v in log[rid].get('overrides', {}).items() if k.startswith('rl.')})}"
+            f" | {log[rid].get('wall_s', 0):.0f} | {log[rid].get('status')} |"
+            for rid in tried
+        ]
     os.makedirs(os.path.dirname(os.path.abspath(doc_path)), exist_ok=True)
     with open(doc_path, "w") as f:
         f.write("\n".join(lines) + "\n")
