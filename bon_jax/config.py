@@ -117,6 +117,11 @@ def base_config() -> ConfigDict:
     c.rl.top_k = 0
     c.rl.top_p = 1.0
     c.rl.max_new_tokens = 96
+    # Dynamic sampling: up to this many extra rounds per step of drawing the next B prompts when fewer than
+    # B of those drawn have M rewards that are not all equal (an all-right or all-wrong group carries no
+    # signal; docs/objectives.md, "Dynamic sampling"). The batch keeps B prompts, informative ones first.
+    # 0: off (each step trains on the next B prompts as drawn).
+    c.rl.dynamic_sampling = 0
     # K samples of pi_ref per training prompt for the reward CDFs of vbon / vbon_bound / bond, drawn once per
     # prompt and cached; at least `objectives.variational.min_ref_samples(rl.n)` (checked); 0: not needed.
     c.rl.ref_samples = 0
@@ -289,6 +294,18 @@ def check_values(c: ConfigDict) -> None:
     _require(c.rl.top_k >= 0, "rl.top_k", "must be >= 0 (0 disables top-k)")
     _require(c.rl.beta >= 0, "rl.beta", "KL coefficient must be >= 0")
     _require(0 <= c.rl.anchor_ema < 1, "rl.anchor_ema", "EMA rate must be in [0, 1)")
+    ds = c.rl.dynamic_sampling
+    _require(
+        isinstance(ds, int) and not isinstance(ds, bool) and ds >= 0,
+        "rl.dynamic_sampling",
+        f"extra draw rounds per step must be an integer >= 0 (0: off), got {ds!r}",
+    )
+    _require(
+        ds == 0 or c.rl.m >= 2,
+        "rl.dynamic_sampling",
+        f"needs rl.m >= 2 samples per prompt (got {c.rl.m}): one sample's rewards are always all equal, so "
+        "no prompt would count as informative",
+    )
     check_objective_needs(c)
     _require(c.rl.max_new_tokens >= 1, "rl.max_new_tokens", "must be >= 1")
     _require(

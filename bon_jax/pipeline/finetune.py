@@ -4,7 +4,9 @@ Per step t (all randomness from fold_in(stage key, t), prompts from a grain pipe
 checkpointed, so a restarted run repeats exactly the steps an uninterrupted one takes). What is built is
 what the objective's `ObjectiveSpec` declares (`objectives.spec(rl.objective)`, docs/objectives.md):
 
-    prompts_B            <- next batch of training prompts
+    prompts_B            <- next batch of training prompts; with rl.dynamic_sampling = k, up to k further
+                         batches are drawn and graded and the B kept are those whose M rewards differ
+                         (`dynamic_sampling.draw_informative`)
     y_BM ~ pi_theta      (sampler: prefill once, cache tiled M times); ~ pi_ref instead where the spec's
                          samples are the reference's (bon_distill_sft: SFT on Best-of-N samples of pi_ref)
     R_BM, s_BM           <- task.grade (text), verifier scores
@@ -33,6 +35,7 @@ import numpy as np
 from bon_jax import objectives, parallel
 from bon_jax.data.pipeline import PromptBatches
 from bon_jax.models.masks import valid_from_lengths
+from bon_jax.pipeline import dynamic_sampling
 from bon_jax.pipeline.context import RunContext
 from bon_jax.pipeline.policy import load_params, save_params
 from bon_jax.pipeline.rollouts import ReferenceSamples, bon_winners, draw_graded, make_sequence_logp
@@ -228,16 +231,14 @@ def finetune_stage(
         ref_key = ctx.rng("reference_samples")  # not step-dependent: a prompt's samples are fixed
 
     def batch_fn(step, state: RLState):
-        pb = next(data["it"])
-        ex_B = [examples[i] for i in pb["index_B"]]
         k_sample, k_bon, k_tie = jax.random.split(jax.random.fold_in(key, step), 3)
-        draw = lambda params, m, k: draw_graded(
+        draw_prompts = lambda pb, params, m, k: draw_graded(
             params,
             model_cfg,
             tokenizer,
             task,
             verifier,
-            ex_B,
+            [examples[i] for i in pb["index_B"]],
             pb["prompt_tokens_BT"],
             pb["prompt_lengths_B"],
             m,
@@ -249,11 +250,22 @@ def finetune_stage(
             prompt_ids_B=pb["index_B"],
         )
         # Whose samples the objective's rollout holds (bon_distill_sft: pi_ref's, Amini et al.'s baseline).
-        g = draw(base_params if spec.samples == "reference" else state.train.params, rl.m, k_sample)
+        policy = base_params if spec.samples == "reference" else state.train.params
+        # The step's prompts: the next batch, or with rl.dynamic_sampling the informative prompts of up to
+        # that many further batches (every field of the kept prompts' samples selected together).
+        pb, g, host = dynamic_sampling.draw_informative(
+            lambda: next(data["it"]),
+            lambda batch, k: draw_prompts(batch, policy, rl.m, k),
+            k_sample,
+            rounds=rl.dynamic_sampling,
+            pad_id=tokenizer.pad_id,
+        )
+        ex_B = [examples[i] for i in pb["index_B"]]
+        draw = lambda params, m, k: draw_prompts(pb, params, m, k)
         select_BM = g.rewards_BM if selection == "reward" else g.scores_BM
         args = (g.prompt_tokens_BT, g.prompt_lengths_B, g.tokens_BMT, g.lengths_BM)
         rollout = dict(rewards_BM=g.rewards_BM, scores_BM=g.scores_BM)
-        host = {
+        host |= {
             "sample/reward_mean": float(g.rewards_BM.mean()),
             "sample/score_mean": float(g.scores_BM.mean()),
             "sample/bon_reward_argmax_M": float(_bon_reward(select_BM, g.rewards_BM)),

@@ -1,0 +1,142 @@
+"""Dynamic sampling: fill the fine-tuning step's batch with prompts whose M rewards are not all equal.
+
+A prompt whose M samples all have the same reward (all right or all wrong) carries no signal about which
+samples to reinforce: its group-baselined weights are zero (RLOO `kl_rl`, `bon_rl`, `pkpo`, `vbon`, GRPO),
+or nonzero only through a baseline that does not depend on the rewards (docs/objectives.md, "Dynamic
+sampling"). With `rl.dynamic_sampling = k`, the step draws more prompts until B informative ones are held
+(DAPO's dynamic sampling, with a bounded number of rounds):
+
+    round 0:     prompts <- next batch of B;  g_0 <- draw(prompts, k_sample)          (the step as without it)
+    round r:     while fewer than B informative prompts are held and r <= k:
+                 prompts <- next batch of B;  g_r <- draw(prompts, fold_in(k_sample, r))
+    the batch:   the informative prompts in draw order, the first B of them; if fewer than B were found,
+                 completed with uninformative ones in draw order (round 0's first), so its shape stays [B, ...]
+
+"Informative" is decided by the ground-truth reward R, also for the objectives that pick their Best-of-N
+winner by the verifier's score (`bon_rl_v`, `bon_rl`): the criterion is the reward's spread, as in issue 15.
+Every round's key derives from the step's key and the round's index, and its prompts are the data
+iterator's next batches (whose state the training loop checkpoints after the step), so a resumed run draws
+exactly what an uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from bon_jax.pipeline.rollouts import GradedSamples
+
+
+def informative_B(rewards_BM) -> np.ndarray:
+    """[B] bool: the prompt's M rewards are not all equal (a group with one sample is never informative)."""
+    rewards_BM = np.asarray(rewards_BM)
+    return np.any(rewards_BM != rewards_BM[:, :1], axis=1)
+
+
+def take_rows(g: GradedSamples, rows_K) -> GradedSamples:
+    """The samples of the prompts `rows_K` (indices into B, in that order, repeats allowed): row k of every
+    field of the result is row rows_K[k] of the same field of `g`, arrays and lists of lists alike."""
+    rows_K = np.asarray(rows_K, np.int64).reshape(-1)
+    B = len(g.prompt_lengths_B)
+    if rows_K.size and not (0 <= rows_K.min() and rows_K.max() < B):
+        raise IndexError(f"rows {rows_K.tolist()} outside the {B} prompts of the samples")
+    out = {}
+    for f in dataclasses.fields(g):
+        value = getattr(g, f.name)
+        if len(value) != B:
+            raise ValueError(f"GradedSamples.{f.name} has {len(value)} rows, prompt_lengths_B has {B}")
+        out[f.name] = value[rows_K] if isinstance(value, np.ndarray) else [value[i] for i in rows_K]
+    return GradedSamples(**out)
+
+
+def concat_rows(parts: Sequence[GradedSamples], pad_id: int) -> GradedSamples:
+    """The prompts of all `parts`, one after another. Prompts are left-padded with `pad_id` to the widest
+    part's width (batches of other length buckets); every other field must have the same trailing shape."""
+    width = max(p.prompt_tokens_BT.shape[1] for p in parts)
+    out = {}
+    for f in dataclasses.fields(GradedSamples):
+        values = [getattr(p, f.name) for p in parts]
+        if f.name == "prompt_tokens_BT":
+            values = [np.pad(v, ((0, 0), (width - v.shape[1], 0)), constant_values=pad_id) for v in values]
+        if isinstance(values[0], np.ndarray):
+            shapes = {v.shape[1:] for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"GradedSamples.{f.name}: parts of trailing shapes {sorted(shapes)}")
+            out[f.name] = np.concatenate(values, axis=0)
+        else:
+            out[f.name] = [row for v in values for row in v]
+    return GradedSamples(**out)
+
+
+def batch_rows(informative_R: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+    """Indices into the concatenated rounds' prompts: the informative ones in draw order, the first
+    `batch_size` of them, completed if short with the uninformative ones in draw order."""
+    flags = np.concatenate([np.asarray(f, bool) for f in informative_R])
+    if len(flags) < batch_size:
+        raise ValueError(f"{len(flags)} prompts drawn, the batch needs {batch_size}")
+    yes, no = np.flatnonzero(flags), np.flatnonzero(~flags)
+    return np.concatenate([yes, no])[:batch_size] if len(yes) < batch_size else yes[:batch_size]
+
+
+def _any_process(flag: bool) -> bool:
+    """True if `flag` holds on any process: every process then takes the same number of rounds (the
+    sampler's collectives must stay in lockstep)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def draw_informative(
+    next_batch: Callable[[], dict],
+    draw: Callable[[dict, jax.Array], GradedSamples],
+    key: jax.Array,
+    *,
+    rounds: int,
+    pad_id: int,
+) -> tuple[dict, GradedSamples, dict]:
+    """One step's prompts and samples under dynamic sampling with up to `rounds` extra rounds (module doc).
+
+    `next_batch()` returns the data iterator's next prompt batch {"prompt_tokens_BT", "prompt_lengths_B",
+    "index_B"}; `draw(batch, key)` samples and grades it. Round 0 uses `key` itself, so `rounds = 0` is the
+    plain step (its batch and samples returned as drawn). Returns (the kept prompt batch, their samples,
+    host metrics): `sample/informative_frac` (of round 0's prompts), `sample/informative_batch_frac` (of the
+    returned batch) and `sample/draw_rounds` (draws made, round 0 included).
+    """
+    if not (isinstance(rounds, int) and rounds >= 0):
+        raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
+    batch = next_batch()
+    graded = [draw(batch, key)]
+    ids = [np.asarray(batch["index_B"])]
+    flags = [informative_B(graded[0].rewards_BM)]
+    B = len(flags[0])
+    r = 0
+    while r < rounds and _any_process(int(sum(f.sum() for f in flags)) < B):
+        r += 1
+        batch = next_batch()
+        graded.append(draw(batch, jax.random.fold_in(key, r)))
+        ids.append(np.asarray(batch["index_B"]))
+        flags.append(informative_B(graded[-1].rewards_BM))
+    if r == 0:  # off, or every prompt of round 0 informative: the batch as drawn, in its order
+        rows, g, kept = np.arange(B), graded[0], batch
+    else:
+        rows = batch_rows(flags, B)
+        g = take_rows(concat_rows(graded, pad_id), rows)
+        kept = {
+            "prompt_tokens_BT": g.prompt_tokens_BT,
+            "prompt_lengths_B": g.prompt_lengths_B,
+            "index_B": np.concatenate(ids)[rows],
+        }
+    metrics = {
+        "sample/informative_frac": float(flags[0].mean()),
+        "sample/informative_batch_frac": float(np.concatenate(flags)[rows].mean()),
+        "sample/draw_rounds": float(r + 1),
+    }
+    return kept, g, metrics
+
+
+__all__ = ["batch_rows", "concat_rows", "draw_informative", "informative_B", "take_rows"]
