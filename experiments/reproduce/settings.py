@@ -132,7 +132,6 @@ _TINY_ARITH["bon_rl_v_n2"] = {"rl.objective": "bon_rl_v", "rl.n": 2}
 _TINY_SENTIMENT_FAMILY = {
     "task.kwargs.num_train": 200,
     "task.kwargs.num_test": 8,
-    "tokenizer.vocab_size": 256,
     "model.name": "tiny",
     "model.max_len": 32,
     "sft.steps": 20,
