@@ -21,7 +21,7 @@ from bon_jax.pipeline.context import RunContext
 from bon_jax.pipeline.stage_cache import stage
 from bon_jax.tokenizer import Tokenizer, sequence_batch
 from bon_jax.train.checkpoint import load_params, save_params
-from bon_jax.train.lm import sft_loss
+from bon_jax.train.lm import sft_loss, take_rows, trim_width
 from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
@@ -116,14 +116,13 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
         ctx.mesh,
         {"tokens_BT": 2, "valid_BT": 2, "target_BT": 2},
     )
-    width = _trim_width(table["valid_BT"])
+    width = trim_width(table["valid_BT"])
 
     def batch_fn(step, state):
         # Each batch is cut to its own longest row (a multiple of 16): a handful of static shapes, each
         # compiled once, and no compute spent on padding.
         idx = epoch_batch_indices(len(examples), c.sft.batch_size, c.seed, step)
-        w = _trim_width(table["valid_BT"][idx])
-        return {k: table[k][idx, :w] for k in ("tokens_BT", "valid_BT", "target_BT")}
+        return take_rows({k: table[k] for k in ("tokens_BT", "valid_BT", "target_BT")}, idx)
 
     loop = LoopConfig(
         c.sft.steps, c.checkpoint.every, c.checkpoint.keep, c.log_every, c.rl.max_bad_steps, "sft"
@@ -139,9 +138,3 @@ def pretrained_params(ctx: RunContext, cfg):
     c = ctx.config
     print(f"[bon_jax] loading {c.model.checkpoint} ({c.model.checkpoint_format})")
     return load_checkpoint(c.model.checkpoint, cfg, format=c.model.checkpoint_format, mesh=ctx.mesh)
-
-
-def _trim_width(valid_BT: np.ndarray, multiple: int = 16) -> int:
-    """The static width actually needed: the longest row, rounded up to a multiple of 16."""
-    longest = int(valid_BT.sum(1).max())
-    return min(valid_BT.shape[1], -(-longest // multiple) * multiple)

@@ -8,7 +8,10 @@ A training sequence is `[bos] prompt completion [eos]`, right-padded with pad (i
 
     logp_BT[b, t] = log softmax(logits_BTV[b, t-1])[tokens_BT[b, t]]   (0 at t = 0 and where not target)
 
-`bon_jax.tokenizer.sequence_batch` builds such a batch. The supervised loss is the mean over target tokens
+`bon_jax.tokenizer.sequence_batch` builds such a batch. A minibatch of rows taken from a table of them is cut
+to its own width (`take_rows`: the longest row among them, rounded up to a multiple of 16), which drops
+only padding: positions and masks come from valid_BT, so every loss is the same at any width, and the
+batch widths are a handful of static shapes, each compiled once. The supervised loss is the mean over target tokens
 of -logp; a sequence's log-prob (what the RL objectives take) is the sum over its target tokens.
 
 The [B, T, V] logits are never built: the B * (T - 1) predicting hidden states are unembedded by
@@ -20,10 +23,29 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bon_jax.logprobs import taken_logprobs
 from bon_jax.models import Transformer, causal_mask, positions_from_valid
 from bon_jax.tokenizer import sequence_batch  # noqa: F401  (lives beside the tokenizer; re-exported here)
+
+WIDTH_MULTIPLE = 16
+
+
+def trim_width(valid_BT, multiple: int = WIDTH_MULTIPLE) -> int:
+    """The width right-padded rows need: the longest row's real tokens (its last real slot + 1), rounded
+    up to a multiple of `multiple`, at most the table's width."""
+    valid_BT = np.asarray(valid_BT, bool)
+    T = valid_BT.shape[1]
+    longest = int(np.max(np.where(valid_BT.any(1), T - np.argmax(valid_BT[:, ::-1], axis=1), 0), initial=0))
+    return min(T, max(multiple, -(-longest // multiple) * multiple))
+
+
+def take_rows(table: dict, idx, multiple: int = WIDTH_MULTIPLE) -> dict:
+    """Rows `idx` of a table of right-padded rows, its `*_BT` fields cut to `trim_width` of those rows'
+    `valid_BT`; the other fields (per-row `*_B`, ...) taken as they are."""
+    w = trim_width(table["valid_BT"][idx], multiple)
+    return {k: (np.asarray(v)[idx, :w] if k.endswith("_BT") else np.asarray(v)[idx]) for k, v in table.items()}
 
 
 def token_logprobs(model, params, tokens_BT, valid_BT, chunk: int | None = None) -> jax.Array:
