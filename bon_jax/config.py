@@ -23,6 +23,7 @@ from bon_jax import objectives
 from bon_jax.errors import ConfigError
 from bon_jax.objectives import variational
 from bon_jax.tasks.registry import get_task_class, task_names
+from bon_jax.tasks.base import Task
 from bon_jax.verifiers.learned import POOLINGS
 
 # Stages of the pipeline, in order; each caches its output under <workdir>/<stage>-<hash of its config>.
@@ -352,6 +353,12 @@ def check_values(c: ConfigDict) -> None:
         "verifier.pooling",
         f"must be {' | '.join(POOLINGS)}, got {c.verifier.pooling!r}",
     )
+    if c.verifier.pooling == "process" and c.verifier.kind == "learned":
+        _require(
+            get_task_class(c.task.name).line_labels is not Task.line_labels,
+            "verifier.pooling",
+            f"'process' trains on a step oracle, and task {c.task.name!r} has none (no `line_labels`)",
+        )
     _require(
         c.verifier.ranking_weight >= 0,
         "verifier.ranking_weight",

@@ -7,7 +7,7 @@
   prompts' reference solutions as correct examples, `verifier.reference_positives`, and on corrupted
   references as hard negatives, `verifier.corrupted_references`, for tasks that can corrupt), optionally plus
   a within-prompt ranking term (`verifier.ranking_weight`, see `bon_jax.verifiers.train`) and a choice of
-  head (`verifier.pooling`); a held-out 20% of the prompts (from the validation split where there is one)
+  head (`verifier.pooling`; `'process'` trains on the task's step oracle, `Task.line_labels`); a held-out 20% of the prompts (from the validation split where there is one)
   gives AUC, within-prompt pairwise accuracy, BoN@k vs pass@k and calibration (ECE) on policy samples.
 
 Returns the `Verifier` (`bon_jax.verifiers.base`: `score(examples_B, samples) -> scores_BM` over graded samples)
@@ -99,6 +99,9 @@ def verifier_stage(
             ranking_weight=v.ranking_weight,
             pooling=v.pooling,
             zero_init_head=v.zero_init_head,
+            line_labels=[ctx.task.line_labels(x) for x in pick(completions, train)] if v.pooling == "process" else None,
+            aggregate=v.get("process_aggregate", "product"),
+            outcome_weight=v.get("process_outcome_weight", 1.0),
             stage_dir=st.path,
             ckpt_every=c.checkpoint.every,
             keep=c.checkpoint.keep,
@@ -109,7 +112,8 @@ def verifier_stage(
         save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=dict(report, pooling=v.pooling))
         st.mark_done(report)
     params, vcfg, _, _ = load_verifier(st.file("verifier"))
-    return LearnedVerifier(params, vcfg, tokenizer, pooling=v.pooling), st
+    return LearnedVerifier(params, vcfg, tokenizer, pooling=v.pooling, aggregate=v.get("process_aggregate", "product"),
+                           outcome_weight=v.get("process_outcome_weight", 1.0)), st
 
 
 def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk_dir: str | None = None):

@@ -699,6 +699,15 @@ class ArithTask(Task):
         return bad
 
     @staticmethod
+    def line_labels(completion: str) -> list[bool | None]:
+        """Per line of `completion.split("\\n")`: `check_step` of a step line (see `step_lines`), None for
+        a blank line or one holding the `\\boxed` answer."""
+        if not isinstance(completion, str):
+            return [None]
+        return [check_step(ln.strip()) if ln.strip() and "\\boxed" not in ln else None
+                for ln in completion.split("\n")]
+
+    @staticmethod
     def check_steps(completion: str) -> tuple[int, int]:
         """See the module-level `check_steps`."""
         return check_steps(completion)

@@ -79,6 +79,12 @@ class Task(abc.ABC):
         have many written forms override it."""
         return a == b
 
+    def line_labels(self, completion: str) -> list[bool | None] | None:
+        """A step oracle for process verifiers (`bon_jax.verifiers.steps`): one entry per line of
+        `completion.split("\\n")`, True / False for a step that is right / wrong, None for a line that is
+        not a step. None (the default) for a task without one. Must not raise on bad completion text."""
+        return None
+
     def grade_batch(self, examples_B: Sequence[Example], completions_BM: Sequence[Sequence[str]]) -> Grades:
         """Grades every completion; the default loops in Python (cheap graders only)."""
         batch_shape(examples_B, completions_BM)

@@ -1,7 +1,7 @@
 """The learned verifier: the policy's backbone with a scalar head, pooled into one logit per sequence.
 
 On the sequence `[bos] prompt completion [eos]` (the layout of `bon_jax.train.lm.sequence_batch`) the head
-gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT). Four poolings (`POOLINGS`):
+gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT). Five poolings (`POOLINGS`):
 
 - `'last'` (Chow et al.): the value at the last real token t_last (the eos of a finished completion),
 
@@ -35,7 +35,16 @@ gives one value per token, values_BT = ScalarHeadTransformer(params)(tokens_BT).
 
   Initialised from the policy (values ~0), it selects the sample the policy itself finds most likely.
 
-All are trained with binary cross-entropy on z (`bon_jax.verifiers.train`).
+- `'process'`: a process verifier. The value at each step end t (the token closing a line, and the last
+  token; `bon_jax.verifiers.steps`) is the logit of P(that step is right), trained on per-step targets
+  from the task's line oracle (`Task.line_labels`) and the outcome at the last token, and
+
+      z = log P - log(1 - P),      log P = sum_{step ends t} log sigmoid(values_BT[b, t])
+
+  (or the weakest step, `aggregate='min'`; the last token's term weighted by `outcome_weight`).
+
+All but `'process'` are trained with binary cross-entropy on z, `'process'` with it on every step end
+(`bon_jax.verifiers.train`).
 
 Scores are the logit z, not sigmoid(z). Both order completions identically, so Best-of-N picks the same
 sample, but the logit keeps that order where float32 sigmoid saturates (every z > ~17 maps to 1.0 and would
@@ -72,8 +81,9 @@ from bon_jax.tokenizer import DEFAULT_BUCKETS, sequence_batch
 from bon_jax.verifiers.base import Completions, Samples, completion_texts, group_shape
 from bon_jax.verifiers.io import load_verifier, save_verifier
 from bon_jax.verifiers.packing import pack_prompt_completion
+from bon_jax.verifiers.steps import check_aggregate, last_token, newline_table, process_logit, step_ends
 
-POOLINGS = ("last", "noisy_or", "noisy_or_surprisal", "likelihood")
+POOLINGS = ("last", "noisy_or", "noisy_or_surprisal", "likelihood", "process")
 # An untrained head gives values near 0; hazards of sigmoid(0 - 4) = 0.018 per token keep the starting
 # P(correct) of a 30-token completion near 0.6 instead of 2^-30, so the first steps' loss is not dominated
 # by driving every hazard down.
@@ -94,10 +104,22 @@ def noisy_or_logit(hazard_logits_BT, completion_BT) -> jax.Array:
     return -S_B - jnp.log(-jnp.expm1(-S_B))
 
 
+def step_values(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT, newlines_V):
+    """(values_BT, ends_BT, last_BT) of the `'process'` pooling: the head's per-token values, the
+    completion's step ends and its last token (`bon_jax.verifiers.steps`). Un-jitted; differentiable."""
+    model = make_model(cfg, scalar_head=True)
+    valid_BT = jnp.asarray(valid_BT, bool)
+    values_BT, _ = model.apply({"params": params}, tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
+    completion_BT = jnp.asarray(completion_BT, bool) & valid_BT
+    return values_BT, step_ends(tokens_BT, completion_BT, newlines_V), last_token(completion_BT)
+
+
 def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT=None,
-                    pooling: str = "last") -> jax.Array:
+                    pooling: str = "last", newlines_V=None, aggregate: str = "product",
+                    outcome_weight: float = 1.0) -> jax.Array:
     """z_B float32 of `[B, T]` sequences (un-jitted; differentiable). `completion_BT` marks the completion
-    tokens (eos included); every pooling but `'last'` needs it."""
+    tokens (eos included); every pooling but `'last'` needs it. `'process'` also needs the tokenizer's
+    `newlines_V` (`bon_jax.verifiers.steps.newline_table`) and reads `aggregate` and `outcome_weight`."""
     model = make_model(cfg, scalar_head=True)
     inputs = (tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
     if check_pooling(pooling) == "last":
@@ -105,6 +127,11 @@ def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT
         return take_last_valid(values_BT, valid_BT)
     if completion_BT is None:
         raise ValueError(f"pooling={pooling!r} needs the completion mask (completion_BT)")
+    if pooling == "process":
+        if newlines_V is None:
+            raise ValueError("pooling='process' needs the tokenizer's newline table (newlines_V)")
+        values_BT, ends_BT, last_BT = step_values(params, cfg, tokens_BT, valid_BT, completion_BT, newlines_V)
+        return process_logit(values_BT, ends_BT, last_BT, aggregate, outcome_weight)
     completion_BT = jnp.asarray(completion_BT, bool) & valid_BT
     if pooling == "noisy_or":
         return noisy_or_logit(model.apply({"params": params}, *inputs)[0] + HAZARD_OFFSET, completion_BT)
@@ -127,33 +154,38 @@ def _in_row_chunks(fn, row_chunk: int | None, *arrays_RT):
     return out_IC.reshape(I * row_chunk)[:R]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "row_chunk", "pooling"))
+@functools.partial(jax.jit, static_argnames=("cfg", "row_chunk", "pooling", "aggregate", "outcome_weight"))
 def score_tokens(params, cfg: ModelConfig, tokens_BT, valid_BT, row_chunk: int | None = None,
-                 completion_BT=None, pooling: str = "last") -> jax.Array:
+                 completion_BT=None, pooling: str = "last", newlines_V=None, aggregate: str = "product",
+                 outcome_weight: float = 1.0) -> jax.Array:
     """z_B float32 for `[B, T]` sequences (any padding). `row_chunk` bounds rows per forward;
-    `completion_BT` (the completion tokens) is needed by `pooling='noisy_or'` only."""
+    `completion_BT` (the completion tokens) is needed by every pooling but `'last'`, `newlines_V`,
+    `aggregate` and `outcome_weight` by `'process'` (`sequence_logits`)."""
     tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
     valid_BT = jnp.asarray(valid_BT, bool)
     if completion_BT is None:
         if pooling != "last":
             raise ValueError(f"pooling={pooling!r} needs the completion mask (completion_BT)")
         completion_BT = valid_BT
-    fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, pooling)
+    fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, pooling, newlines_V, aggregate, outcome_weight)
     return _in_row_chunks(fn, row_chunk, tokens_BT, valid_BT, jnp.asarray(completion_BT, bool))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "pad_id", "row_chunk", "pooling"))
+@functools.partial(jax.jit, static_argnames=("cfg", "pad_id", "row_chunk", "pooling", "aggregate",
+                                             "outcome_weight"))
 def score_completion_tokens(params, cfg: ModelConfig, prompt_tokens_BT, completion_tokens_BMT,
                             completion_lengths_BM, pad_id: int = 0, row_chunk: int | None = None,
-                            pooling: str = "last") -> jax.Array:
+                            pooling: str = "last", newlines_V=None, aggregate: str = "product",
+                            outcome_weight: float = 1.0) -> jax.Array:
     """z_BM float32 from a sampler's outputs: prompts [B, Tp] (left-padded, bos first), completions
-    [B, M, Tc] with lengths [B, M]. Packs to [B*M, Tp+Tc] (`pack_prompt_completion`) and scores."""
+    [B, M, Tc] with lengths [B, M]. Packs to [B*M, Tp+Tc] (`pack_prompt_completion`) and scores
+    (`'process'` options as in `score_tokens`)."""
     tokens_RT, valid_RT = pack_prompt_completion(prompt_tokens_BT, completion_tokens_BMT, completion_lengths_BM,
                                                  pad_id)
     B, M = jnp.shape(completion_lengths_BM)
     Tp = jnp.shape(prompt_tokens_BT)[1]
     completion_RT = valid_RT & (jnp.arange(valid_RT.shape[1]) >= Tp)[None, :]
-    fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, pooling)
+    fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, pooling, newlines_V, aggregate, outcome_weight)
     z_R = _in_row_chunks(fn, row_chunk, tokens_RT, valid_RT, completion_RT)
     return z_R.reshape(B, M)
 
@@ -221,16 +253,27 @@ class LearnedVerifier:
       buckets: static widths text inputs are padded to (few shapes, few compilations).
       pooling: how per-token values become a sequence logit, one of `POOLINGS` (module docstring);
         it must be the pooling the params were trained with.
+      aggregate, outcome_weight: how `'process'` combines its step probabilities
+        (`bon_jax.verifiers.steps.process_logit`); ignored by the other poolings.
     """
 
     def __init__(self, params, cfg: ModelConfig, tokenizer, *, row_chunk: int | None = None,
-                 buckets: Sequence[int] | None = DEFAULT_BUCKETS, pooling: str = "last"):
+                 buckets: Sequence[int] | None = DEFAULT_BUCKETS, pooling: str = "last",
+                 aggregate: str = "product", outcome_weight: float = 1.0):
         self.params = params
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.row_chunk = row_chunk
         self.buckets = buckets
         self.pooling = check_pooling(pooling)
+        self.aggregate = check_aggregate(aggregate)
+        if outcome_weight < 0:
+            raise ValueError(f"outcome_weight must be >= 0, got {outcome_weight}")
+        self.outcome_weight = float(outcome_weight)
+        self.newlines_V = newline_table(tokenizer) if pooling == "process" else None
+
+    def _process_args(self) -> dict:
+        return dict(newlines_V=self.newlines_V, aggregate=self.aggregate, outcome_weight=self.outcome_weight)
 
     def score_pairs(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         """z [R] float32 of R (prompt, completion) text pairs."""
@@ -238,7 +281,7 @@ class LearnedVerifier:
             return np.zeros((0,), np.float32)
         batch = encode_pairs(self.tokenizer, prompts, completions, buckets=self.buckets)
         z = score_tokens(self.params, self.cfg, batch["tokens_BT"], batch["valid_BT"], self.row_chunk,
-                         batch["target_BT"], self.pooling)
+                         batch["target_BT"], self.pooling, **self._process_args())
         return np.asarray(z, np.float32)
 
     def score(self, examples_B: Sequence[Example], samples: Completions) -> np.ndarray:
@@ -254,7 +297,7 @@ class LearnedVerifier:
                                                            pad_side="left", buckets=self.buckets)
             z_BM = score_completion_tokens(self.params, self.cfg, prompt_BT, samples.tokens_BMT,
                                            samples.lengths_BM, self.tokenizer.pad_id, self.row_chunk,
-                                           self.pooling)
+                                           self.pooling, **self._process_args())
             return np.asarray(z_BM, np.float32)
         texts_BM = completion_texts(samples)
         prompts = [ex.prompt for ex, row in zip(examples_B, texts_BM) for _ in row]
@@ -268,13 +311,17 @@ class LearnedVerifier:
     def save(self, directory, meta: dict | None = None) -> None:
         """Writes params, config and tokenizer to `directory` (`bon_jax.verifiers.io.save_verifier`)."""
         save_verifier(directory, self.params, self.cfg, tokenizer=self.tokenizer,
-                      meta=dict(meta or {}, pooling=self.pooling))
+                      meta=dict(meta or {}, pooling=self.pooling, aggregate=self.aggregate,
+                                outcome_weight=self.outcome_weight))
 
     @classmethod
     def load(cls, directory, **kwargs) -> LearnedVerifier:
-        """The verifier `save` wrote; its pooling comes from meta.json (`'last'` when absent)."""
+        """The verifier `save` wrote; its pooling (and `'process'` options) come from meta.json (`'last'`
+        when absent)."""
         params, cfg, tokenizer, meta = load_verifier(directory)
         if tokenizer is None:
             raise ValueError(f"{directory}: saved without a tokenizer; use load_verifier and pass one")
         kwargs.setdefault("pooling", meta.get("pooling", "last"))
+        kwargs.setdefault("aggregate", meta.get("aggregate", "product"))
+        kwargs.setdefault("outcome_weight", meta.get("outcome_weight", 1.0))
         return cls(params, cfg, tokenizer, **kwargs)

@@ -27,10 +27,18 @@ put such pairs in a minibatch, the minibatches are then slices of the triples or
 order reshuffled every pass. `pairwise_accuracy` (held-out) is the fraction of such pairs ranked the right
 way (ties count 1/2): the within-prompt AUC, which is what selection by Best-of-N depends on.
 
-Minibatches are drawn without replacement within each pass over the shuffled triples (seeded), each cut to
-its own longest row rounded up to 16 (`bon_jax.train.lm.take_rows`, as SFT's): only padding is dropped, so
-the loss is that of the full-width batch, and the jitted update (`bon_jax.train.step.make_update_step`,
-non-finite steps skipped on device) compiles once per width, a handful of them. Step t's minibatch is a function of t, and the steps run in the training loop of every stage
+Process verifiers (`pooling='process'`, `bon_jax.verifiers.steps`) are trained on every step end t of
+every completion instead, with per-step targets c_t (`line_labels`, one list per triple from the task's
+line oracle, and the outcome label at the last token):
+
+    loss = (1 / |ends in batch|) sum_{b, t in ends} w_{c_t} bce(values_BT[b, t], c_t)
+
+the class weights taken from the rate of right steps; the ranking term, when asked for, is added on the
+aggregated z as above.
+
+Minibatches are drawn without replacement within each pass over the shuffled triples (seeded), all at one
+static width, so the jitted update (`bon_jax.train.step.make_update_step`, non-finite steps skipped on device)
+compiles once. Step t's minibatch is a function of t, and the steps run in the training loop of every stage
 (`bon_jax.train.loop.run_loop`): given a `stage_dir`, training checkpoints there, a SIGTERM checkpoints
 and raises `Preempted`, and a rerun resumes to the parameters of an uninterrupted run.
 """
@@ -46,7 +54,6 @@ import numpy as np
 
 from bon_jax.metrics import bon_at_k, pass_at_k
 from bon_jax.models import ModelConfig
-from bon_jax.train.lm import take_rows, trim_width
 from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
@@ -57,7 +64,9 @@ from bon_jax.verifiers.learned import (
     init_verifier_params,
     score_tokens,
     sequence_logits,
+    step_values,
 )
+from bon_jax.verifiers.steps import check_aggregate, newline_table, process_logit, step_ends, step_target_batch
 
 
 def _labels(labels, n: int) -> np.ndarray:
@@ -94,27 +103,47 @@ def ranking_loss(z_B: jax.Array, y_B: jax.Array, group_B: jax.Array) -> tuple[ja
 
 
 def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0), ranking_weight: float = 0.0,
-             pooling: str = "last"):
+             pooling: str = "last", newlines: tuple[int, ...] | None = None, aggregate: str = "product",
+             outcome_weight: float = 1.0):
     """`loss(params, batch) -> (loss, metrics)` on batch {tokens_BT, valid_BT, label_B[, group_B]
-    [, completion_BT]}.
+    [, completion_BT][, step_target_BT]}.
 
     With `ranking_weight` > 0 the batch needs `group_B` (prompt ids) and the loss adds the within-prompt
-    ranking term (module docstring); every pooling but `'last'` needs `completion_BT`.
+    ranking term (module docstring); every pooling but `'last'` needs `completion_BT`. `'process'` needs
+    `step_target_BT` (0/1 at the step ends) and the tokenizer's newline counts `newlines` (a tuple, so
+    that the loss is hashable), and trains per step end (module docstring).
     """
     w0, w1 = weights
+    newlines_V = None if newlines is None else np.asarray(newlines, np.int32)
+    if pooling == "process" and newlines_V is None:
+        raise ValueError("pooling='process' needs the tokenizer's newline counts (newlines)")
 
     def loss(params, batch):
-        z_B = sequence_logits(params, cfg, batch["tokens_BT"], batch["valid_BT"], batch.get("completion_BT"),
-                              pooling)
         y_B = batch["label_B"].astype(jnp.float32)
-        bce_B = jax.nn.softplus(z_B) - y_B * z_B
-        w_B = jnp.where(y_B > 0.5, w1, w0)
-        value = jnp.mean(w_B * bce_B)
-        metrics = {
+        if pooling == "process":
+            values_BT, ends_BT, last_BT = step_values(params, cfg, batch["tokens_BT"], batch["valid_BT"],
+                                                      batch["completion_BT"], newlines_V)
+            c_BT = batch["step_target_BT"].astype(jnp.float32)
+            step_bce_BT = jax.nn.softplus(values_BT) - c_BT * values_BT
+            ends = jnp.maximum(jnp.sum(ends_BT), 1)
+            value = jnp.sum(jnp.where(ends_BT, jnp.where(c_BT > 0.5, w1, w0) * step_bce_BT, 0.0)) / ends
+            z_B = process_logit(values_BT, ends_BT, last_BT, aggregate, outcome_weight)
+            bce_B = jax.nn.softplus(z_B) - y_B * z_B
+            step_right_BT = (values_BT > 0) == (c_BT > 0.5)
+            metrics = {"step_bce": jnp.sum(jnp.where(ends_BT, step_bce_BT, 0.0)) / ends,
+                       "step_accuracy": jnp.sum(ends_BT & step_right_BT) / ends}
+        else:
+            z_B = sequence_logits(params, cfg, batch["tokens_BT"], batch["valid_BT"],
+                                  batch.get("completion_BT"), pooling)
+            bce_B = jax.nn.softplus(z_B) - y_B * z_B
+            w_B = jnp.where(y_B > 0.5, w1, w0)
+            value = jnp.mean(w_B * bce_B)
+            metrics = {}
+        metrics.update({
             "bce": jnp.mean(bce_B),
             "accuracy": jnp.mean(((z_B > 0) == (y_B > 0.5)).astype(jnp.float32)),
             "mean_prob": jnp.mean(jax.nn.sigmoid(z_B)),
-        }
+        })
         if ranking_weight:
             rank, pairs = ranking_loss(z_B, y_B, batch["group_B"])
             value = value + ranking_weight * rank
@@ -179,7 +208,8 @@ def held_out_selection(z, labels, groups) -> dict[str, float]:
 
 def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str], completions: Sequence[str],
                       labels, *, width: int | None = None, row_chunk: int | None = 256,
-                      num_bins: int = 10, groups=None, pooling: str = "last") -> dict[str, float]:
+                      num_bins: int = 10, groups=None, pooling: str = "last", aggregate: str = "product",
+                      outcome_weight: float = 1.0) -> dict[str, float]:
     """Held-out report on triples: auc, ece, accuracy, bce, positive_rate, mean_prob, count, truncated;
     with `groups` (prompt ids) also pairwise_accuracy and pairs (within-prompt AUC, module docstring) and
     bon_at_k / pass_at_k over the prompts (`held_out_selection`)."""
@@ -187,7 +217,10 @@ def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str
     if not len(prompts):
         return binary_metrics(np.zeros(0), y, num_bins=num_bins)
     batch = encode_pairs(tokenizer, prompts, completions, width=width)
-    z = score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], row_chunk, batch["target_BT"], pooling)
+    process = dict(newlines_V=newline_table(tokenizer), aggregate=aggregate,
+                   outcome_weight=outcome_weight) if pooling == "process" else {}
+    z = score_tokens(params, cfg, batch["tokens_BT"], batch["valid_BT"], row_chunk, batch["target_BT"], pooling,
+                     **process)
     z = np.asarray(z, np.float64)
     out = binary_metrics(z, y, num_bins=num_bins)
     out["truncated"] = float(batch["truncated_B"].sum())
@@ -200,11 +233,11 @@ def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str
 
 @functools.lru_cache(maxsize=4)
 def _update_step(cfg: ModelConfig, weights, ranking_weight, pooling, lr, steps, warmup, weight_decay,
-                 max_grad_norm):
+                 max_grad_norm, newlines=None, aggregate="product", outcome_weight=1.0):
     """(optimizer, jitted update step), one per distinct setting: a resumed training (or a second verifier
     trained alike) reuses the compiled step."""
     optimizer = adamw(lr, steps, warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-    loss = bce_loss(cfg, weights, ranking_weight, pooling)
+    loss = bce_loss(cfg, weights, ranking_weight, pooling, newlines, aggregate, outcome_weight)
     return optimizer, jax.jit(make_update_step(loss, optimizer), donate_argnums=0)
 
 
@@ -215,7 +248,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
                    log_every: int = 50, max_bad_steps: int = 10, groups=None,
                    ranking_weight: float = 0.0, pooling: str = "last", zero_init_head: bool = False,
                    progress: bool = True, stage_dir: str | None = None, ckpt_every: int = 50, keep: int = 3,
-                   stop_after: int | None = None) -> tuple[dict, dict[str, float]]:
+                   stop_after: int | None = None, line_labels=None, aggregate: str = "product",
+                   outcome_weight: float = 1.0) -> tuple[dict, dict[str, float]]:
     """Fits a scalar-head verifier by (weighted) BCE; returns (params, metrics).
 
     Args:
@@ -232,14 +266,17 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
       ranking_weight: lambda of the within-prompt ranking term (needs `groups`; module docstring).
       pooling: one of `bon_jax.verifiers.learned.POOLINGS`.
       zero_init_head: start the value head at zero (`init_verifier_params`).
+      line_labels: `'process'` only: per triple, one label per line of its completion (`Task.line_labels`:
+        True / False for a step, None for a line that is not one).
+      aggregate, outcome_weight: `'process'` only: how its step probabilities make z
+        (`bon_jax.verifiers.steps.process_logit`).
       log_every: how often the host reads the step metrics (and checks for runs of skipped steps).
       stage_dir: where to checkpoint (every `ckpt_every` steps, the last `keep`, and on SIGTERM, which then
         raises `bon_jax.train.loop.Preempted`) and log; a call with the same arguments and directory
         resumes from its latest checkpoint. None: nothing is written and a SIGTERM is not intercepted.
       stop_after: (tests) raise `Preempted` after that many steps, as a SIGTERM would.
 
-    Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width (of the table),
-    batch_width_mean and batch_widths (the mean minibatch width and how many distinct ones),
+    Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width,
     train/loss_first and train/loss_last (means over the first and last `min(10, steps)` steps),
     train/bce_last, train/accuracy_last, skipped_steps, and eval/* from `evaluate_verifier`.
     """
@@ -252,9 +289,26 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         raise ValueError("train_verifier: no training triples")
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
-    positive_rate = float(y.mean())
-    w0, w1 = class_weights(positive_rate, class_weight)
     check_pooling(pooling)
+    check_aggregate(aggregate)
+    if outcome_weight < 0:
+        raise ValueError(f"outcome_weight must be >= 0, got {outcome_weight}")
+    if pooling == "process":
+        if line_labels is None or len(line_labels) != y.size:
+            raise ValueError(f"pooling='process' needs line_labels for each of the {y.size} triples")
+        newlines = newline_table(tokenizer)
+        if width is None:
+            longest = max(len(tokenizer.encode(p)) + len(tokenizer.encode(c)) + 2
+                          for p, c in zip(prompts, completions))
+            width = -(-longest // 16) * 16
+        data = step_target_batch(tokenizer, newlines, prompts, completions, y, line_labels, width)
+        ends_RT = np.asarray(step_ends(data["tokens_BT"], data["target_BT"], newlines))
+        positive_rate = float(data["step_target_BT"][ends_RT].mean())  # of right steps (module docstring)
+    else:
+        newlines = None
+        data = encode_pairs(tokenizer, prompts, completions, width=width)
+        positive_rate = float(y.mean())
+    w0, w1 = class_weights(positive_rate, class_weight)
     if ranking_weight < 0:
         raise ValueError(f"ranking_weight must be >= 0, got {ranking_weight}")
     if groups is not None:
@@ -264,28 +318,28 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     elif ranking_weight:
         raise ValueError("ranking_weight > 0 needs the triples' prompt ids (groups)")
 
-    data = encode_pairs(tokenizer, prompts, completions, width=width)
     tokens_RT, valid_RT, completion_RT = data["tokens_BT"], data["valid_BT"], data["target_BT"]
     width = tokens_RT.shape[1]
 
     params, copied = init_verifier_params(cfg, jax.random.key(seed), init_params, zero_head=zero_init_head)
     optimizer, update = _update_step(cfg, (w0, w1), ranking_weight, pooling, lr, steps, warmup, weight_decay,
-                                     max_grad_norm)
+                                     max_grad_norm, None if newlines is None else tuple(newlines.tolist()),
+                                     aggregate, float(outcome_weight))
     # Committed to the device a restored checkpoint is placed on: fresh and resumed runs share one compile.
     state = jax.device_put(TrainState.create(params, optimizer), jax.devices()[0])
 
     order = _epoch_batches(y.size, batch_size, steps, np.random.default_rng([seed, 1]), groups)
 
-    table = {"tokens_BT": tokens_RT, "valid_BT": valid_RT, "label_B": y}
-    if pooling != "last":
-        table["completion_BT"] = completion_RT
-    if ranking_weight:
-        table["group_B"] = groups
-    # Each minibatch is cut to its own longest row (module docstring).
-    batch_widths = [trim_width(valid_RT[idx]) for idx in order]
-
     def batch_fn(step, state):
-        return take_rows(table, order[step])
+        idx = order[step]
+        batch = {"tokens_BT": tokens_RT[idx], "valid_BT": valid_RT[idx], "label_B": y[idx]}
+        if pooling != "last":
+            batch["completion_BT"] = completion_RT[idx]
+        if pooling == "process":
+            batch["step_target_BT"] = data["step_target_BT"][idx]
+        if ranking_weight:
+            batch["group_B"] = groups[idx]
+        return batch
 
     history: list[dict] = []  # every step's metrics, those before a resume read back from the log
     loop = LoopConfig(steps, ckpt_every, keep, log_every, max_bad_steps, "verifier", progress)
@@ -301,8 +355,6 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         "init_copied_leaves": float(len(copied)),
         "train_truncated": float(data["truncated_B"].sum()),
         "width": float(width),
-        "batch_width_mean": float(np.mean(batch_widths)),
-        "batch_widths": float(len(set(batch_widths))),
         "train/loss_first": mean_of("loss", history[:k]),
         "train/loss_last": mean_of("loss", history[-k:]),
         "train/bce_last": mean_of("bce", history[-k:]),
@@ -311,9 +363,11 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     }
     if ranking_weight:
         metrics["train/rank_last"] = mean_of("rank", history[-k:])
+    if pooling == "process":
+        metrics["train/step_accuracy_last"] = mean_of("step_accuracy", history[-k:])
     if eval_data is not None:
         ep, ec, el, *eg = eval_data
         report = evaluate_verifier(state.params, cfg, tokenizer, ep, ec, el, groups=eg[0] if eg else None,
-                                   pooling=pooling)
+                                   pooling=pooling, aggregate=aggregate, outcome_weight=outcome_weight)
         metrics.update({f"eval/{k}": v for k, v in report.items()})
     return state.params, metrics
