@@ -25,6 +25,7 @@ from bon_jax.objectives import variational
 from bon_jax.tasks.registry import get_task_class, task_names
 from bon_jax.tasks.base import Task
 from bon_jax.verifiers.learned import POOLINGS
+from bon_jax.verifiers.steps import AGGREGATES
 
 # Stages of the pipeline, in order; each caches its output under <workdir>/<stage>-<hash of its config>.
 STAGES = ("tokenizer", "base_policy", "verifier", "finetune", "eval", "report")
@@ -101,6 +102,10 @@ def base_config() -> ConfigDict:
     # Start the value head at zero (a fresh head's random per-token values otherwise add noise to the
     # likelihood poolings' starting point).
     c.verifier.zero_init_head = False
+    # 'process' pooling only (bon_jax.verifiers.steps): how the step probabilities make the score, 'product'
+    # (every step right) or 'min' (the weakest step), and the weight of the outcome term at the last token.
+    c.verifier.process_aggregate = "product"
+    c.verifier.process_outcome_weight = 1.0
 
     c.rl = ConfigDict()  # Best-of-N-aware fine-tuning
     c.rl.objective = "bon_rl_v"
@@ -352,6 +357,16 @@ def check_values(c: ConfigDict) -> None:
         c.verifier.pooling in POOLINGS,
         "verifier.pooling",
         f"must be {' | '.join(POOLINGS)}, got {c.verifier.pooling!r}",
+    )
+    _require(
+        c.verifier.process_aggregate in AGGREGATES,
+        "verifier.process_aggregate",
+        f"must be {' | '.join(AGGREGATES)}, got {c.verifier.process_aggregate!r}",
+    )
+    _require(
+        c.verifier.process_outcome_weight >= 0,
+        "verifier.process_outcome_weight",
+        f"must be >= 0, got {c.verifier.process_outcome_weight}",
     )
     if c.verifier.pooling == "process" and c.verifier.kind == "learned":
         _require(

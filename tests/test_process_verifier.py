@@ -168,3 +168,28 @@ def test_a_tiny_process_verifier_ranks_a_right_completion_above_a_wrong_one(arit
             len_BM[b, i] = len(c)
     z_tok = verifier.score(exs, Samples(comp_BMT, len_BM, prompt_BT))
     np.testing.assert_allclose(z_tok, z_BM, rtol=1e-4, atol=1e-4)
+
+
+def test_config_checks_the_process_options_before_compute():
+    from bon_jax.config import base_config, validate
+    from bon_jax.errors import ConfigError
+    from bon_jax.pipeline.verifier import _stage_section
+
+    c = base_config()
+    c.task.name = "arith"
+    c.verifier.pooling = "process"
+    validate(c)
+    assert _stage_section(c.verifier)["process_aggregate"] == "product"
+    for key, value, match in (("process_aggregate", "mean", "process_aggregate"),
+                              ("process_outcome_weight", -1.0, "process_outcome_weight")):
+        bad = base_config()
+        bad.task.name = "arith"
+        bad.verifier[key] = value
+        with pytest.raises(ConfigError, match=match):
+            validate(bad)
+    c.task.name = "sentiment"  # no step oracle
+    with pytest.raises(ConfigError, match="line_labels"):
+        validate(c)
+    # Another pooling does not read the process options: they stay out of its stage's cache key.
+    c.verifier.pooling = "likelihood"
+    assert not any(k.startswith("process_") for k in _stage_section(c.verifier))

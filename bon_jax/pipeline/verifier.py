@@ -54,7 +54,7 @@ def verifier_stage(
     """`stop_after` (tests) stops the verifier's training after that many steps, as a preemption would."""
     c = ctx.config
     v = c.verifier
-    st = stage(ctx.cache_root, "verifier", base_key, c.verifier, c.seed, VERIFIER_DATA_VERSION)
+    st = stage(ctx.cache_root, "verifier", base_key, _stage_section(v), c.seed, VERIFIER_DATA_VERSION)
     if v.kind == "oracle":
         return OracleVerifier(), st
     if v.kind == "sentiment":
@@ -100,8 +100,8 @@ def verifier_stage(
             pooling=v.pooling,
             zero_init_head=v.zero_init_head,
             line_labels=[ctx.task.line_labels(x) for x in pick(completions, train)] if v.pooling == "process" else None,
-            aggregate=v.get("process_aggregate", "product"),
-            outcome_weight=v.get("process_outcome_weight", 1.0),
+            aggregate=v.process_aggregate,
+            outcome_weight=v.process_outcome_weight,
             stage_dir=st.path,
             ckpt_every=c.checkpoint.every,
             keep=c.checkpoint.keep,
@@ -112,8 +112,17 @@ def verifier_stage(
         save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer, meta=dict(report, pooling=v.pooling))
         st.mark_done(report)
     params, vcfg, _, _ = load_verifier(st.file("verifier"))
-    return LearnedVerifier(params, vcfg, tokenizer, pooling=v.pooling, aggregate=v.get("process_aggregate", "product"),
-                           outcome_weight=v.get("process_outcome_weight", 1.0)), st
+    return LearnedVerifier(params, vcfg, tokenizer, pooling=v.pooling, aggregate=v.process_aggregate,
+                           outcome_weight=v.process_outcome_weight), st
+
+
+def _stage_section(v) -> dict:
+    """The verifier section as the stage's cache key reads it: the `process_*` options only for the
+    `'process'` pooling, which alone reads them (a cached verifier of another pooling stays valid)."""
+    section = v.to_dict()
+    if section.get("pooling") != "process":
+        section = {k: x for k, x in section.items() if not k.startswith("process_")}
+    return section
 
 
 def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk_dir: str | None = None):
