@@ -175,7 +175,11 @@ class ScalarHeadTransformer(_Backbone):
 
     def __call__(self, tokens_BT, positions_BT, attn_mask_BTS, cache: KVCache | None = None):
         h_BTD, cache = self.hidden_states(tokens_BT, positions_BT, attn_mask_BTS, cache)
-        return self.value_head(h_BTD)[..., 0].astype(jnp.float32), cache
+        return self.head_values(h_BTD), cache
+
+    def head_values(self, h_BTD):
+        """The value head on final-normed hidden states: [..., D] -> [...] float32."""
+        return self.value_head(h_BTD)[..., 0].astype(jnp.float32)
 
     def values_and_surprisal(self, tokens_BT, positions_BT, attn_mask_BTS):
         """(values_BT, surprisal_BT), both float32: surprisal_BT[b, t] = -log p(tokens[b, t] | tokens[b, <t])
@@ -194,7 +198,7 @@ class ScalarHeadTransformer(_Backbone):
                                     final_logit_soft_cap=self.config.final_logit_soft_cap,
                                     compute_dtype=self.config.compute_dtype)
             surprisal_BT = -jnp.pad(logp_R.reshape(B, T - 1), ((0, 0), (1, 0)))
-        return self.value_head(h_BTD)[..., 0].astype(jnp.float32), surprisal_BT
+        return self.head_values(h_BTD), surprisal_BT
 
 
 # ----------------------------------------------------------------------------- Best-of-N decode step

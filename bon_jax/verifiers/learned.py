@@ -55,8 +55,11 @@ Two paths:
 - `score_tokens(params, cfg, tokens_BT, valid_BT) -> z_B`, jitted, for any padding (positions and the
   attention mask come from valid_BT);
 - `score_completion_tokens(params, cfg, prompt_tokens_BTp, completion_tokens_BMTc, completion_lengths_BM)
-  -> z_BM`, jitted, straight from a sampler's outputs (`pack_prompt_completion`), for the RL loop.
-`LearnedVerifier` wraps both behind the `Verifier` interface, for text or `Samples`.
+  -> z_BM`, jitted, straight from a sampler's outputs, for the RL loop: each prompt runs through the
+  backbone once and its M completions read its keys/values (`shared_prompt_values`), the same values as
+  the forward of the packed rows (`pack_prompt_completion`) at 1/M of the prompt's cost.
+`LearnedVerifier` wraps both behind the `Verifier` interface: groups of samples (text or `Samples`) by the
+second, lists of pairs (`score_pairs`) by the first.
 """
 
 from __future__ import annotations
@@ -71,11 +74,14 @@ import numpy as np
 from bon_jax.models import (
     ModelConfig,
     causal_mask,
+    init_cache,
     init_params,
     make_model,
     positions_from_valid,
     take_last_valid,
+    tile_cache,
 )
+from bon_jax.models.unembed import taken_logprobs
 from bon_jax.tasks.base import Example
 from bon_jax.tokenizer import DEFAULT_BUCKETS, sequence_batch
 from bon_jax.verifiers.base import Completions, Samples, completion_texts, group_shape
@@ -114,44 +120,113 @@ def step_values(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT, ne
     return values_BT, step_ends(tokens_BT, completion_BT, newlines_V), last_token(completion_BT)
 
 
-def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT=None,
-                    pooling: str = "last", newlines_V=None, aggregate: str = "product",
-                    outcome_weight: float = 1.0) -> jax.Array:
-    """z_B float32 of `[B, T]` sequences (un-jitted; differentiable). `completion_BT` marks the completion
-    tokens (eos included); every pooling but `'last'` needs it. `'process'` also needs the tokenizer's
-    `newlines_V` (`bon_jax.verifiers.steps.newline_table`) and reads `aggregate` and `outcome_weight`."""
-    model = make_model(cfg, scalar_head=True)
-    inputs = (tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
-    if check_pooling(pooling) == "last":
-        values_BT, _ = model.apply({"params": params}, *inputs)
-        return take_last_valid(values_BT, valid_BT)
-    if completion_BT is None:
+# The poolings that read the backbone's own surprisal as well as the head's values.
+READS_SURPRISAL = ("noisy_or_surprisal", "likelihood")
+
+
+def _check_pooling_inputs(pooling: str, completion_BT, newlines_V) -> None:
+    if check_pooling(pooling) != "last" and completion_BT is None:
         raise ValueError(f"pooling={pooling!r} needs the completion mask (completion_BT)")
+    if pooling == "process" and newlines_V is None:
+        raise ValueError("pooling='process' needs the tokenizer's newline table (newlines_V)")
+
+
+def pool_values(values_BT, surprisal_BT, tokens_BT, valid_BT, completion_BT, pooling: str = "last",
+                newlines_V=None, aggregate: str = "product", outcome_weight: float = 1.0) -> jax.Array:
+    """z_B float32 from the head's per-token `values_BT` (and, for `READS_SURPRISAL`, the backbone's
+    `surprisal_BT`; None otherwise) of `[B, T]` sequences: the poolings of the module docstring.
+    Every pooling but `'last'` reads only the completion tokens (`completion_BT & valid_BT`)."""
+    _check_pooling_inputs(pooling, completion_BT, newlines_V)
+    if pooling == "last":
+        return take_last_valid(values_BT, valid_BT)
+    completion_BT = jnp.asarray(completion_BT, bool) & jnp.asarray(valid_BT, bool)
     if pooling == "process":
-        if newlines_V is None:
-            raise ValueError("pooling='process' needs the tokenizer's newline table (newlines_V)")
-        values_BT, ends_BT, last_BT = step_values(params, cfg, tokens_BT, valid_BT, completion_BT, newlines_V)
-        return process_logit(values_BT, ends_BT, last_BT, aggregate, outcome_weight)
-    completion_BT = jnp.asarray(completion_BT, bool) & valid_BT
+        return process_logit(values_BT, step_ends(tokens_BT, completion_BT, newlines_V), last_token(completion_BT),
+                             aggregate, outcome_weight)
     if pooling == "noisy_or":
-        return noisy_or_logit(model.apply({"params": params}, *inputs)[0] + HAZARD_OFFSET, completion_BT)
-    values_BT, surprisal_BT = model.apply({"params": params}, *inputs, method="values_and_surprisal")
+        return noisy_or_logit(values_BT + HAZARD_OFFSET, completion_BT)
     if pooling == "likelihood":
         return -jnp.sum(jnp.where(completion_BT, surprisal_BT + values_BT, 0.0), axis=-1)
     return noisy_or_logit(values_BT + HAZARD_OFFSET + surprisal_BT, completion_BT)
 
 
-def _in_row_chunks(fn, row_chunk: int | None, *arrays_RT):
-    """fn(*arrays) over rows in chunks of `row_chunk` (a `lax.map`, bounding activation memory); rows are
-    padded with zero (all-invalid) rows to a multiple of the chunk, and their outputs dropped."""
-    R = arrays_RT[0].shape[0]
+def sequence_logits(params, cfg: ModelConfig, tokens_BT, valid_BT, completion_BT=None,
+                    pooling: str = "last", newlines_V=None, aggregate: str = "product",
+                    outcome_weight: float = 1.0) -> jax.Array:
+    """z_B float32 of `[B, T]` sequences (un-jitted; differentiable): one forward of the rows, then
+    `pool_values`. `completion_BT` marks the completion tokens (eos included); every pooling but `'last'`
+    needs it. `'process'` also needs the tokenizer's `newlines_V` (`bon_jax.verifiers.steps.newline_table`)
+    and reads `aggregate` and `outcome_weight`."""
+    _check_pooling_inputs(pooling, completion_BT, newlines_V)
+    model = make_model(cfg, scalar_head=True)
+    valid_BT = jnp.asarray(valid_BT, bool)
+    inputs = (tokens_BT, positions_from_valid(valid_BT), causal_mask(valid_BT))
+    if pooling in READS_SURPRISAL:
+        values_BT, surprisal_BT = model.apply({"params": params}, *inputs, method="values_and_surprisal")
+    else:
+        (values_BT, _), surprisal_BT = model.apply({"params": params}, *inputs), None
+    return pool_values(values_BT, surprisal_BT, tokens_BT, valid_BT, completion_BT, pooling, newlines_V,
+                       aggregate, outcome_weight)
+
+
+def shared_prompt_values(params, cfg: ModelConfig, prompt_tokens_BT, prompt_valid_BT, completion_tokens_BMT,
+                         completion_valid_BMT, surprisal: bool = False):
+    """(values_RS, surprisal_RS or None) float32 of the R = B * M rows r = b * M + i of
+    `pack_prompt_completion`'s layout (S = Tp + Tc: prompt slots, then completion slots), with each prompt
+    run through the backbone once instead of M times (un-jitted; differentiable).
+
+    The prompts [B, Tp] write their keys/values into a cache of S slots (`init_cache`); the cache is tiled
+    M times (`tile_cache`) and the completions [B * M, Tc] read it. A real completion token sits at RoPE
+    position (real prompt tokens) + (real completion tokens before it) and attends to the prompt's real
+    slots and its own real slots up to itself: the positions and masks `positions_from_valid` and
+    `causal_mask` give the packed row, so the values are those of the packed row's forward. The prompt
+    part of values_RS is the prompt's own (tiled); surprisal_RS (with `surprisal`) is that of
+    `values_and_surprisal` on the completion slots, completion token j predicted by the prompt's last real
+    token for j = 0 and by completion token j - 1 after, and 0 on the prompt slots (no pooling reads them).
+    """
+    prompt_BT = jnp.asarray(prompt_tokens_BT, jnp.int32)
+    pvalid_BT = jnp.asarray(prompt_valid_BT, bool)
+    comp_BMT = jnp.asarray(completion_tokens_BMT, jnp.int32)
+    cvalid_BMT = jnp.asarray(completion_valid_BMT, bool)
+    (B, Tp), (_, M, Tc) = prompt_BT.shape, comp_BMT.shape
+    R, S = B * M, Tp + Tc
+    model = make_model(cfg, scalar_head=True)
+    apply = functools.partial(model.apply, {"params": params})
+    h_BTD, cache = apply(prompt_BT, positions_from_valid(pvalid_BT), causal_mask(pvalid_BT, S),
+                         init_cache(cfg, B, S), method="hidden_states")
+    cvalid_RT = cvalid_BMT.reshape(R, Tc)
+    plen_R = jnp.repeat(pvalid_BT.sum(-1, dtype=jnp.int32), M)
+    positions_RT = jnp.where(cvalid_RT, plen_R[:, None] + positions_from_valid(cvalid_RT), 0)
+    prompt_part_RTT = jnp.broadcast_to(jnp.repeat(pvalid_BT, M, axis=0)[:, None, :], (R, Tc, Tp))
+    mask_RTS = jnp.concatenate([prompt_part_RTT, causal_mask(cvalid_RT)], axis=-1)
+    h_RTD, _ = apply(comp_BMT.reshape(R, Tc), positions_RT, mask_RTS, tile_cache(cache, M),
+                     method="hidden_states")
+    head = lambda h: apply(h, method="head_values")
+    values_RS = jnp.concatenate([jnp.repeat(head(h_BTD), M, axis=0), head(h_RTD)], axis=1)
+    if not surprisal:
+        return values_RS, None
+    h_last_RD = jnp.repeat(take_last_valid(h_BTD, pvalid_BT), M, axis=0)
+    h_prev_RTD = jnp.concatenate([h_last_RD[:, None], h_RTD[:, :Tc - 1]], axis=1)
+    logp_R = taken_logprobs(h_prev_RTD.reshape(R * Tc, -1), params["embedder"]["input_embedding"],
+                            comp_BMT.reshape(-1), final_logit_soft_cap=cfg.final_logit_soft_cap,
+                            compute_dtype=cfg.compute_dtype)
+    surprisal_RS = jnp.concatenate([jnp.zeros((R, Tp), jnp.float32), -logp_R.reshape(R, Tc)], axis=1)
+    return values_RS, surprisal_RS
+
+
+def _in_row_chunks(fn, row_chunk: int | None, *arrays_R):
+    """fn(*arrays) over the leading axis in chunks of `row_chunk` (a `lax.map`, bounding activation
+    memory); rows are padded with zero (all-invalid) rows to a multiple of the chunk, and their outputs
+    dropped. Trailing axes are kept, of the inputs and of fn's output."""
+    R = arrays_R[0].shape[0]
     if row_chunk is None or row_chunk >= R:
-        return fn(*arrays_RT)
+        return fn(*arrays_R)
     I = -(-R // row_chunk)
     pad = I * row_chunk - R
-    chunked = tuple(jnp.pad(a, ((0, pad), (0, 0))).reshape(I, row_chunk, -1) for a in arrays_RT)
+    chunked = tuple(jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(I, row_chunk, *a.shape[1:])
+                    for a in arrays_R)
     out_IC = jax.lax.map(lambda xs: fn(*xs), chunked)
-    return out_IC.reshape(I * row_chunk)[:R]
+    return out_IC.reshape(I * row_chunk, *out_IC.shape[2:])[:R]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "row_chunk", "pooling", "aggregate", "outcome_weight"))
@@ -172,22 +247,45 @@ def score_tokens(params, cfg: ModelConfig, tokens_BT, valid_BT, row_chunk: int |
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "pad_id", "row_chunk", "pooling", "aggregate",
-                                             "outcome_weight"))
+                                             "outcome_weight", "share_prompt"))
 def score_completion_tokens(params, cfg: ModelConfig, prompt_tokens_BT, completion_tokens_BMT,
                             completion_lengths_BM, pad_id: int = 0, row_chunk: int | None = None,
                             pooling: str = "last", newlines_V=None, aggregate: str = "product",
-                            outcome_weight: float = 1.0) -> jax.Array:
+                            outcome_weight: float = 1.0, share_prompt: bool = True) -> jax.Array:
     """z_BM float32 from a sampler's outputs: prompts [B, Tp] (left-padded, bos first), completions
-    [B, M, Tc] with lengths [B, M]. Packs to [B*M, Tp+Tc] (`pack_prompt_completion`) and scores
-    (`'process'` options as in `score_tokens`)."""
+    [B, M, Tc] with lengths [B, M] (`'process'` options as in `score_tokens`).
+
+    `share_prompt` (default): each prompt runs through the backbone once and its M completions read its
+    tiled keys/values (`shared_prompt_values`), in chunks of max(1, row_chunk // M) prompts; the values
+    are laid out as `pack_prompt_completion`'s [B*M, Tp+Tc] rows and pooled (`pool_values`).
+    `share_prompt=False`: the packed rows' full forward (`sequence_logits`), the prompt repeated M times,
+    in chunks of `row_chunk` rows; the reference the tests hold the shared forward to."""
     tokens_RT, valid_RT = pack_prompt_completion(prompt_tokens_BT, completion_tokens_BMT, completion_lengths_BM,
                                                  pad_id)
     B, M = jnp.shape(completion_lengths_BM)
     Tp = jnp.shape(prompt_tokens_BT)[1]
     completion_RT = valid_RT & (jnp.arange(valid_RT.shape[1]) >= Tp)[None, :]
-    fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, pooling, newlines_V, aggregate, outcome_weight)
-    z_R = _in_row_chunks(fn, row_chunk, tokens_RT, valid_RT, completion_RT)
-    return z_R.reshape(B, M)
+    pool = dict(pooling=pooling, newlines_V=newlines_V, aggregate=aggregate, outcome_weight=outcome_weight)
+    if not share_prompt:
+        fn = lambda t, v, c: sequence_logits(params, cfg, t, v, c, **pool)
+        return _in_row_chunks(fn, row_chunk, tokens_RT, valid_RT, completion_RT).reshape(B, M)
+    _check_pooling_inputs(pooling, completion_RT, newlines_V)
+    S = valid_RT.shape[1]
+    # Per prompt b: its packed rows (the shared forward's inputs are slices of them), so a chunk of
+    # prompts carries everything its rows need.
+    tokens_BMS, valid_BMS = tokens_RT.reshape(B, M, S), valid_RT.reshape(B, M, S)
+
+    def prompts_z(tokens_CMS, valid_CMS):
+        C = tokens_CMS.shape[0]
+        values_RS, surprisal_RS = shared_prompt_values(
+            params, cfg, tokens_CMS[:, 0, :Tp], valid_CMS[:, 0, :Tp], tokens_CMS[:, :, Tp:], valid_CMS[:, :, Tp:],
+            surprisal=pooling in READS_SURPRISAL)
+        tokens_RS, valid_RS = tokens_CMS.reshape(C * M, S), valid_CMS.reshape(C * M, S)
+        completion_RS = valid_RS & (jnp.arange(S) >= Tp)[None, :]
+        return pool_values(values_RS, surprisal_RS, tokens_RS, valid_RS, completion_RS, **pool).reshape(C, M)
+
+    chunk = None if row_chunk is None else max(1, row_chunk // M)
+    return _in_row_chunks(prompts_z, chunk, tokens_BMS, valid_BMS)
 
 
 def init_verifier_params(cfg: ModelConfig, rng: jax.Array, init_params_from=None,
@@ -240,6 +338,31 @@ def encode_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str], 
                        for p, c in zip(prompts, completions)), default=1)
         width = _bucket(longest, buckets)
     return sequence_batch(tokenizer, prompts, completions, width)
+
+
+def encode_groups(tokenizer, prompts_B: Sequence[str], completions_BM: Sequence[Sequence[str]],
+                  buckets: Sequence[int] | None = DEFAULT_BUCKETS):
+    """(prompt_tokens_BT, completion_tokens_BMT, completion_lengths_BM), int32 numpy: B prompts, each with
+    its M completions, in a sampler's layout (`pack_prompt_completion`): `[bos] prompt` left-padded, each
+    `completion [eos]` right-padded, each to the smallest bucket that holds its longest. A packed row's
+    real tokens are `sequence_batch`'s `[bos] prompt completion [eos]`, the text the verifier trained on."""
+    if len(prompts_B) != len(completions_BM) or len({len(row) for row in completions_BM}) > 1:
+        raise ValueError(f"encode_groups wants B prompts and B rows of M completions, got {len(prompts_B)} "
+                         f"prompts and rows of {sorted({len(row) for row in completions_BM})}")
+    B, M = len(prompts_B), len(completions_BM[0]) if completions_BM else 0
+    prompt_ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts_B]
+    comp_ids = [[tokenizer.encode(c) + [tokenizer.eos_id] for c in row] for row in completions_BM]
+    Tp = _bucket(max((len(x) for x in prompt_ids), default=1), buckets)
+    Tc = _bucket(max((len(x) for row in comp_ids for x in row), default=1), buckets)
+    prompt_BT = np.full((B, Tp), tokenizer.pad_id, np.int32)
+    comp_BMT = np.full((B, M, Tc), tokenizer.pad_id, np.int32)
+    lengths_BM = np.zeros((B, M), np.int32)
+    for b in range(B):
+        prompt_BT[b, Tp - len(prompt_ids[b]):] = prompt_ids[b]
+        for i, ids in enumerate(comp_ids[b]):
+            comp_BMT[b, i, :len(ids)] = ids
+            lengths_BM[b, i] = len(ids)
+    return prompt_BT, comp_BMT, lengths_BM
 
 
 class LearnedVerifier:
@@ -299,10 +422,11 @@ class LearnedVerifier:
                                            samples.lengths_BM, self.tokenizer.pad_id, self.row_chunk,
                                            self.pooling, **self._process_args())
             return np.asarray(z_BM, np.float32)
-        texts_BM = completion_texts(samples)
-        prompts = [ex.prompt for ex, row in zip(examples_B, texts_BM) for _ in row]
-        flat = [c for row in texts_BM for c in row]
-        return self.score_pairs(prompts, flat).reshape(B, M)
+        prompt_BT, comp_BMT, lengths_BM = encode_groups(self.tokenizer, [ex.prompt for ex in examples_B],
+                                                        completion_texts(samples), self.buckets)
+        z_BM = score_completion_tokens(self.params, self.cfg, prompt_BT, comp_BMT, lengths_BM,
+                                       self.tokenizer.pad_id, self.row_chunk, self.pooling, **self._process_args())
+        return np.asarray(z_BM, np.float32)
 
     def probabilities(self, examples_B: Sequence[Example], samples: Completions) -> np.ndarray:
         """sigmoid(z_BM): the verifier's P(correct), float32 [B, M]."""

@@ -36,11 +36,13 @@ line oracle, and the outcome label at the last token):
 the class weights taken from the rate of right steps; the ranking term, when asked for, is added on the
 aggregated z as above.
 
-Minibatches are drawn without replacement within each pass over the shuffled triples (seeded), all at one
-static width, so the jitted update (`bon_jax.train.step.make_update_step`, non-finite steps skipped on device)
-compiles once. Step t's minibatch is a function of t, and the steps run in the training loop of every stage
-(`bon_jax.train.loop.run_loop`): given a `stage_dir`, training checkpoints there, a SIGTERM checkpoints
-and raises `Preempted`, and a rerun resumes to the parameters of an uninterrupted run.
+Minibatches are drawn without replacement within each pass over the shuffled triples (seeded), each cut to
+its own longest row rounded up to 16 (`bon_jax.train.lm.take_rows`, as SFT's): only padding is dropped, so
+the loss is that of the full-width batch, and the jitted update (`bon_jax.train.step.make_update_step`,
+non-finite steps skipped on device) compiles once per width, a handful of them. Step t's minibatch is a
+function of t, and the steps run in the training loop of every stage (`bon_jax.train.loop.run_loop`): given
+a `stage_dir`, training checkpoints there, a SIGTERM checkpoints and raises `Preempted`, and a rerun resumes
+to the parameters of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import numpy as np
 
 from bon_jax.metrics import bon_at_k, pass_at_k
 from bon_jax.models import ModelConfig
+from bon_jax.train.lm import take_rows, trim_width
 from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
@@ -276,7 +279,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         resumes from its latest checkpoint. None: nothing is written and a SIGTERM is not intercepted.
       stop_after: (tests) raise `Preempted` after that many steps, as a SIGTERM would.
 
-    Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width,
+    Metrics: positive_rate, class weights w0/w1, init_copied_leaves, train_truncated, width (of the table),
+    batch_width_mean and batch_widths (the mean minibatch width and how many distinct ones),
     train/loss_first and train/loss_last (means over the first and last `min(10, steps)` steps),
     train/bce_last, train/accuracy_last, skipped_steps, and eval/* from `evaluate_verifier`.
     """
@@ -330,16 +334,18 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
 
     order = _epoch_batches(y.size, batch_size, steps, np.random.default_rng([seed, 1]), groups)
 
+    table = {"tokens_BT": tokens_RT, "valid_BT": valid_RT, "label_B": y}
+    if pooling != "last":
+        table["completion_BT"] = completion_RT
+    if pooling == "process":
+        table["step_target_BT"] = data["step_target_BT"]
+    if ranking_weight:
+        table["group_B"] = groups
+    # Each minibatch is cut to its own longest row (module docstring).
+    batch_widths = [trim_width(valid_RT[idx]) for idx in order]
+
     def batch_fn(step, state):
-        idx = order[step]
-        batch = {"tokens_BT": tokens_RT[idx], "valid_BT": valid_RT[idx], "label_B": y[idx]}
-        if pooling != "last":
-            batch["completion_BT"] = completion_RT[idx]
-        if pooling == "process":
-            batch["step_target_BT"] = data["step_target_BT"][idx]
-        if ranking_weight:
-            batch["group_B"] = groups[idx]
-        return batch
+        return take_rows(table, order[step])
 
     history: list[dict] = []  # every step's metrics, those before a resume read back from the log
     loop = LoopConfig(steps, ckpt_every, keep, log_every, max_bad_steps, "verifier", progress)
@@ -355,6 +361,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         "init_copied_leaves": float(len(copied)),
         "train_truncated": float(data["truncated_B"].sum()),
         "width": float(width),
+        "batch_width_mean": float(np.mean(batch_widths)),
+        "batch_widths": float(len(set(batch_widths))),
         "train/loss_first": mean_of("loss", history[:k]),
         "train/loss_last": mean_of("loss", history[-k:]),
         "train/bce_last": mean_of("bce", history[-k:]),
