@@ -25,14 +25,24 @@ call minus the steady-state median (jit caches are cleared before each case, so 
    config (vocab 1024); and the base case in bfloat16 (model "bench-bf16": bfloat16 activations and KV
    cache, float32 logits; the float32 params are cast once per call). tokens/s = generated tokens B * N * T_new / time.
 3. train: one BoN-RL step on `small` (B=8 prompts of 64 tokens, M=32 samples of 64 tokens, objective
-   bon_rl with N = M, beta 0.1), timed by phase as `pipeline.finetune` runs it:
+   bon_rl with N = M, beta 0.1, the EMA anchor's KL at coefficient 1), timed by phase as `pipeline.finetune`
+   runs it:
      sample        the sampler (the policy's current params);
-     grade         tokens to the host, then SYNTHETIC rewards (Bernoulli 1/2) and verifier scores (standard
-                   normal) drawn with numpy -- no text decoding, task grading or verifier forward, so this
-                   is a lower bound on real grading -- plus building and validating the Rollout;
+     grade         tokens to the host, then SYNTHETIC rewards (Bernoulli 1/2) drawn with numpy -- no text
+                   decoding or task grading, so this is a lower bound on real grading -- plus building and
+                   validating the Rollout;
+     verifier      the learned verifier's scores of the samples (`score_completion_tokens`, a scalar-head
+                   `small` of `--train-pooling`, default the default experiment's 'likelihood'; each prompt
+                   through the backbone once); the pipeline first re-encodes the decoded texts (host work,
+                   not timed here);
      ref_logprobs  the jitted reference-policy forward (`rollouts.make_sequence_logp`) for the KL term;
+     anchor        the same forward under the EMA anchor's params (`--no-train-anchor`: skipped);
      update        `jax.jit(make_update_step(rl_loss(...), adamw(...)), donate_argnums=0)`:
                    sequence_logprobs forward + backward, the objective, clipping and AdamW.
+4. stages: the stages of an experiment run (`--run-dir`, default runs/arith_bo32, what `make train` writes)
+   with their wall time and share of the run, read from the timing each stage's done.json records
+   (`bon_jax.pipeline.stage_cache`): tokenizer, sft, verifier data (the base policy's graded samples),
+   verifier training, finetune, eval. Nothing is run: `make train` first, on an idle machine.
 
 FLOP model (a multiply-add is 2 FLOPs; only matmuls and attention contractions are counted -- norms,
 RoPE, soft-caps, softmaxes, sampling and the optimiser's elementwise work are not):
@@ -55,8 +65,10 @@ RoPE, soft-caps, softmaxes, sampling and the optimiser's elementwise work are no
   train, R = B * M rows (sequence_logprobs: each prompt runs once, B rows of T_p tokens against a cache of
   T = T_p + T_new slots; the R completions of T_new tokens read the tiled cache, all T slots, masked;
   only the T_new predicting positions are unembedded):
-    forward      = B * T_p * fwd(T) + R * T_new * (fwd(T) + unemb)      (ref_logprobs)
+    forward      = B * T_p * fwd(T) + R * T_new * (fwd(T) + unemb)      (ref_logprobs, anchor)
     update       = 3 * forward                             (backward = 2 x forward; i.e. 6 * P per token)
+    verifier     = B * T_p * fwd(T) + R * T_new * (fwd(T) + unemb if the pooling reads the surprisal)
+                   (the verifier's own P, its value head included; the shared-prompt forward)
     sample phase = the sampler formula with N = M
 
 These are EXECUTED FLOPs of this implementation (masked slots are counted as computed; outside the sampler
@@ -94,12 +106,13 @@ from bon_jax.pipeline.finetune import rl_loss
 from bon_jax.pipeline.rollouts import make_sequence_logp
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
+from bon_jax.verifiers.learned import POOLINGS, READS_SURPRISAL, init_verifier_params, score_completion_tokens
 
 NOTE = (
     "NOTE: run benchmarks on an IDLE machine. On a 2-core machine any other process (a training run, a test\n"
     "suite, an editor's indexer) takes a large share of the cores and skews every timing below."
 )
-SECTIONS = ("matmul", "sampler", "train")
+SECTIONS = ("matmul", "sampler", "train", "stages")
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -219,6 +232,14 @@ def sequence_forward_flops(cfg: ModelConfig, p_ne: int, B: int, M: int, T_p: int
     completions of T_new tokens, every query scored against the cache's T_p + T_new slots (masked)."""
     per_token = _fwd_flops(cfg, p_ne, T_p + T_new)
     return B * T_p * per_token + B * M * T_new * (per_token + _unemb_flops(cfg))
+
+
+def verifier_forward_flops(cfg: ModelConfig, p_ne: int, B: int, M: int, T_p: int, T_new: int,
+                           surprisal: bool) -> int:
+    """As executed by `verifiers.learned.score_completion_tokens` (shared prompt): `sequence_forward_flops`
+    without the unembedding unless the pooling reads the backbone's surprisal."""
+    per_token = _fwd_flops(cfg, p_ne, T_p + T_new)
+    return B * T_p * per_token + B * M * T_new * (per_token + (_unemb_flops(cfg) if surprisal else 0))
 
 
 # ----------------------------------------------------------------------------- models
@@ -467,6 +488,11 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
     update = jax.jit(make_update_step(loss, opt), donate_argnums=0)
     seq_logp = make_sequence_logp(cfg)
     ref_params = params  # frozen; the trained copy is donated to the update
+    anchor_params = jax.tree.map(jnp.copy, params) if a.train_anchor else None  # its own buffers, as the EMA's
+    # The default experiment's verifier: a scalar-head copy of the policy's model, zero head.
+    verifier_params, _ = init_verifier_params(cfg, jax.random.key(a.seed + 2), params, zero_head=True)
+    verifier_p_ne = non_embedding_params(cfg, verifier_params)
+    surprisal = a.train_pooling in READS_SURPRISAL
     prompts_BT = np.asarray(
         jax.random.randint(jax.random.key(a.seed), (B, T_p), 1, cfg.vocab_size, jnp.int32)
     )
@@ -493,28 +519,44 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
 
         def grade():
             tokens_BMT, lengths_BM = jax.device_get((out.tokens_BMT, out.lengths_BM))
-            # Synthetic grading: a Bernoulli(1/2) reward and a normal verifier score per sample.
+            # Synthetic grading: a Bernoulli(1/2) reward per sample.
             rewards_BM = host_rng.integers(0, 2, (B, M)).astype(np.float32)
-            scores_BM = host_rng.normal(size=(B, M)).astype(np.float32)
-            return tokens_BMT, lengths_BM, rewards_BM, scores_BM
+            return tokens_BMT, lengths_BM, rewards_BM
 
-        t["grade"], (tokens_BMT, lengths_BM, rewards_BM, scores_BM) = time_call(grade)
-        t["ref_logprobs"], ref_logp_BM = time_call(
+        t["grade"], (tokens_BMT, lengths_BM, rewards_BM) = time_call(grade)
+        t["verifier"], scores_BM = time_call(
             lambda: jax.block_until_ready(
-                seq_logp(ref_params, prompts_BT, prompt_lengths_B, tokens_BMT, lengths_BM)
+                score_completion_tokens(
+                    verifier_params, cfg, prompts_BT, tokens_BMT, lengths_BM, 0, None, a.train_pooling
+                )
             )
         )
+        args = (prompts_BT, prompt_lengths_B, tokens_BMT, lengths_BM)
+        t["ref_logprobs"], ref_logp_BM = time_call(lambda: jax.block_until_ready(seq_logp(ref_params, *args)))
+        anchor_logp_BM = None
+        if a.train_anchor:
+            t["anchor"], anchor_logp_BM = time_call(
+                lambda: jax.block_until_ready(seq_logp(anchor_params, *args))
+            )
 
         def build_batch():
-            rollout = objectives.Rollout(rewards_BM=rewards_BM, scores_BM=scores_BM, ref_logp_BM=ref_logp_BM)
+            rollout = objectives.Rollout(
+                rewards_BM=rewards_BM,
+                scores_BM=np.asarray(scores_BM),
+                ref_logp_BM=ref_logp_BM,
+                anchor_logp_BM=anchor_logp_BM,
+            )
             objectives.validate_rollout(rollout, min_samples=bon_n)
-            return {
+            batch = {
                 "prompt_tokens_BT": prompts_BT,
                 "prompt_lengths_B": prompt_lengths_B,
                 "tokens_BMT": tokens_BMT,
                 "lengths_BM": lengths_BM,
                 "rollout": rollout,
             }
+            if a.train_anchor:
+                batch["anchor_coef"] = jnp.float32(1.0)
+            return batch
 
         rollout_s, batch = time_call(build_batch)
         t["grade"] += rollout_s
@@ -532,9 +574,15 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
     phases = {}
     forward = sequence_forward_flops(cfg, p_ne, B, M, T_p, T_new)
     flops = dict(
-        sample=sampler_flops(cfg, p_ne, B, T_p, M, T_new), grade=0, ref_logprobs=forward, update=3 * forward
+        sample=sampler_flops(cfg, p_ne, B, T_p, M, T_new),
+        grade=0,
+        verifier=verifier_forward_flops(cfg, verifier_p_ne, B, M, T_p, T_new, surprisal),
+        ref_logprobs=forward,
+        anchor=forward if a.train_anchor else 0,
+        update=3 * forward,
     )
-    for name in ("sample", "grade", "ref_logprobs", "update"):
+    flops = {name: f for name, f in flops.items() if name in first}
+    for name in flops:
         stats = _stats([r[name] for r in runs])
         row = dict(
             first_call_s=first[name],
@@ -571,11 +619,58 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
         objective=a.train_objective,
         bon_n=bon_n,
         beta=a.train_beta,
-        grading="synthetic: numpy Bernoulli(1/2) rewards and "
-        "standard-normal scores on the host (no text decoding, task grading or verifier forward)",
+        pooling=a.train_pooling,
+        anchor=a.train_anchor,
+        grading="synthetic: numpy Bernoulli(1/2) rewards on the host (no text decoding or task grading); "
+        "the verifier phase scores the sampled tokens with a learned verifier (random head)",
         phases=phases,
         step=step,
     )
+
+
+# ----------------------------------------------------------------------------- 4. stages
+
+# summary.json's stage name -> the rows it gives: (label, phase in timing.phases_s, or None for the whole).
+STAGE_ROWS = {
+    "tokenizer": [("tokenizer", None)],
+    "base_policy": [("sft", None)],
+    "verifier": [("verifier data", "data"), ("verifier training", "train")],
+    "finetune": [("finetune", None)],
+    "eval_base": [("eval (base)", None)],
+    "eval_tuned": [("eval (tuned)", None)],
+}
+
+
+def bench_stages(run_dir: pathlib.Path) -> dict | None:
+    """Each stage of the run in `run_dir` (its summary.json's stage paths) with its wall seconds from the
+    stage's done.json `timing` and its share of their sum. The verifier's save after training, and any
+    stage time outside its named phases, are a row of their own ("... other"). None without a summary."""
+    summary_file = run_dir / "summary.json"
+    if not summary_file.exists():
+        return None
+    summary = json.loads(summary_file.read_text())
+    rows = []
+    for name, path in summary.get("stages", {}).items():
+        done = pathlib.Path(path)
+        done = (done if done.is_absolute() else REPO_ROOT / done) / "done.json"
+        timing = json.loads(done.read_text()).get("timing") if done.exists() else None
+        labels = STAGE_ROWS.get(name, [(name, None)])
+        if timing is None:
+            rows += [dict(stage=label, wall_s=None, finished=None) for label, _ in labels]
+            continue
+        phases = timing.get("phases_s", {})
+        for label, phase in labels:
+            wall = timing["wall_s"] if phase is None else phases.get(phase)
+            rows.append(dict(stage=label, wall_s=wall, finished=timing.get("finished")))
+        if any(phase for _, phase in labels):
+            rest = timing["wall_s"] - sum(phases.values())
+            if rest > 0.5:
+                rows.append(dict(stage=f"{name} other", wall_s=rest, finished=timing.get("finished")))
+    total = sum(r["wall_s"] for r in rows if r["wall_s"] is not None)
+    for r in rows:
+        r["share"] = r["wall_s"] / total if r["wall_s"] is not None and total > 0 else None
+    return dict(run_dir=str(run_dir), experiment=summary.get("experiment"), run_wall_s=summary.get("wall_s"),
+                stages_wall_s=total, rows=rows)
 
 
 # ----------------------------------------------------------------------------- output
@@ -695,11 +790,24 @@ def print_results(res: dict) -> None:
         )
         print_table(
             f"train: one {t['objective']} step on `{t['model']}` (B={t['batch']}, M=N={t['m']}, "
-            f"T_p={t['prompt_len']}, new={t['new_tokens']}); grading is SYNTHETIC (random rewards/scores)",
+            f"T_p={t['prompt_len']}, new={t['new_tokens']}, verifier pooling {t.get('pooling')}); grading is "
+            "SYNTHETIC (random rewards)",
             ["phase", "median s", "min s", "max s", "tok/s", "GFLOP", "GFLOP/s", "% peak", "compile s"],
             rows,
         )
         print("tok/s: sample and step = generated tokens B*M*new; update = processed tokens B*M*(T_p+new)")
+    if res.get("stages"):
+        st = res["stages"]
+        print_table(
+            f"stages of {st['experiment']} ({st['run_dir']}; wall from each stage's done.json timing)",
+            ["stage", "wall s", "share"],
+            [[r["stage"], _fmt(r["wall_s"], ".1f"), _pct(r["share"])] for r in st["rows"]],
+        )
+        print(
+            f"sum of the stages {st['stages_wall_s']:.0f} s; the run's last session {_fmt(st['run_wall_s'], '.0f')} s"
+            " (smaller when stages were cached by an earlier run; n/a: a stage finished before timings were"
+            " recorded)"
+        )
 
 
 def machine_info() -> dict:
@@ -827,7 +935,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="tiny sizes and 2 repeats: checks that every path runs (not a measurement)",
     )
     p.add_argument(
-        "--only", type=_sections, default=list(SECTIONS), help="comma list of matmul,sampler,train"
+        "--only", type=_sections, default=list(SECTIONS), help="comma list of matmul,sampler,train,stages"
     )
     p.add_argument("--repeats", type=int, help="timed runs per measurement (default 5; --quick 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs after the first (compiling) call")
@@ -855,6 +963,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--train-objective", default="bon_rl", help="a registered objective (default bon_rl)")
     g.add_argument("--train-bon-n", type=int, help="the objective's Best-of-N size (default M)")
     g.add_argument("--train-beta", type=float, default=0.1, help="KL(pi || pi_ref) coefficient")
+    g.add_argument(
+        "--train-pooling",
+        default="likelihood",
+        choices=[x for x in POOLINGS if x != "process"],  # 'process' needs a tokenizer's newline table
+        help="the learned verifier's pooling (default: the default experiment's, likelihood)",
+    )
+    g.add_argument(
+        "--no-train-anchor",
+        dest="train_anchor",
+        action="store_false",
+        help="no EMA anchor phase (and no anchor KL in the update)",
+    )
+    g = p.add_argument_group("stages (an experiment's run directory, read only)")
+    g.add_argument(
+        "--run-dir",
+        type=pathlib.Path,
+        default=REPO_ROOT / "runs" / "arith_bo32",
+        help="the run whose stage timings to report (default runs/arith_bo32: `make train`)",
+    )
     a = p.parse_args(argv)
     for key, value in (QUICK if a.quick else FULL).items():
         if getattr(a, key) is None:
@@ -917,6 +1044,10 @@ def main(argv=None) -> dict:
         print("train ...", flush=True)
         cfg, params, p_ne = models["small"]
         res["train"] = bench_train(a, cfg, params, p_ne, peak)
+    if "stages" in a.only:
+        res["stages"] = bench_stages(a.run_dir)
+        if res["stages"] is None:
+            print(f"(stages: no {a.run_dir / 'summary.json'}; run `make train` first)", flush=True)
     res["meta"]["wall_s"] = time.perf_counter() - t_start
     res["meta"]["load_average_end"] = _load()
     res["meta"]["other_processes_cpu_fraction_during"] = others_during = during.fraction()

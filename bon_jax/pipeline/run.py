@@ -51,17 +51,20 @@ def run_experiment(
     model_cfg, base_params, base_st = base_policy_stage(ctx, tok, tok_st, stop_after=stop_after)
     verifier, ver_st = verifier_stage(ctx, tok, model_cfg, base_params, base_st.key, stop_after=stop_after)
     policies = {"base": base_params}
+    stage_paths = {"tokenizer": tok_st.path, "base_policy": base_st.path, "verifier": ver_st.path}
     if "finetune" in c.stages and c.rl.steps > 0:
         tuned, ft_st = finetune_stage(
             ctx, tok, model_cfg, base_params, base_st.key, verifier, ver_st.key, stop_after=stop_after
         )
         policies["tuned"] = tuned
+        stage_paths["finetune"] = ft_st.path
     evals = {}
     if "eval" in c.stages:
         examples = list(ctx.eval_task.examples(c.eval.split))[: c.eval.num_prompts]
         for name, params in policies.items():
             key = base_st.key if name == "base" else ft_st.key
             st = stage(ctx.cache_root, f"eval_{name}", key, ver_st.key, c.eval, c.seed)
+            stage_paths[f"eval_{name}"] = st.path
             if st.claim():
                 print(
                     f"[bon_jax] evaluating {name} policy on {len(examples)} {ctx.eval_task.name} {c.eval.split} "
@@ -93,7 +96,7 @@ def run_experiment(
         "experiment": c.name,
         "config": c.to_dict(),
         "wall_s": time.time() - t0,
-        "stages": {"tokenizer": tok_st.path, "base_policy": base_st.path, "verifier": ver_st.path},
+        "stages": stage_paths,  # each done.json holds the stage's timing (`Stage.mark_done`)
         "verifier": ver_st.result() if ver_st.done else {"kind": c.verifier.kind},
         "eval_task": {"name": ctx.eval_task.name, "split": c.eval.split},
         "eval": evals,

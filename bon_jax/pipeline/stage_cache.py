@@ -5,6 +5,10 @@ the keys of the stages it consumes, so changing `rl.n` re-runs fine-tuning and e
 tokenizer, base policy and verifier, and a sweep over N shares them. A stage is complete when its
 `done.json` exists; a stage interrupted midway keeps its directory (and checkpoints) and resumes.
 
+`done.json` also holds the stage's `timing` (wall seconds from the claim to `mark_done` in the process that
+finished it, and its named phases, `Stage.phase_done`), which `benchmarks/run.py` reads to give each stage's
+share of an experiment's wall time.
+
 Runs that share a cache (two sweep shards, two experiments with a stage in common) produce each stage
 once: a run claims a stage before producing it (`Stage.claim`, an exclusive `fcntl.flock` on `.lock` in
 the stage's directory, held until `mark_done` or the process ends), and a run that finds the stage
@@ -19,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +46,8 @@ def config_key(*parts: Any) -> str:
 
 # Stage path -> file descriptor of its lock file, for the stages this process has claimed.
 _HELD: dict[str, int] = {}
+# Stage path -> [(phase name or None for the claim, time.time())] of the stages this process produces.
+_LAPS: dict[str, list[tuple[str | None, float]]] = {}
 
 
 def _multi_process_run() -> bool:
@@ -81,6 +88,7 @@ class Stage:
         if self.done:
             return False
         if self.path in _HELD or _multi_process_run():
+            _LAPS.setdefault(self.path, [(None, time.time())])
             return True
         os.makedirs(self.path, exist_ok=True)
         fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -97,7 +105,14 @@ class Stage:
             os.close(fd)
             return False
         _HELD[self.path] = fd
+        _LAPS.setdefault(self.path, [(None, time.time())])
         return True
+
+    def phase_done(self, name: str) -> None:
+        """Ends the stage's phase `name` now (it began at the claim or at the previous phase's end); its
+        seconds go into done.json's `timing.phases_s`. Nothing happens for a stage this process did not claim."""
+        if self.path in _LAPS:
+            _LAPS[self.path].append((name, time.time()))
 
     def release(self) -> None:
         """Drops this process's lock on the stage, if it holds it."""
@@ -107,11 +122,21 @@ class Stage:
 
     def mark_done(self, result: Mapping[str, Any] | None = None) -> None:
         """Writes `done.json` atomically (a crash leaves the stage incomplete, never half-done), then
-        releases the stage's lock."""
+        releases the stage's lock. It adds `timing`: `wall_s` from the claim to now and `phases_s`
+        (`phase_done`), of this process's session (a resumed stage: the session that finished it)."""
         os.makedirs(self.path, exist_ok=True)
+        result = dict(result or {})
+        laps = _LAPS.pop(self.path, None)
+        if laps:
+            now = time.time()
+            result["timing"] = {
+                "wall_s": now - laps[0][1],
+                "phases_s": {name: t - t_prev for (_, t_prev), (name, t) in zip(laps, laps[1:])},
+                "finished": now,
+            }
         tmp = os.path.join(self.path, "done.json.tmp")
         with open(tmp, "w") as f:
-            json.dump(dict(result or {}), f, indent=1, default=str)
+            json.dump(result, f, indent=1, default=str)
         os.replace(tmp, os.path.join(self.path, "done.json"))
         self.release()
 
