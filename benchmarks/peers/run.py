@@ -39,6 +39,7 @@ from common import MODEL, WORKLOAD  # noqa: E402
 PEERS = [
     ("bon_jax", None, "bon_jax_peer.py", {}, None),
     ("bon_jax-bf16", None, "bon_jax_peer.py", {"dtype": "bfloat16"}, None),
+    ("jax-reference", None, "jax_reference_peer.py", {}, None),  # plain JAX, written for this benchmark
     ("tunix", VENVS / "jax", "tunix_peer.py", {}, "tunix"),
     ("gemma", VENVS / "jax", "gemma_peer.py", {}, "gemma"),
     ("transformers", VENVS / "torch", "hf_peer.py", {"dtype": "float32"}, "transformers"),
