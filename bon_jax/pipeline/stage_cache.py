@@ -115,7 +115,8 @@ class Stage:
             _LAPS[self.path].append((name, time.time()))
 
     def release(self) -> None:
-        """Drops this process's lock on the stage, if it holds it."""
+        """Drops this process's lock on the stage, if it holds it (and its timing: a later claim restarts it)."""
+        _LAPS.pop(self.path, None)
         fd = _HELD.pop(self.path, None)
         if fd is not None:
             os.close(fd)
