@@ -19,7 +19,9 @@ from the objective's `ObjectiveSpec`. Options that change J:
                                   bon_distill_sft ("score" default, or "reward")
   b                               bond's mixing weight (0.5)
 Estimator-only options (baseline, values_B, p_B, p_estimate, p_clip, clip_eps, temperature, ref_cdf_BM,
-ref_cdf_lt_BM, cdf_smoothing) are accepted and ignored, so the same options can be passed to both.
+ref_cdf_lt_BM, cdf_smoothing; grpo's scale_by_std, loss_norm, max_len, clip_eps_high, skip_equal_groups,
+adv_eps) are accepted and ignored, so the same options can be passed to both. grpo / dr_grpo get the J they
+ascend, E_pi[R] (their estimators are biased for it: docs/maths.md section 4).
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ _ESTIMATOR_ONLY = frozenset(
         "ref_cdf_BM",
         "ref_cdf_lt_BM",
         "cdf_smoothing",
+        "scale_by_std",
+        "loss_norm",
+        "max_len",
+        "clip_eps_high",
+        "skip_equal_groups",
+        "adv_eps",
     }
 )
 
@@ -130,7 +138,7 @@ def objective(
         j = 1.0 - p_fail**n
     elif name in ("bon_rl", "bon_rl_v", "bon_rl_s"):
         j = bon_reward(pi, rewards_A, select(), n)
-    elif name == "kl_rl":
+    elif name in ("kl_rl", "grpo", "dr_grpo"):  # grpo's J, the one it ascends; its estimator is biased
         j = jnp.sum(pi * rewards_A)
     elif name == "sft":
         j = expect_logpi(need_expert(), logpi)

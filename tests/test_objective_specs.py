@@ -28,6 +28,8 @@ FACTS = {  # name: (samples from, selects by, reference samples, demonstrations,
     "vbon_bound": ("policy", "reward", True, None, False, 1.0),
     "bond": ("policy", "reward", True, "bon_of_reference", False, 1.0),
     "kl_rl": ("policy", None, False, None, False, 0.0),
+    "grpo": ("policy", None, False, None, False, 0.0),  # Shao et al. 2024; M >= 2 (spec.min_samples)
+    "dr_grpo": ("policy", None, False, None, False, 0.0),  # Liu et al. 2025
     "bon_distill_sft": ("reference", "score", False, None, False, 0.0),  # Amini et al.: BoN samples of pi_ref
 }
 

@@ -16,7 +16,7 @@ from bon_jax.objectives import weights as W
 
 ALL = {
     "sft", "bon_sft", "bon_rl_v", "bon_rl_s", "bon_rl", "bon_rlb", "bon_rlb_printed", "bon_rlbp", "pkpo", "vbon",
-    "vbon_bound", "kl_rl", "bon_distill_sft", "bond",
+    "vbon_bound", "kl_rl", "bon_distill_sft", "bond", "grpo", "dr_grpo",
 }  # fmt: skip
 # What each objective needs, from its registration (the facts are checked in test_objective_specs.py).
 BINARY = {n for n in ALL if O.spec(n).binary_reward}
@@ -232,6 +232,7 @@ def make_inputs(name, b=3, m=5, n=2, rewards=None, seed=0, mask=None):
         ref_rewards_BK=rng.integers(0, 3, (b, 7)).astype(np.float32) / 2.0,
         expert_scores_B=rng.integers(0, 3, (b,)).astype(np.float32),
         anchor_logp_BM=-rng.random((b, m)).astype(np.float32) * 3,
+        lengths_BM=1 + np.arange(b * m).reshape(b, m) % 7,  # not from rng: the other draws stay as they were
     )
     logp = jnp.asarray(-rng.random((b, m)) * 3, jnp.float32)
     kw = {"n": n}
@@ -326,9 +327,9 @@ def test_degenerate_inputs_are_finite(name):
     assert_all_finite(loss, metrics, grads)
     g = np.asarray(grads[0])
     assert np.all(g[~np.asarray(rollout.mask_BM)] == 0)
-    if name in ("bon_rl", "pkpo", "kl_rl", "vbon", "vbon_bound"):
+    if name in ("bon_rl", "pkpo", "kl_rl", "vbon", "vbon_bound", "grpo", "dr_grpo"):
         np.testing.assert_allclose(g[CASE_ROWS["all_equal"]], 0.0, atol=1e-7)  # nothing to prefer
-    if name in ("bon_rl", "pkpo"):
+    if name in ("bon_rl", "pkpo", "grpo", "dr_grpo"):
         np.testing.assert_allclose(g[3:9], 0.0, atol=1e-7)  # all or none correct: every subset ties
     # The annealed anchor coefficient and a KL coefficient, traced (same compiled step).
     coef = O.anchor_kl_coef(jnp.asarray(100))
@@ -338,8 +339,12 @@ def test_degenerate_inputs_are_finite(name):
     assert_all_finite(loss, metrics, grads)
     if name != "bon_distill_sft":
         assert "kl_anchor" in metrics and "kl_ref" in metrics
-    # M = 1 (with N = 1).
+    # M = 1 (with N = 1); a clear error where the objective needs a group (grpo: M >= 2).
     logp, rollout, kw = degenerate_batch(name, m=1, n=1)
+    if O.spec(name).min_samples > 1:
+        with pytest.raises(ValueError, match="M >= 2"):
+            loss_and_grads(name, logp, rollout, dyn=coefficient_options(name, (0.0, 0.0)), **kw)
+        return
     assert_all_finite(*loss_and_grads(name, logp, rollout, dyn=coefficient_options(name, (0.0, 0.0)), **kw))
 
 
@@ -394,7 +399,7 @@ def test_single_sample_objectives_accept_m_1_with_large_n(name):
     assert_all_finite(*loss_and_grads(name, logp, rollout, **kw))
 
 
-@pytest.mark.parametrize("name", ["bon_rl", "vbon", "bon_rlb", "bon_sft"])
+@pytest.mark.parametrize("name", ["bon_rl", "vbon", "bon_rlb", "bon_sft", "grpo"])
 def test_masked_samples_are_as_if_absent(name):
     """The gradient with masked samples (holding NaN garbage) equals the gradient without them."""
     b, m, keep = 4, 7, 5
@@ -405,7 +410,7 @@ def test_masked_samples_are_as_if_absent(name):
         mask[i, rng.choice(m, keep, replace=False)] = True
     garbage = {
         f: np.where(mask, np.asarray(getattr(rollout, f)), np.nan).astype(np.float32)
-        for f in ("rewards_BM", "scores_BM", "ref_logp_BM", "anchor_logp_BM")
+        for f in ("rewards_BM", "scores_BM", "ref_logp_BM", "anchor_logp_BM", "lengths_BM")
     }
     masked = rollout.replace(mask_BM=mask, **garbage)
     logp_masked = jnp.where(mask, logp, jnp.nan)

@@ -35,7 +35,7 @@ The table of objectives (paper, equation, J, unbiasedness, inputs) is docs/objec
 outcome space for every name is `bon_jax.exact.objective`.
 """
 
-from bon_jax.objectives import binary, bon_rl, imitation, kl_rl, variational  # noqa: F401  (registration)
+from bon_jax.objectives import binary, bon_rl, grpo, imitation, kl_rl, variational  # noqa: F401  (registration)
 from bon_jax.objectives._registry import ObjectiveSpec, get, names, register, spec
 from bon_jax.objectives.regularizers import anchor_kl_coef, ema_update
 from bon_jax.objectives.rollout import InvalidRolloutError, Rollout, validate_rollout

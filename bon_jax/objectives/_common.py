@@ -191,13 +191,16 @@ def kl_regulariser(name: str, p: Prepared, *, beta, anchor_coef):
     return w, metrics
 
 
-def policy_loss(p: Prepared, w_BM, *, clip_eps=None):
+def policy_loss(p: Prepared, w_BM, *, clip_eps=None, clip_eps_high=None):
     """Per-prompt surrogate [B] whose -gradient is sum_j w_j grad log pi(y_j) (at ratio 1).
 
     On-policy (rollout.old_logp_BM None): -sum_j w_j logp_j. With old_logp_BM: the importance ratio
     rho_j = exp(logp_j - old_logp_j) replaces logp_j (gradient rho_j w_j grad log pi, unbiased off-policy),
-    and with clip_eps the PPO form -sum_j min(rho_j w_j, clip(rho_j, 1 - eps, 1 + eps) w_j).
+    and with clip_eps the PPO form -sum_j min(rho_j w_j, clip(rho_j, 1 - eps, 1 + eps_high) w_j), where
+    eps_high = clip_eps_high if given (DAPO's clip-higher: a looser upper bound) else clip_eps.
     """
+    if clip_eps_high is not None and clip_eps is None:
+        raise ValueError("clip_eps_high (the upper clip bound) needs clip_eps (the lower one)")
     w = jax.lax.stop_gradient(jnp.where(p.mask, w_BM, 0.0))
     extra = {}
     if p.old_logp is None:
@@ -209,9 +212,11 @@ def policy_loss(p: Prepared, w_BM, *, clip_eps=None):
         if clip_eps is None:
             per = -jnp.sum(w * ratio, axis=-1)
         else:
-            clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+            high = clip_eps if clip_eps_high is None else clip_eps_high
+            clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high)
             per = -jnp.sum(jnp.where(p.mask, jnp.minimum(ratio * w, clipped * w), 0.0), axis=-1)
-            extra["clip_frac"] = masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(F32), p.mask)
+            outside = (ratio < 1.0 - clip_eps) | (ratio > 1.0 + high)
+            extra["clip_frac"] = masked_mean(outside.astype(F32), p.mask)
         extra["ratio_mean"] = masked_mean(ratio, p.mask)
     return per, extra
 

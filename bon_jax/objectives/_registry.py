@@ -31,6 +31,8 @@ class ObjectiveSpec:
     select_option: the objective takes a `select_by` option that overrides `selects_by`.
     binary_reward: rewards must be 0/1.
     needs_n_samples: needs M >= N samples per prompt.
+    min_samples: needs M >= this many samples per prompt whatever N is (grpo: 2, its baseline is the
+        group's own mean).
     reference_samples: needs K samples of pi_ref per prompt (rollout.ref_rewards_BK / ref_scores_BK) for
         the reward CDFs under pi_ref.
     demonstrations: None, "dataset" (expert_logp_B of each prompt's reference solution, and
@@ -45,6 +47,7 @@ class ObjectiveSpec:
     select_option: bool = False
     binary_reward: bool = False
     needs_n_samples: bool = False
+    min_samples: int = 1
     reference_samples: bool = False
     demonstrations: str | None = None
     value_baseline: bool = False
@@ -62,6 +65,8 @@ class ObjectiveSpec:
             raise ValueError(
                 f"ObjectiveSpec.demonstrations must be one of {DEMONSTRATIONS} or None, got {self.demonstrations!r}"
             )
+        if not isinstance(self.min_samples, int) or self.min_samples < 1:
+            raise ValueError(f"ObjectiveSpec.min_samples must be an int >= 1, got {self.min_samples!r}")
         if self.samples == "reference" and self.default_beta != 0:
             raise ValueError("ObjectiveSpec: samples from the reference admit no KL term (default_beta must be 0)")
 

@@ -58,6 +58,9 @@ class Rollout:
         convenience, but the documented way is the loss function's keyword `expert_logp_B`: a value in the
         rollout carries gradients only if the rollout is built inside the differentiated function. Giving
         both is an error; objectives without demonstrations ignore this field.
+      lengths_BM: [B, M] number of tokens of y_j whose log-probs logp_BM sums (completion length, the stop
+        token included), >= 0. Only length-normalised objectives read it (grpo's loss_norm "sequence" /
+        "token").
     """
 
     rewards_BM: Array
@@ -71,9 +74,10 @@ class Rollout:
     anchor_logp_BM: Array | None = None
     old_logp_BM: Array | None = None
     expert_logp_B: Array | None = None
+    lengths_BM: Array | None = None
 
 
-_BM_FIELDS = ("rewards_BM", "scores_BM", "ref_logp_BM", "anchor_logp_BM", "old_logp_BM")
+_BM_FIELDS = ("rewards_BM", "scores_BM", "ref_logp_BM", "anchor_logp_BM", "old_logp_BM", "lengths_BM")
 _BK_FIELDS = ("ref_rewards_BK", "ref_scores_BK")
 
 
@@ -91,7 +95,8 @@ def validate_rollout(rollout: Rollout, *, min_samples: int | None = None, binary
     """Host-side check of a rollout; raises `InvalidRolloutError` with a message naming the problem.
 
     Checks: every [B, M] field has the shape of `rewards_BM` (2-D), every [B, K] field the shape of the
-    others, masks are boolean, and the values at valid samples are finite (NaN, +inf and -inf are refused).
+    others, masks are boolean, and the values at valid samples are finite (NaN, +inf and -inf are refused)
+    and, for lengths_BM, >= 0.
     With `binary`, rewards at valid samples must be exactly 0 or 1. With `min_samples`, M must be at least
     that (Best-of-N estimators need M >= N samples per prompt).
 
@@ -123,6 +128,14 @@ def validate_rollout(rollout: Rollout, *, min_samples: int | None = None, binary
                 f"{name} has {int(bad.sum())} non-finite value(s) (NaN or inf) at valid samples, first at "
                 f"{_first_bad(bad)}: {value[tuple(np.argwhere(bad)[0])]!r}. Fix the reward/scoring function "
                 "or mask those samples."
+            )
+    if rollout.lengths_BM is not None:
+        lengths = np.asarray(rollout.lengths_BM)
+        bad = mask & (lengths < 0)
+        if bad.any():
+            raise InvalidRolloutError(
+                f"lengths_BM has {int(bad.sum())} negative value(s) at valid samples, first at "
+                f"{_first_bad(bad)}: {lengths[tuple(np.argwhere(bad)[0])]!r}"
             )
     if binary:
         bad = mask & (rewards != 0) & (rewards != 1)
