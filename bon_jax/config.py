@@ -397,6 +397,18 @@ def check_objective_needs(c: ConfigDict) -> None:
     except KeyError as e:
         raise ConfigError("rl.objective", e.args[0]) from None
     name = spec.name
+    _require(
+        c.rl.m >= spec.min_samples,
+        "rl.m",
+        f"{name} needs rl.m >= {spec.min_samples} samples per prompt (its baseline is the group's own "
+        f"mean), got {c.rl.m}",
+    )
+    check = getattr(objectives.get(name), "check_options", None)  # objectives that check their options
+    if check is not None:
+        try:
+            check(**c.rl.options.to_dict())
+        except (TypeError, ValueError) as e:
+            raise ConfigError("rl.options", str(e)) from None
     if not spec.kl_terms:  # its samples come from pi_ref: a KL term on them would not be a KL of pi
         for key in ("beta", "anchor_ema"):
             _require(c.rl[key] == 0, f"rl.{key}", f"must be 0 for {name} (its samples are the reference's)")

@@ -264,7 +264,7 @@ def finetune_stage(
         draw = lambda params, m, k: draw_prompts(pb, params, m, k)
         select_BM = g.rewards_BM if selection == "reward" else g.scores_BM
         args = (g.prompt_tokens_BT, g.prompt_lengths_B, g.tokens_BMT, g.lengths_BM)
-        rollout = dict(rewards_BM=g.rewards_BM, scores_BM=g.scores_BM)
+        rollout = dict(rewards_BM=g.rewards_BM, scores_BM=g.scores_BM, lengths_BM=g.lengths_BM)
         host |= {
             "sample/reward_mean": float(g.rewards_BM.mean()),
             "sample/score_mean": float(g.scores_BM.mean()),
