@@ -259,3 +259,23 @@ def test_host_sample_metrics_do_not_overwrite_the_objectives(value_run):
         assert r["bon_reward"] == 123.0 and r["kl_ref"] == -7.0  # the objective's values, not the host's
         for key in ("sample/bon_reward_argmax_M", "sample/kl_ref_k1", "sample/reward_mean", "sample/pass_at_M"):
             assert key in r
+
+
+# ---------------------------------------------------------------- grpo: the completion lengths reach the loss
+
+
+@pytest.mark.slow
+def test_grpo_gets_each_samples_length_in_its_rollout(toy, tmp_path, monkeypatch):
+    seen, validate = [], objectives.validate_rollout
+
+    def recording(rollout, **kw):  # the trainer validates every step's rollout before the jitted step
+        seen.append(rollout)
+        return validate(rollout, **kw)
+
+    monkeypatch.setattr(F.objectives, "validate_rollout", recording)
+    _, rows = _run(toy, tmp_path, "grpo", "grpo", **{"rl.m": 3})
+    assert len(seen) == 2 and all(r.lengths_BM is not None for r in seen)
+    lengths = np.asarray(seen[0].lengths_BM)
+    assert lengths.shape == (2, 3) and lengths.min() >= 1 and lengths.max() <= 8  # rl.max_new_tokens = 8
+    for r in rows:
+        assert np.isfinite(r["loss"]) and 0 <= r["frac_informative"] <= 1
