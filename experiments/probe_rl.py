@@ -71,6 +71,7 @@ def main(argv: list[str]) -> None:
             node[path[-1]] = value if isinstance(old, str) else ast.literal_eval(value)
     if reward not in ("correct", "even"):
         raise SystemExit(f"reward must be 'correct' or 'even', got {reward!r}")
+    from bon_jax.cli import enable_compilation_cache
     from bon_jax.pipeline import report
     from bon_jax.pipeline.run import run_experiment
     from bon_jax.tasks import arith
@@ -85,6 +86,7 @@ def main(argv: list[str]) -> None:
         )
     if reward != "correct" or subset:
         cache = _private_cache(name)
+    enable_compilation_cache()
     summary = run_experiment(c, cache_root=cache)
     print(report.difference_table(summary["compare"]))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -87,11 +88,32 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(2)
 
 
+# XLA programs compiled by one run are loaded by the next (the points of a sweep, the runs of `make
+# reproduce`, a resumed run): the verifier alone compiles one program per (prompt, completion) width bucket.
+COMPILATION_CACHE_ENV = "BON_JAX_COMPILATION_CACHE"
+DEFAULT_COMPILATION_CACHE = os.path.join("runs", ".jax_cache")
+
+
+def enable_compilation_cache() -> str | None:
+    """Points JAX's persistent compilation cache at $BON_JAX_COMPILATION_CACHE (default runs/.jax_cache;
+    empty: off), unless a cache directory is already set (the tests set their own). Returns the folder."""
+    import jax
+
+    path = os.environ.get(COMPILATION_CACHE_ENV, DEFAULT_COMPILATION_CACHE)
+    if not path or jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path
+
+
 def run_reporting_errors(fn: Callable[[], object]) -> None:
-    """Runs `fn`; a preemption exits 0 (restart to resume), a bon_jax error exits 2 with its message."""
+    """Runs `fn` with the compilation cache on; a preemption exits 0 (restart to resume), a bon_jax error
+    exits 2 with its message."""
     from bon_jax.errors import BonJaxError
     from bon_jax.pipeline.loop import Preempted
 
+    enable_compilation_cache()
     try:
         fn()
     except Preempted as e:

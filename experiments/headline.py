@@ -1,0 +1,61 @@
+"""The README's headline: base vs standard RL vs BoN-aware fine-tuning of the default experiment, on test.
+
+    python -m experiments.headline [--out=docs/figures/headline_bon_at_k.png]
+
+runs (or, with finished stages, only reads) the default experiment twice with one shared stage cache
+(runs/arith_bo32/stages, so the base policy and verifier are the same): as configured (BoN-RL-V, N' = 32,
+workdir runs/arith_bo32) and with standard RL in its place (RLOO, `rl.objective=kl_rl`, `rl.n=1`, the same
+prompts x samples x steps; workdir runs/arith_bo32_standard_rl). It plots BoN@k and pass@k against k for
+the three policies with 95% bootstrap CIs over the test prompts, and prints the paired differences of each
+tuned policy against the base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from experiments.arith_bo32 import get_config
+
+CACHE = os.path.join("runs", "arith_bo32", "stages")
+
+
+def run_both():
+    from bon_jax.pipeline.run import run_experiment
+
+    bon = get_config()
+    bon.workdir = os.path.join("runs", "arith_bo32")
+    standard = get_config()
+    standard.workdir = os.path.join("runs", "arith_bo32_standard_rl")
+    standard.rl.objective, standard.rl.n = "kl_rl", 1
+    return run_experiment(bon, cache_root=CACHE), run_experiment(standard, cache_root=CACHE)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join("docs", "figures", "headline_bon_at_k.png"))
+    args = parser.parse_args()
+    from bon_jax.cli import enable_compilation_cache
+    from bon_jax.pipeline import report
+
+    enable_compilation_cache()
+    bon, standard = run_both()
+    evals = {
+        "base": bon["eval"]["base"],
+        "standard RL (RLOO)": standard["eval"]["tuned"],
+        "BoN-RL-V (N'=32)": bon["eval"]["tuned"],
+    }
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    report.plot_accuracy_vs_n(
+        {k: {f: v[f] for f in ("bon_at_k", "pass_at_k")} for k, v in evals.items()},
+        args.out,
+        "arith_bo32, 128 test prompts x 32 samples",
+    )
+    for name, summary in (("BoN-RL-V", bon), ("standard RL", standard)):
+        print(f"{name} - base (paired, 95% CI):")
+        print(report.difference_table(summary["compare"]))
+    print(f"figure: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
