@@ -5,7 +5,7 @@
 runs (or, with finished stages, only reads) the default experiment twice with one shared stage cache
 (runs/arith_bo32/stages, so the base policy and verifier are the same): as configured (BoN-RL-V, N' = 32,
 workdir runs/arith_bo32) and with standard RL in its place (RLOO, `rl.objective=kl_rl`, `rl.n=1`, the same
-prompts x samples x steps; workdir runs/arith_bo32_standard_rl). It plots BoN@k and pass@k against k for
+samples x steps, as 32 prompts x 8 samples; workdir runs/arith_bo32_standard_rl). It plots BoN@k and pass@k against k for
 the three policies with 95% bootstrap CIs over the test prompts, and prints the paired differences of each
 tuned policy against the base.
 """
@@ -27,7 +27,10 @@ def run_both():
     bon.workdir = os.path.join("runs", "arith_bo32")
     standard = get_config()
     standard.workdir = os.path.join("runs", "arith_bo32_standard_rl")
+    # RLOO's best shape on validation of the two tried at this budget (docs/lab_notes/rl_diagnosis.md):
+    # 32 prompts x 8 samples (8 x 32 gained less pass@1)
     standard.rl.objective, standard.rl.n = "kl_rl", 1
+    standard.rl.batch_size, standard.rl.m = 32, 8
     return run_experiment(bon, cache_root=CACHE), run_experiment(standard, cache_root=CACHE)
 
 
