@@ -64,6 +64,7 @@ def verifier_stage(
         prompts, completions, labels, groups, holdout = _graded_samples(
             ctx, tokenizer, model_cfg, base_params, chunk_dir=st.file("samples")
         )
+        st.phase_done("data")  # the base policy's graded samples; then training (done.json's timing)
         # Same named model as the policy: the verifier starts from the policy's backbone (Chow et al.).
         same = v.model == c.model.name
         vcfg = (
@@ -108,6 +109,7 @@ def verifier_stage(
             log_every=c.log_every,
             stop_after=stop_after,
         )
+        st.phase_done("train")
         report = {k: float(x) if np.ndim(x) == 0 else x for k, x in report.items()}
         save_verifier(st.file("verifier"), params, vcfg, tokenizer=tokenizer,
                       meta=dict(report, pooling=v.pooling, aggregate=v.process_aggregate,
