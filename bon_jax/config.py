@@ -22,8 +22,8 @@ from ml_collections import ConfigDict
 from bon_jax import objectives
 from bon_jax.errors import ConfigError
 from bon_jax.objectives import variational
-from bon_jax.tasks.registry import get_task_class, task_names
 from bon_jax.tasks.base import Task
+from bon_jax.tasks.registry import get_task_class, task_names
 from bon_jax.verifiers.learned import POOLINGS
 from bon_jax.verifiers.steps import AGGREGATES
 

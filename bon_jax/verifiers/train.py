@@ -69,7 +69,13 @@ from bon_jax.verifiers.learned import (
     sequence_logits,
     step_values,
 )
-from bon_jax.verifiers.steps import check_aggregate, newline_table, process_logit, step_ends, step_target_batch
+from bon_jax.verifiers.steps import (
+    check_aggregate,
+    newline_table,
+    process_logit,
+    step_ends,
+    step_target_batch,
+)
 
 
 def _labels(labels, n: int) -> np.ndarray:
