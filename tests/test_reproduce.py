@@ -236,28 +236,48 @@ def test_runner_skips_finished_runs_records_wall_time_and_keeps_interrupted_ones
     assert len(calls) == 1 + len(runs)
 
 
-@pytest.mark.slow
-def test_tiny_profile_end_to_end(tmp_path):
-    """The real pipeline for one claim at one seed (the tiny profile's full run is `make reproduce
-    ARGS=--profile=tiny`, minutes): runs, then a rerun that finds them finished, the report and figure."""
+def test_tiny_profile_end_to_end(tmp_path, monkeypatch):
+    """The pipeline, not the science: the tiny profile cut to one seed, one arith claim of two methods
+    (claim4: sft, bon_sft) and one sentiment claim (claim9, one run), each run through run_experiment (every
+    stage; a family's runs share its stage cache), then the analysis, the markdown and the figures; a
+    rerun finds every run finished and runs nothing. The whole tiny profile: `make reproduce
+    ARGS=--profile=tiny` (~34 runs). Most of the time is XLA compiling; the runs of a family share their
+    programs through the persistent compilation cache (tests/conftest.py), which also serves later suites."""
     import experiments.reproduce.settings as settings
     from experiments.reproduce.__main__ import main
 
     arith = dataclasses.replace(TINY.families["arith"], tuning={})  # the synthetic test covers the tries
-    one_seed = dataclasses.replace(TINY, seeds=(0,), families={**TINY.families, "arith": arith})
-    orig = settings.PROFILES["tiny"]
-    settings.PROFILES["tiny"] = one_seed
-    try:
-        args = ["--profile=tiny", "--only=claim4", f"--workdir={tmp_path}"]
-        assert main(args) == 0
-        log = runner.read_log(str(tmp_path), "tiny")
-        assert sorted(e["label"] for e in log.values()) == ["bon_sft", "sft"]
-        assert all(e["status"] == "done" and e["wall_s"] > 0 for e in log.values())
-        walls = {k: e["wall_s"] for k, e in log.items()}
-        assert main(args) == 0
-        assert {k: e["wall_s"] for k, e in runner.read_log(str(tmp_path), "tiny").items()} == walls
-    finally:
-        settings.PROFILES["tiny"] = orig
+    sentiment = TINY.families["sentiment"]
+    sentiment = dataclasses.replace(
+        sentiment,
+        overrides={**sentiment.overrides, "sft.steps": 4, "rl.ref_samples": 16, "eval.bootstrap": 10},
+    )
+    reduced = dataclasses.replace(TINY, seeds=(0,), families={"arith": arith, "sentiment": sentiment})
+    monkeypatch.setitem(settings.PROFILES, "tiny", reduced)
+    args = ["--profile=tiny", "--only=claim4,claim9", f"--workdir={tmp_path}"]
+    assert main(args) == 0
+    log = runner.read_log(str(tmp_path), "tiny")
+    assert sorted(e["label"] for e in log.values()) == ["bon_sft", "n=2_objective=vbon", "sft"]
+    assert all(e["status"] == "done" and e["wall_s"] > 0 for e in log.values())
+    runs = runs_for(reduced, ["claim4", "claim9"])
+    for run in runs:  # real evaluations: the base and the tuned policy on the same prompts
+        pp = json.loads(open(os.path.join(run.workdir(str(tmp_path)), "per_prompt.json")).read())
+        assert len(pp["base"]["bon_at_4"]) == len(pp["tuned"]["bon_at_4"]) == 8
+    summaries = {
+        r.run_id: os.path.getmtime(os.path.join(r.workdir(str(tmp_path)), "summary.json")) for r in runs
+    }
+    walls = {k: e["wall_s"] for k, e in log.items()}
+    assert main(args) == 0  # finds every run finished: nothing reruns, the report is rewritten
+    assert {k: e["wall_s"] for k, e in runner.read_log(str(tmp_path), "tiny").items()} == walls
+    assert {
+        r.run_id: os.path.getmtime(os.path.join(r.workdir(str(tmp_path)), "summary.json")) for r in runs
+    } == summaries
     text = (tmp_path / "tiny" / "reproduction.md").read_text()
-    assert "## claim4" in text and "BoN@4: bon_sft - sft" in text and "1 x 8" in text
-    assert (tmp_path / "tiny" / "figures" / "reproduce_claim4.png").stat().st_size > 5000
+    verdicts = (stats.REPRODUCED, stats.NOT_REPRODUCED, stats.INCONCLUSIVE)
+    for cid in ("claim4", "claim9"):
+        section = text.split(f"## {cid}")[1].split("\n## ")[0]
+        assert any(f"**Verdict: {v}.**" in section for v in verdicts), cid
+        assert f"figures/reproduce_{cid}.png" in section
+        assert (tmp_path / "tiny" / "figures" / f"reproduce_{cid}.png").stat().st_size > 5000
+    assert "BoN@4: bon_sft - sft" in text and "1 x 8" in text
+    assert "KL(BoN@2) measured - bound" in text
