@@ -87,6 +87,17 @@ def test_concat_rows_pads_prompts_on_the_left_and_keeps_rows_aligned():
         DS.concat_rows([a, _graded(2, T=7)], pad_id=0)
 
 
+def test_unscored_samples_stay_unscored_through_take_and_concat():
+    """Rounds are drawn unscored (the verifier scores only the kept prompts): None passes through; a mix of
+    scored and unscored parts is refused."""
+    a, b = (dataclasses.replace(x, scores_BM=None) for x in (_graded(3), _graded(2, start=3)))
+    assert DS.take_rows(a, [2, 0]).scores_BM is None
+    both = DS.concat_rows([a, b], pad_id=0)
+    assert both.scores_BM is None and both.rewards_BM.shape == (5, 3)
+    with pytest.raises(ValueError, match="scores_BM is filled in some parts and None in others"):
+        DS.concat_rows([a, _graded(2, start=3)], pad_id=0)
+
+
 def test_batch_rows_takes_informative_prompts_first_then_fills_in_draw_order():
     assert DS.informative_B(np.array([[1, 1], [0, 1], [0, 0], [2.5, 2.5]])).tolist() == [
         False,

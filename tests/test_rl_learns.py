@@ -96,7 +96,9 @@ def uniform_answerer(tok, cfg):
     return jax.device_get(state.params)
 
 
-def _finetune(root, tok, cfg, params, task, verifier, *, objective="kl_rl", n=1, steps=1, lr=3e-3):
+def _finetune(
+    root, tok, cfg, params, task, verifier, *, objective="kl_rl", n=1, steps=1, lr=3e-3, new_tokens=NEW_TOKENS
+):
     """`finetune_stage` for `steps` steps of B = 4 prompts (all four, each step) x M = 8 samples on the
     2-device mesh; returns (tuned params, the logged rows)."""
     c = smoke_config(
@@ -107,7 +109,7 @@ def _finetune(root, tok, cfg, params, task, verifier, *, objective="kl_rl", n=1,
             "rl.m": M,
             "rl.steps": steps,
             "rl.batch_size": B,
-            "rl.max_new_tokens": NEW_TOKENS,
+            "rl.max_new_tokens": new_tokens,
             "rl.lr": lr,
             "rl.warmup": 0,
             **MESH,
@@ -229,10 +231,11 @@ def _decoded(tok, batch):
     return prompts, texts
 
 
-def test_rewards_and_scores_stay_with_their_samples(tok, cfg, tmp_path, recorded_batches):
+@pytest.mark.parametrize("objective", ["bon_rl_v", "kl_rl"])
+def test_rewards_and_scores_stay_with_their_samples(tok, cfg, tmp_path, recorded_batches, objective):
     """R[b, j] = grade(prompt b, text of tokens_BMT[b, j]) and s[b, j] = score(the same), in the arrays the
-    update step receives, over two steps; the grader and the verifier were
-    shown exactly those texts."""
+    update step receives, over two steps; the grader and the verifier were shown exactly those texts.
+    An objective that does not select by the verifier (kl_rl) gets no scores: the verifier is never run."""
     graded = []
 
     def rule(example, text):
@@ -241,7 +244,8 @@ def test_rewards_and_scores_stay_with_their_samples(tok, cfg, tmp_path, recorded
 
     verifier = RecordingVerifier()
     tuned, _ = _finetune(
-        tmp_path, tok, cfg, init_params(cfg, jax.random.key(1)), RuleTask(rule), verifier, steps=2
+        tmp_path, tok, cfg, init_params(cfg, jax.random.key(1)), RuleTask(rule), verifier, steps=2,
+        objective=objective, n=M if objective == "bon_rl_v" else 1,
     )
     emb = tuned["embedder"]["input_embedding"]
     assert len(emb.sharding.device_set) == 2 and any(emb.sharding.spec), emb.sharding  # really split over 2
@@ -252,14 +256,31 @@ def test_rewards_and_scores_stay_with_their_samples(tok, cfg, tmp_path, recorded
         assert sorted(prompts) == sorted(PROMPTS)  # the four prompts, each once
         assert len({t for row in texts for t in row}) > B * M // 2, texts  # diverse: a moved reward shows
         expected_R = [[_tag("reward", p, t) for t in row] for p, row in zip(prompts, texts)]
-        expected_s = [[_tag("score", p, t) for t in row] for p, row in zip(prompts, texts)]
         np.testing.assert_allclose(batch["rewards_BM"], expected_R, rtol=1e-6)
+        if objective == "kl_rl":
+            assert batch["scores_BM"] is None
+            continue
+        expected_s = [[_tag("score", p, t) for t in row] for p, row in zip(prompts, texts)]
         np.testing.assert_allclose(batch["scores_BM"], expected_s, rtol=1e-6)
         assert verifier.shown[step] == (prompts, texts)
         assert graded[step * B * M : (step + 1) * B * M] == [
             (p, t) for p, row in zip(prompts, texts) for t in row
         ]
     assert len(graded) == 2 * B * M
+    assert len(verifier.shown) == (0 if objective == "kl_rl" else 2)
+
+
+def test_the_update_gets_completions_cut_to_their_length_bucket(tok, cfg, uniform_answerer, tmp_path, recorded_batches):
+    """With max_new_tokens 40 and answers of two tokens (a digit, then eos), the update and the reference
+    pass receive [B, M, 16] completions (the longest rounded up to 16), not 40 columns of padding; the
+    cut keeps every token of every completion (rollouts.completion_width)."""
+    task = RuleTask(lambda ex, text: text == ex.answer)
+    _finetune(tmp_path, tok, cfg, uniform_answerer, task, OracleVerifier(task), new_tokens=40)
+    (batch,) = recorded_batches
+    assert 1 <= batch["lengths_BM"].max() <= 16, batch["lengths_BM"]
+    assert batch["tokens_BMT"].shape == (B, M, 16)
+    prompts, texts = _decoded(tok, batch)
+    assert {t for row in texts for t in row} <= set(ANSWERS), texts
 
 
 def test_one_update_raises_the_one_rewarded_sample_and_no_other(tok, cfg, tmp_path, recorded_batches):

@@ -46,6 +46,9 @@ def take_rows(g: GradedSamples, rows_K) -> GradedSamples:
     out = {}
     for f in dataclasses.fields(g):
         value = getattr(g, f.name)
+        if value is None:  # a field not filled in (scores_BM of unscored samples)
+            out[f.name] = None
+            continue
         if len(value) != B:
             raise ValueError(f"GradedSamples.{f.name} has {len(value)} rows, prompt_lengths_B has {B}")
         out[f.name] = value[rows_K] if isinstance(value, np.ndarray) else [value[i] for i in rows_K]
@@ -59,6 +62,11 @@ def concat_rows(parts: Sequence[GradedSamples], pad_id: int) -> GradedSamples:
     out = {}
     for f in dataclasses.fields(GradedSamples):
         values = [getattr(p, f.name) for p in parts]
+        if any(v is None for v in values):
+            if not all(v is None for v in values):
+                raise ValueError(f"GradedSamples.{f.name} is filled in some parts and None in others")
+            out[f.name] = None
+            continue
         if f.name == "prompt_tokens_BT":
             values = [np.pad(v, ((0, 0), (width - v.shape[1], 0)), constant_values=pad_id) for v in values]
         if isinstance(values[0], np.ndarray):

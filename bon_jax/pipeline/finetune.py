@@ -38,7 +38,15 @@ from bon_jax.models.masks import valid_from_lengths
 from bon_jax.pipeline import dynamic_sampling
 from bon_jax.pipeline.context import RunContext
 from bon_jax.pipeline.policy import load_params, save_params
-from bon_jax.pipeline.rollouts import ReferenceSamples, bon_winners, draw_graded, make_sequence_logp
+from bon_jax.pipeline.rollouts import (
+    ReferenceSamples,
+    bon_winners,
+    completion_width,
+    cut_completions,
+    draw_graded,
+    make_sequence_logp,
+    with_scores,
+)
 from bon_jax.pipeline.stage_cache import stage
 from bon_jax.sampling import sequence_logprobs
 from bon_jax.train.loop import LoopConfig, run_loop
@@ -230,9 +238,13 @@ def finetune_stage(
         ref_store = ReferenceSamples(ref_st.file("reference_samples.npz"), rl.ref_samples)
         ref_key = ctx.rng("reference_samples")  # not step-dependent: a prompt's samples are fixed
 
+    # The verifier scores only what selects by it, and only the prompts a step keeps (its forward costs more
+    # than sampling the short completions; issue 14). Reference and pi_ref Best-of-N draws are scored.
+    score_rollout = selection == "score"
+
     def batch_fn(step, state: RLState):
         k_sample, k_bon, k_tie = jax.random.split(jax.random.fold_in(key, step), 3)
-        draw_prompts = lambda pb, params, m, k: draw_graded(
+        draw_prompts = lambda pb, params, m, k, score=True: draw_graded(
             params,
             model_cfg,
             tokenizer,
@@ -248,6 +260,7 @@ def finetune_stage(
             top_k=rl.top_k,
             top_p=rl.top_p,
             prompt_ids_B=pb["index_B"],
+            score=score,
         )
         # Whose samples the objective's rollout holds (bon_distill_sft: pi_ref's, Amini et al.'s baseline).
         policy = base_params if spec.samples == "reference" else state.train.params
@@ -255,24 +268,31 @@ def finetune_stage(
         # that many further batches (every field of the kept prompts' samples selected together).
         pb, g, host = dynamic_sampling.draw_informative(
             lambda: next(data["it"]),
-            lambda batch, k: draw_prompts(batch, policy, rl.m, k),
+            lambda batch, k: draw_prompts(batch, policy, rl.m, k, score=False),
             k_sample,
             rounds=rl.dynamic_sampling,
             pad_id=tokenizer.pad_id,
         )
         ex_B = [examples[i] for i in pb["index_B"]]
         draw = lambda params, m, k: draw_prompts(pb, params, m, k)
+        if score_rollout:
+            g = with_scores(g, verifier, ex_B)
+        # Cut to the longest completion's bucket: the update and the reference pass cost what the samples
+        # hold, not max_new_tokens of padding.
+        g = cut_completions(g, completion_width(g.lengths_BM, rl.max_new_tokens))
         select_BM = g.rewards_BM if selection == "reward" else g.scores_BM
         args = (g.prompt_tokens_BT, g.prompt_lengths_B, g.tokens_BMT, g.lengths_BM)
         rollout = dict(rewards_BM=g.rewards_BM, scores_BM=g.scores_BM, lengths_BM=g.lengths_BM)
         host |= {
             "sample/reward_mean": float(g.rewards_BM.mean()),
-            "sample/score_mean": float(g.scores_BM.mean()),
-            "sample/bon_reward_argmax_M": float(_bon_reward(select_BM, g.rewards_BM)),
             "sample/pass_at_M": float((g.rewards_BM.max(1) > 0).mean()),
             "sample/length": float(g.lengths_BM.mean()),
             "sample/finished": float(g.finished_BM.mean()),
         }
+        if g.scores_BM is not None:
+            host["sample/score_mean"] = float(g.scores_BM.mean())
+        if select_BM is not None:
+            host["sample/bon_reward_argmax_M"] = float(_bon_reward(select_BM, g.rewards_BM))
         if spec.kl_terms:  # samples of pi: KL(pi || pi_ref) is estimable from them
             ref_logp_BM = seq_logp(base_params, *args)
             rollout["ref_logp_BM"] = ref_logp_BM

@@ -34,7 +34,7 @@ class GradedSamples:
     texts_BM: list[list[str]]
     rewards_BM: np.ndarray
     answers_BM: np.ndarray
-    scores_BM: np.ndarray
+    scores_BM: np.ndarray | None  # None: not scored (draw_graded(score=False); `with_scores` adds them)
     finished_BM: np.ndarray  # ended with eos (not cut at max_new_tokens)
 
 
@@ -60,7 +60,11 @@ def draw_graded(
     top_k: int = 0,
     top_p: float = 1.0,
     prompt_ids_B: np.ndarray | None = None,
+    score: bool = True,
 ) -> GradedSamples:
+    """Samples M completions of each prompt, decodes and grades them, and (with `score`) scores them by
+    `verifier`. `score=False` leaves `scores_BM` None, for callers that need no scores or score only the
+    prompts they keep (`with_scores`): the verifier's forward costs more than sampling short completions."""
     # The policy being sampled (and trained, and compared to the reference) is pi_tau = softmax(l / tau):
     # its log-probs are the sampler's 'sampling' ones when no top-k / top-p truncation applies. Truncation
     # is not part of the differentiable policy: with it, logp_BM is the untruncated temperature-1 log-prob
@@ -91,10 +95,7 @@ def draw_graded(
     text_lengths_BM = lengths_BM - finished_BM
     texts_BM = decode_completions(tokenizer, tokens_BMT, text_lengths_BM)
     grades = task.grade_batch(examples_B, texts_BM)
-    scores_BM = verifier.score(examples_B, Samples(
-        tokens_BMT=tokens_BMT, lengths_BM=lengths_BM, prompt_tokens_BT=np.asarray(prompt_tokens_BT),
-        texts_BM=texts_BM, rewards_BM=np.asarray(grades.rewards_BM, np.float32)))
-    return GradedSamples(
+    g = GradedSamples(
         prompt_tokens_BT=np.asarray(prompt_tokens_BT),
         prompt_lengths_B=np.asarray(prompt_lengths_B),
         tokens_BMT=tokens_BMT,
@@ -104,9 +105,35 @@ def draw_graded(
         texts_BM=texts_BM,
         rewards_BM=np.asarray(grades.rewards_BM, np.float32),
         answers_BM=grades.answers_BM,
-        scores_BM=np.asarray(scores_BM, np.float32),
+        scores_BM=None,
         finished_BM=finished_BM,
     )
+    return with_scores(g, verifier, examples_B) if score else g
+
+
+def with_scores(g: GradedSamples, verifier: Verifier, examples_B: Sequence[Example]) -> GradedSamples:
+    """`g` with `scores_BM` = the verifier's scores of its samples (`examples_B`: the prompts' examples)."""
+    scores_BM = verifier.score(examples_B, Samples(
+        tokens_BMT=g.tokens_BMT, lengths_BM=g.lengths_BM, prompt_tokens_BT=g.prompt_tokens_BT,
+        texts_BM=g.texts_BM, rewards_BM=g.rewards_BM))
+    return dataclasses.replace(g, scores_BM=np.asarray(scores_BM, np.float32))
+
+
+def completion_width(lengths_BM, max_width: int, multiple: int = 16) -> int:
+    """The completion width a batch needs: its longest completion rounded up to a multiple of `multiple`
+    (a few static widths, each compiled once), at most `max_width`. Past each completion's length there
+    is only padding, which every log-prob masks, so cutting to this width changes no quantity."""
+    longest = int(np.max(lengths_BM, initial=0))
+    return min(max_width, max(multiple, -(-longest // multiple) * multiple))
+
+
+def cut_completions(g: GradedSamples, width: int) -> GradedSamples:
+    """`g` with its `[B, M, T]` token fields cut to `width` (>= every completion's length)."""
+    if width < int(np.max(g.lengths_BM, initial=0)):
+        raise ValueError(f"cut_completions: width {width} is shorter than a completion "
+                         f"({int(np.max(g.lengths_BM))} tokens)")
+    return dataclasses.replace(g, tokens_BMT=g.tokens_BMT[:, :, :width],
+                               token_logp_BMT=g.token_logp_BMT[:, :, :width])
 
 
 def make_sequence_logp(model_cfg, temperature: float = 1.0, *, per_token: bool = False):
