@@ -1,7 +1,7 @@
 """`make reproduce [ARGS="--profile=tiny --only=claim1,claim4"]`: run the claims' missing runs, then write
 the report.
 
-    python -m experiments.reproduce [--profile=full|tiny] [--only=claim1,...] [--workdir=runs/reproduce]
+    python -m experiments.reproduce [--profile=full|tiny] [--only=claim1,...] [--workdir=results/reproduce]
                                     [--list] [--no-run] [--doc=PATH] [--figures=DIR]
 
 `full` writes docs/reproduction.md and docs/figures/reproduce_claim*.png; `tiny` (a pipeline check, not
@@ -23,7 +23,9 @@ def parse(argv):
     p.add_argument(
         "--only", default="", help="comma-separated claims, e.g. claim1,claim7 (default: all nine)"
     )
-    p.add_argument("--workdir", default="runs/reproduce")
+    p.add_argument(
+        "--workdir", default="results/reproduce", help="finished runs here are tracked by git (resume anywhere)"
+    )
     p.add_argument("--list", action="store_true", help="print the runs and exit")
     p.add_argument("--no-run", action="store_true", help="write the report from the finished runs only")
     p.add_argument("--doc", default=None, help="markdown path (full: docs/reproduction.md)")
