@@ -202,11 +202,24 @@ def test_analysis_and_report_on_synthetic_runs(tmp_path):
     for i in range(1, 10):
         assert f"## claim{i}" in text and f"figures/reproduce_claim{i}.png" in text
         assert os.path.getsize(os.path.join(fig_dir, f"reproduce_claim{i}.png")) > 5000
-    assert "**2.02 h**" in text  # 7200 s + 60 s
+    # the current settings' runs (7200 s) apart from every run tried (+ 60 s of an old setting's run)
+    assert "runs the current settings use: **2.00 h**" in text and "included: 2.02 h over 2 runs" in text
     assert "arith/old-123/seed0" in text and "lr=0.1" in text  # a run tried under old settings is listed
     assert "Verdict rule" in text
     tries = text.split("## claim4")[1].split("## claim5")[0]
     assert "Validation tries (seed 0" in tries and "`arith/sft~try0-" in tries and "lr=0.003" in tries
+    # README's claims table: one row per claim with its verdict, between the markers, the rest kept
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# top\n\n{writer.BEGIN}\nold table\n{writer.END}\n\n## after\n")
+    writer.update_readme(str(readme), results, "docs/reproduction.md", "The claims:")
+    new = readme.read_text()
+    assert new.startswith("# top\n") and new.endswith(f"{writer.END}\n\n## after\n") and "old table" not in new
+    rows = [line for line in new.splitlines() if line.startswith("| [claim")]
+    assert len(rows) == 9 and all(f"**{r.verdict}**" in row for r, row in zip(results, rows))
+    assert rows[0].startswith("| [claim1](docs/reproduction.md#claim1)") and "BoN@4: bon_rl_v - base 0.1" in rows[0]
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="no <!-- claims-table:begin -->"):
+        writer.update_readme(str(readme), results, "docs/reproduction.md", "The claims:")
 
 
 def test_runner_skips_finished_runs_records_wall_time_and_keeps_interrupted_ones(tmp_path):

@@ -4,10 +4,11 @@ the report.
     python -m experiments.reproduce [--profile=full|tiny] [--only=claim1,...] [--workdir=results/reproduce]
                                     [--list] [--no-run] [--doc=PATH] [--figures=DIR]
 
-`full` writes docs/reproduction.md and docs/figures/reproduce_claim*.png; `tiny` (a pipeline check, not
-the science) writes them under <workdir>/tiny/ unless --doc / --figures say otherwise. `--list` prints the
-runs and whether each is finished; `--no-run` writes the report from the finished runs only. A SIGTERM
-stops the run in flight at its next checkpoint (exit 0); the same command resumes.
+`full` writes docs/reproduction.md, docs/figures/reproduce_claim*.png and README.md's claims table; `tiny`
+(a pipeline check, not the science) writes them under <workdir>/tiny/ unless --doc / --figures say
+otherwise, and no README. `--list` prints the runs and whether each is finished; `--no-run` writes the
+report from the finished runs only. A SIGTERM stops the run in flight at its next checkpoint (exit 0); the
+same command resumes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def parse(argv):
     p.add_argument("--no-run", action="store_true", help="write the report from the finished runs only")
     p.add_argument("--doc", default=None, help="markdown path (full: docs/reproduction.md)")
     p.add_argument("--figures", default=None, help="PNG folder (full: docs/figures)")
+    p.add_argument(
+        "--readme", default=None, help="README whose claims-table block is rewritten (full: README.md)"
+    )
     return p.parse_args(argv)
 
 
@@ -74,6 +78,15 @@ def main(argv=None) -> int:
         figure_dir=fig_dir,
         command=command,
     )
+    readme = args.readme or ("README.md" if profile.name == "full" else None)
+    if readme:
+        t = writer.wall_time(results, runner.read_log(args.workdir, profile.name), args.workdir)
+        note = (
+            f"The claims, as `{command}` last left them ({t['current_finished']} of {t['current_runs']} runs "
+            f"finished, {t['current_s'] / 3600:.2f} h of runs; verdicts follow mechanically from the 95% CIs "
+            f"over seeds x test prompts; details and figures in [{os.path.relpath(doc)}]({os.path.relpath(doc)})):"
+        )
+        writer.update_readme(readme, results, os.path.relpath(doc, os.path.dirname(os.path.abspath(readme))), note)
     for r in results:
         print(f"[reproduce] {r.claim.id}: {r.verdict}")
     print(f"[reproduce] wrote {path}")

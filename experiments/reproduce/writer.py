@@ -110,17 +110,62 @@ def _tuning(result, log: dict) -> list[str]:
     return lines
 
 
+def wall_time(results, log: dict, root: str) -> dict:
+    """Seconds spent on the runs the current settings use (`current`, over every invocation, with how many
+    of them are finished) and on every run in runs.json (`tried`, runs of earlier settings included)."""
+    current = {run.run_id: finished for r in results for run, finished in [*r.runs, *((run, run.finished(root)) for run, _ in r.tuning)]}
+    return {
+        "current_s": sum(log.get(rid, {}).get("wall_s", 0.0) for rid in current),
+        "current_runs": len(current),
+        "current_finished": sum(current.values()),
+        "tried_s": sum(e.get("wall_s", 0.0) for e in log.values()),
+        "tried_runs": len(log),
+    }
+
+
+def claims_table(results, doc_link: str) -> list[str]:
+    """The README's table: one row per claim, its verdict, and the judged comparisons' means [95% CI]."""
+    lines = ["| claim | paper | verdict | judged comparisons, mean [95% CI] |", "|---|---|---|---|"]
+    for r in results:
+        judged = "; ".join(
+            f"{row.label} {_fmt(row.estimate)}" for row in r.rows if row.comparison.direction is not None
+        )
+        lines.append(
+            f"| [{r.claim.id}]({doc_link}#{r.claim.id}): {r.claim.statement} | {r.claim.paper} | "
+            f"**{r.verdict}** | {judged or '-'} |"
+        )
+    return lines
+
+
+BEGIN, END = "<!-- claims-table:begin -->", "<!-- claims-table:end -->"
+
+
+def update_readme(readme_path: str, results, doc_link: str, note: str) -> None:
+    """Replaces what lies between README's claims-table markers with `note` and the claims table."""
+    with open(readme_path) as f:
+        text = f.read()
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"{readme_path} has no {BEGIN} ... {END} block for the claims table")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    block = "\n".join(["", note, "", *claims_table(results, doc_link), ""])
+    with open(readme_path + ".tmp", "w") as f:
+        f.write(head + BEGIN + block + "\n" + END + tail)
+    os.replace(readme_path + ".tmp", readme_path)
+
+
 def write(results, *, profile, log: dict, root: str, doc_path: str, figure_dir: str, command: str) -> str:
-    total = sum(e.get("wall_s", 0.0) for e in log.values())
-    done = sum(e.get("status") == "done" for e in log.values())
+    t = wall_time(results, log, root)
     lines = [
         "# Reproduction of the papers' claims",
         "",
         f"Made by `{command}` (profile `{profile.name}`, seeds {', '.join(map(str, profile.seeds))}); the "
         "settings are in experiments/reproduce/settings.py. It resumes where it stopped: finished runs are kept.",
         "",
-        f"Total wall time of the runs: **{total / 3600:.2f} h** ({total:.0f} s over {len(log)} runs tried, "
-        f"{done} finished; runs.json under `{os.path.join(root, profile.name)}`).",
+        f"Wall time of the runs the current settings use: **{t['current_s'] / 3600:.2f} h** "
+        f"({t['current_s']:.0f} s; {t['current_finished']} of {t['current_runs']} runs finished). Every run "
+        f"tried, runs of earlier settings included: {t['tried_s'] / 3600:.2f} h over {t['tried_runs']} runs "
+        f"(runs.json under `{os.path.join(root, profile.name)}`).",
         "",
         RULE,
         "",
