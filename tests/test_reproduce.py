@@ -186,6 +186,19 @@ def test_analysis_and_report_on_synthetic_runs(tmp_path):
         method_run(TINY, "arith", "bon_rl_v", 0).run_id: {"wall_s": 7200.0, "status": "done"},
         "arith/old-123/seed0": {"wall_s": 60.0, "status": "done", "overrides": {"rl.lr": 0.1}},
     }
+    # the verifier check: the base policies' BoN@k / pass@k, against the per-prompt data written above
+    verifier = analysis.verifier_check(TINY, root)
+    first_label = next(iter(TINY.families["arith"].methods))  # real runs of a seed share one base evaluation
+    bases = [
+        json.load(open(os.path.join(method_run(TINY, "arith", first_label, s).workdir(root), "per_prompt.json")))["base"]
+        for s in TINY.seeds
+    ]
+    mean = lambda m: np.mean([b[m] for b in bases])  # noqa: E731
+    assert verifier.seeds == list(TINY.seeds) and sorted(verifier.levels) == [1, 2, 4]
+    np.testing.assert_allclose(verifier.levels[4]["pass@k"].mean, mean("pass_at_4"))
+    np.testing.assert_allclose(verifier.ratio, mean("bon_at_4") / mean("pass_at_4"))
+    assert [(a, b) for a, b, _ in verifier.steps] == [(1, 2), (2, 4)]
+    np.testing.assert_allclose(verifier.steps[1][2].mean, mean("bon_at_4") - mean("bon_at_2"))
     fig_dir = str(tmp_path / "figures")
     for r in results:
         figures.plot_claim(r, os.path.join(fig_dir, f"reproduce_{r.claim.id}.png"))
@@ -197,6 +210,7 @@ def test_analysis_and_report_on_synthetic_runs(tmp_path):
         doc_path=str(tmp_path / "reproduction.md"),
         figure_dir=fig_dir,
         command="make reproduce",
+        verifier=verifier,
     )
     text = open(doc).read()
     for i in range(1, 10):
@@ -206,6 +220,7 @@ def test_analysis_and_report_on_synthetic_runs(tmp_path):
     assert "runs the current settings use: **2.00 h**" in text and "included: 2.02 h over 2 runs" in text
     assert "arith/old-123/seed0" in text and "lr=0.1" in text  # a run tried under old settings is listed
     assert "Verdict rule" in text
+    assert "## The learned verifier" in text and f"= **{verifier.ratio:.2f}**" in text
     tries = text.split("## claim4")[1].split("## claim5")[0]
     assert "Validation tries (seed 0" in tries and "`arith/sft~try0-" in tries and "lr=0.003" in tries
     # README's claims table: one row per claim with its verdict, between the markers, the rest kept

@@ -77,6 +77,7 @@ def main(argv=None) -> int:
         doc_path=doc,
         figure_dir=fig_dir,
         command=command,
+        verifier=analysis.verifier_check(profile, args.workdir) if "claim1" in claim_ids else None,
     )
     readme = args.readme or ("README.md" if profile.name == "full" else None)
     if readme:

@@ -335,3 +335,33 @@ def _family_runs(profile, family) -> list[Run]:
         for s in profile.seeds
         for label in profile.families[family].methods
     ]
+
+
+@dataclasses.dataclass
+class VerifierCheck:
+    """The learned verifier with each seed's base policy (issue 15's acceptance: BoN@K >= 0.45 pass@K and
+    BoN@k non-decreasing in k): levels per k, and each step BoN@k - BoN@(previous k), over seeds x prompts."""
+
+    seeds: list
+    levels: dict  # k -> {"BoN@k": Estimate, "pass@k": Estimate}
+    steps: list  # [(previous k, k, Estimate of BoN@k - BoN@previous k)]
+    ratio: float | None  # mean BoN@K / mean pass@K at the largest k
+
+
+def verifier_check(profile, root, family: str = "arith") -> VerifierCheck | None:
+    """The base policy's BoN@k and pass@k per k, read from the family's finished runs (one per seed)."""
+    if family not in profile.families:
+        return None
+    data = load_runs(_family_runs(profile, family), root)
+    bases = {s: b for s in profile.seeds if (b := _base(data, family, s))}
+    if not bases:
+        return None
+    first = next(iter(bases.values()))
+    ks = sorted(int(m[len("bon_at_"):]) for m in first if m.startswith("bon_at_") and m[7:].isdigit())
+    stack = lambda metric: np.stack([np.asarray(b[metric], np.float64) for b in bases.values()])  # noqa: E731
+    levels = {k: {"BoN@k": stats.crossed_ci(stack(f"bon_at_{k}")), "pass@k": stats.crossed_ci(stack(f"pass_at_{k}"))}
+              for k in ks}
+    steps = [(a, b, stats.crossed_ci(stack(f"bon_at_{b}") - stack(f"bon_at_{a}"))) for a, b in zip(ks, ks[1:])]
+    top = ks[-1]
+    ratio = levels[top]["BoN@k"].mean / levels[top]["pass@k"].mean if levels[top]["pass@k"].mean > 0 else None
+    return VerifierCheck(sorted(bases), levels, steps, ratio)

@@ -154,7 +154,29 @@ def update_readme(readme_path: str, results, doc_link: str, note: str) -> None:
     os.replace(readme_path + ".tmp", readme_path)
 
 
-def write(results, *, profile, log: dict, root: str, doc_path: str, figure_dir: str, command: str) -> str:
+def _verifier(v) -> list[str]:
+    if v is None:
+        return []
+    top = max(v.levels)
+    lines = [
+        "",
+        "## The learned verifier",
+        "",
+        f"The base policy of each arith seed ({', '.join(map(str, v.seeds))}) with its learned verifier, on the "
+        f"held-out test prompts (issue 15's bar: BoN@{top} at least 0.45 x pass@{top}, BoN@k not falling as k "
+        f"grows). BoN@{top} / pass@{top} = **{v.ratio:.2f}**.",
+        "",
+        "| k | BoN@k | pass@k | BoN@k - BoN@(previous k) |",
+        "|---|---|---|---|",
+    ]
+    step = {b: e for _, b, e in v.steps}
+    for k, lv in v.levels.items():
+        lines.append(f"| {k} | {_fmt(lv['BoN@k'])} | {_fmt(lv['pass@k'])} | {_fmt(step.get(k))} |")
+    return lines
+
+
+def write(results, *, profile, log: dict, root: str, doc_path: str, figure_dir: str, command: str,
+          verifier=None) -> str:
     t = wall_time(results, log, root)
     lines = [
         "# Reproduction of the papers' claims",
@@ -173,6 +195,7 @@ def write(results, *, profile, log: dict, root: str, doc_path: str, figure_dir: 
         "|---|---|---|",
     ]
     lines += [f"| [{r.claim.id}](#{r.claim.id}) | {r.claim.paper} | **{r.verdict}** |" for r in results]
+    lines += _verifier(verifier)
     for r in results:
         fig = os.path.join(figure_dir, f"reproduce_{r.claim.id}.png")
         rel = os.path.relpath(fig, os.path.dirname(os.path.abspath(doc_path)))
