@@ -201,7 +201,12 @@ def recorded_batches(monkeypatch):
             r = batch["rollout"]
             seen.append(
                 jax.device_get(
-                    {**{k: batch[k] for k in keep}, "rewards_BM": r.rewards_BM, "scores_BM": r.scores_BM}
+                    {
+                        **{k: batch[k] for k in keep},
+                        "rewards_BM": r.rewards_BM,
+                        "scores_BM": r.scores_BM,
+                        "update_rows_BK": batch.get("update_rows_BK"),
+                    }
                 )
             )
             return batch
@@ -258,10 +263,12 @@ def test_rewards_and_scores_stay_with_their_samples(tok, cfg, tmp_path, recorded
         expected_R = [[_tag("reward", p, t) for t in row] for p, row in zip(prompts, texts)]
         np.testing.assert_allclose(batch["rewards_BM"], expected_R, rtol=1e-6)
         if objective == "kl_rl":
-            assert batch["scores_BM"] is None
+            assert batch["scores_BM"] is None and batch["update_rows_BK"] is None
             continue
         expected_s = [[_tag("score", p, t) for t in row] for p, row in zip(prompts, texts)]
         np.testing.assert_allclose(batch["scores_BM"], expected_s, rtol=1e-6)
+        # N' = M: only each prompt's top-scored sample can win, so only it is differentiated (update_rows).
+        np.testing.assert_array_equal(batch["update_rows_BK"], np.argmax(expected_s, axis=1)[:, None])
         assert verifier.shown[step] == (prompts, texts)
         assert graded[step * B * M : (step + 1) * B * M] == [
             (p, t) for p, row in zip(prompts, texts) for t in row

@@ -40,6 +40,10 @@ class ObjectiveSpec:
         Best-of-N sample of pi_ref, selected like the objective selects).
     value_baseline: takes `values_B`, a learned per-prompt value used as the baseline.
     default_beta: the default coefficient of KL(pi || pi_ref) in J (the paper's convention).
+    winners_only: with beta = anchor_coef = 0 and on-policy (no rollout.old_logp_BM), only the samples that
+        can win a Best-of-N draw (`bon_winner_weights` > 0 under the objective's selection) have a nonzero
+        weight, so the update need only differentiate their log-probs (`pipeline.update_rows`; checked for
+        every objective declaring it by tests/test_update_rows.py).
     """
 
     samples: str = "policy"
@@ -52,6 +56,7 @@ class ObjectiveSpec:
     demonstrations: str | None = None
     value_baseline: bool = False
     default_beta: float = 0.0
+    winners_only: bool = False
     name: str = ""
 
     def __post_init__(self):
@@ -67,6 +72,8 @@ class ObjectiveSpec:
             )
         if not isinstance(self.min_samples, int) or self.min_samples < 1:
             raise ValueError(f"ObjectiveSpec.min_samples must be an int >= 1, got {self.min_samples!r}")
+        if self.winners_only and self.selects_by is None:
+            raise ValueError("ObjectiveSpec: winners_only needs a selection (selects_by)")
         if self.samples == "reference" and self.default_beta != 0:
             raise ValueError("ObjectiveSpec: samples from the reference admit no KL term (default_beta must be 0)")
 

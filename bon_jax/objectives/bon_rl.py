@@ -107,7 +107,9 @@ _PRINTED_DOC = """
 """
 
 
-@register("bon_rl_v", ObjectiveSpec(selects_by="score", needs_n_samples=True, value_baseline=True))
+@register(
+    "bon_rl_v", ObjectiveSpec(selects_by="score", needs_n_samples=True, value_baseline=True, winners_only=True)
+)
 def bon_rl_v(
     logp_BM,
     rollout,
@@ -141,7 +143,9 @@ _V_HEAD = """BoN-RL-V, Chow et al. Lemma 2, estimator as printed: BoN selects by
 bon_rl_v.__doc__ = _V_HEAD + _PRINTED_DOC.format(sel="verifier score s", need=", scores_BM")
 
 
-@register("bon_rl_s", ObjectiveSpec(selects_by="reward", needs_n_samples=True, value_baseline=True))
+@register(
+    "bon_rl_s", ObjectiveSpec(selects_by="reward", needs_n_samples=True, value_baseline=True, winners_only=True)
+)
 def bon_rl_s(
     logp_BM,
     rollout,

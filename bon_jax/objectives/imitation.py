@@ -117,7 +117,9 @@ def bon_sft(
 
 @register(
     "bon_distill_sft",
-    ObjectiveSpec(samples="reference", selects_by="score", select_option=True, needs_n_samples=True),
+    ObjectiveSpec(
+        samples="reference", selects_by="score", select_option=True, needs_n_samples=True, winners_only=True
+    ),
 )
 def bon_distill_sft(logp_BM, rollout, *, n, beta=0.0, expert_logp_B=None, anchor_coef=0.0, select_by="score"):
     """BoN-SFT baseline of Amini et al. 2025: SFT on Best-of-N samples of the reference policy.

@@ -18,7 +18,9 @@ what the objective's `ObjectiveSpec` declares (`objectives.spec(rl.objective)`, 
                          fresh samples of pi_ref (bond's forward KL part)
     values_B             <- a learned value of the prompt (rl.value_baseline; bon_rl_v / bon_rl_s): the
                          policy backbone with a scalar head, regressed on the prompt's BoN reward estimate
-    theta <- AdamW(theta, grad of objective(logp_theta_BM, rollout))      (jitted, donated, guarded)
+    theta <- AdamW(theta, grad of objective(logp_theta_BM, rollout))      (jitted, donated, guarded; where
+                         only Best-of-N winners carry weight, only their log-probs are differentiated:
+                         `update_rows`)
     anchor <- EMA(anchor, theta)
 
 Logged: the objective's metrics under their own names, and what the host measures of the samples under
@@ -48,6 +50,7 @@ from bon_jax.pipeline.rollouts import (
     with_scores,
 )
 from bon_jax.pipeline.stage_cache import stage
+from bon_jax.pipeline.update_rows import bucket_rows, gradient_rows, put_rows, take_rows
 from bon_jax.sampling import sequence_logprobs
 from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
@@ -73,21 +76,30 @@ class RLState:
 
 def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, temperature: float = 1.0):
     """`loss(params, batch)`: the objective on log pi_tau of the batch's samples, tau = `temperature`
-    (the policy that is sampled is the one whose log-probs are differentiated: on-policy at any tau)."""
+    (the policy that is sampled is the one whose log-probs are differentiated: on-policy at any tau).
+
+    With `batch["update_rows_BK"]` only those rows' log-probs are computed and differentiated; the others are
+    `batch["sampled_logp_BM"]`, constants, which is exact where their weights are 0 (`pipeline.update_rows`).
+    """
     loss_fn = objectives.get(objective)
 
     def loss(params, batch):
-        tok_logp_BMT = sequence_logprobs(
+        tokens, lengths = batch["tokens_BMT"], batch["lengths_BM"]
+        rows_BK = batch.get("update_rows_BK")
+        if rows_BK is not None:  # only these rows carry gradient (pipeline.update_rows)
+            tokens, lengths = take_rows(tokens, rows_BK), take_rows(lengths, rows_BK)
+        tok_logp_BKT = sequence_logprobs(
             params,
             model_cfg,
             batch["prompt_tokens_BT"],
-            batch["tokens_BMT"],
-            completion_lengths_BM=batch["lengths_BM"],
+            tokens,
+            completion_lengths_BM=lengths,
             prompt_lengths_B=batch["prompt_lengths_B"],
             padding_side="left",
             temperature=temperature,
         )
-        logp_BM = tok_logp_BMT.sum(-1)
+        logp_BK = tok_logp_BKT.sum(-1)
+        logp_BM = logp_BK if rows_BK is None else put_rows(batch["sampled_logp_BM"], rows_BK, logp_BK)
         extra = {"anchor_coef": batch["anchor_coef"]} if "anchor_coef" in batch else {}
         if "values_B" in batch:
             extra["values_B"] = jax.lax.stop_gradient(batch["values_B"])
@@ -103,7 +115,7 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, te
                 temperature=temperature,
             ).sum(-1)[:, 0]
         value, metrics = loss_fn(logp_BM, batch["rollout"], n=n, beta=beta, **extra, **options)
-        metrics = dict(metrics, logp=jnp.mean(logp_BM))
+        metrics = dict(metrics, logp=jnp.mean(logp_BK))  # of the differentiated rows
         return value, metrics
 
     return loss
@@ -332,6 +344,10 @@ def finetune_stage(
             **expert,
             "host": host,
         }
+        # Rows of weight 0 (objectives updating Best-of-N winners only) are left out of the update.
+        rows_BK = bucket_rows(gradient_rows(spec, select_BM, rl.n, beta=rl.beta, anchored=use_anchor))
+        if rows_BK is not None:
+            out["update_rows_BK"], out["sampled_logp_BM"] = rows_BK, g.logp_BM.astype(np.float32)
         if use_value:
             # The regression target: the unbiased BoN@N estimate of each prompt, sum_j u_j R_j.
             u_BM = objectives.bon_winner_weights(jnp.asarray(select_BM), jnp.ones(select_BM.shape, bool), rl.n)
