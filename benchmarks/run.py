@@ -104,6 +104,7 @@ from bon_jax.models import AttentionType, ModelConfig, count_params, get_config,
 from bon_jax.models.transformer import PREFILL_CHUNK
 from bon_jax.pipeline.finetune import rl_loss
 from bon_jax.pipeline.rollouts import make_sequence_logp
+from bon_jax.pipeline.update_rows import bucket_rows, gradient_rows
 from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
 from bon_jax.verifiers.learned import POOLINGS, READS_SURPRISAL, init_verifier_params, score_completion_tokens
@@ -556,6 +557,15 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
             }
             if a.train_anchor:
                 batch["anchor_coef"] = jnp.float32(1.0)
+            # As pipeline.finetune: each distinct completion that can carry weight is differentiated once.
+            spec = objectives.spec(a.train_objective)
+            select_BM = rewards_BM if spec.selection() == "reward" else np.asarray(scores_BM)
+            active_BM = gradient_rows(spec, select_BM, bon_n, beta=a.train_beta, anchored=a.train_anchor)
+            rows = bucket_rows(active_BM, tokens_BMT, lengths_BM)
+            if rows is not None:
+                batch["update_rows_BK"], batch["update_source_BM"] = rows
+                batch["sampled_logp_BM"] = np.asarray(out.logprobs_BMT).sum(-1)
+                carry["update_rows"] = rows[0].shape[1]
             return batch
 
         rollout_s, batch = time_call(build_batch)
@@ -579,7 +589,8 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
         verifier=verifier_forward_flops(cfg, verifier_p_ne, B, M, T_p, T_new, surprisal),
         ref_logprobs=forward,
         anchor=forward if a.train_anchor else 0,
-        update=3 * forward,
+        # The update's forward and backward run on the rows it differentiates (all M unless pruned).
+        update=3 * sequence_forward_flops(cfg, p_ne, B, carry.get("update_rows", M), T_p, T_new),
     )
     flops = {name: f for name, f in flops.items() if name in first}
     for name in flops:
@@ -618,6 +629,7 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
         new_tokens=T_new,
         objective=a.train_objective,
         bon_n=bon_n,
+        update_rows=carry.get("update_rows", M),
         beta=a.train_beta,
         pooling=a.train_pooling,
         anchor=a.train_anchor,
@@ -789,7 +801,8 @@ def print_results(res: dict) -> None:
             ]
         )
         print_table(
-            f"train: one {t['objective']} step on `{t['model']}` (B={t['batch']}, M=N={t['m']}, "
+            f"train: one {t['objective']} step on `{t['model']}` (B={t['batch']}, M={t['m']}, N={t['bon_n']}, "
+            f"update on {t.get('update_rows', t['m'])} rows a prompt, "
             f"T_p={t['prompt_len']}, new={t['new_tokens']}, verifier pooling {t.get('pooling')}); grading is "
             "SYNTHETIC (random rewards)",
             ["phase", "median s", "min s", "max s", "tok/s", "GFLOP", "GFLOP/s", "% peak", "compile s"],

@@ -8,6 +8,8 @@ Two halves, both needed for the pruned update to be exact:
   log-probs (so no constant can leak into the loss).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,34 +65,55 @@ def test_no_rows_are_left_out_with_a_kl_term_an_anchor_or_an_objective_that_weig
         assert gradient_rows(objectives.spec(name), scores, 8, beta=0.0, anchored=False) is None
 
 
-def test_bucket_rows_puts_active_rows_first_in_a_power_of_two():
-    active = np.zeros((3, 8), bool)
+def test_bucket_rows_computes_each_distinct_active_completion_once_in_a_power_of_two():
+    B, M, T = 3, 8, 4
+    tokens = np.arange(B * M * T).reshape(B, M, T) % 97 + 1
+    lengths = np.full((B, M), 3)
+    active = np.zeros((B, M), bool)
     active[0, 5] = True
     active[1, [2, 6]] = True
-    active[2, 7] = True
-    rows = bucket_rows(active)
-    assert rows.shape == (3, 2) and rows.dtype == np.int32
-    assert rows[0, 0] == 5 and rows[1].tolist() == [2, 6] and rows[2, 0] == 7
+    active[2, [1, 4, 7]] = True
+    tokens[2, 4, :3] = tokens[2, 1, :3]  # prompt 2: rows 1 and 4 are one completion (past the length: differ)
+    tokens[2, 4, 3] = 0
+    rows, source = bucket_rows(active, tokens, lengths)
+    assert rows.shape == (3, 2) and rows.dtype == np.int32 and source.dtype == np.int32
+    assert rows[0, 0] == 5 and rows[1].tolist() == [2, 6] and rows[2].tolist() == [1, 7]
     assert all(len(set(r)) == len(r) for r in rows.tolist())
-    active[1, [0, 1, 3]] = True  # 5 active -> K = 8 = M: nothing to save
-    assert bucket_rows(active) is None
-    assert bucket_rows(None) is None
-    assert bucket_rows(np.zeros((2, 8), bool)).shape == (2, 1)  # none active: one row (weight 0) each
+    expected = np.full((B, M), -1)
+    expected[0, 5], expected[1, 2], expected[1, 6] = 0, 0, 1
+    expected[2, 1], expected[2, 4], expected[2, 7] = 0, 0, 1
+    np.testing.assert_array_equal(source, expected)
+    active[1, [0, 1, 3]] = True  # 5 distinct active -> K = 8 = M: nothing to save
+    assert bucket_rows(active, tokens, lengths) is None
+    tokens[1] = tokens[1, 0]  # ... unless they are one completion
+    rows, source = bucket_rows(active, tokens, lengths)
+    assert rows.shape[1] == 2 and set(source[1][active[1]]) == {0}
+    none_active = bucket_rows(np.zeros((B, M), bool), tokens, lengths)
+    assert none_active[0].shape == (B, 1) and np.all(none_active[1] == -1)  # one row (weight 0) each
+    # No selection (every row may carry weight): the distinct completions of each prompt.
+    all_rows = bucket_rows(None, np.repeat(tokens[:, :1], M, axis=1), lengths)
+    assert all_rows[0].shape == (B, 1) and np.all(all_rows[1] == 0)
 
 
 def test_take_and_put_rows_round_trip():
     x = jnp.arange(2 * 4 * 3).reshape(2, 4, 3)
     rows = jnp.asarray([[3, 0], [1, 2]])
     np.testing.assert_array_equal(take_rows(x, rows)[1, 0], x[1, 1])
-    fixed = jnp.zeros((2, 4))
-    out = put_rows(fixed, rows, jnp.asarray([[1.0, 2.0], [3.0, 4.0]]))
-    np.testing.assert_array_equal(out, [[2.0, 0, 0, 1.0], [0, 3.0, 4.0, 0]])
+    fixed = jnp.full((2, 4), -7.0)
+    source = jnp.asarray([[1, -1, 1, 0], [-1, 0, 1, -1]])
+    out = put_rows(fixed, source, jnp.asarray([[1.0, 2.0], [3.0, 4.0]]))
+    np.testing.assert_array_equal(out, [[2.0, -7.0, 2.0, 1.0], [-7.0, 3.0, 4.0, -7.0]])
 
 
-@pytest.mark.parametrize("name, n", [("bon_rl_v", 6), ("bon_rl_v", 4), ("bon_rl_s", 6), ("bon_distill_sft", 6)])
-def test_the_pruned_update_has_the_full_updates_loss_and_gradients(name, n):
-    """A tiny random policy, 3 prompts x 6 samples; the rows pruned get constants 3 nats off their true
-    log-probs. Loss and every parameter gradient equal the full update's (float32 rounding)."""
+@pytest.mark.parametrize(
+    "name, n, beta",
+    [("bon_rl_v", 6, 0.0), ("bon_rl_v", 4, 0.0), ("bon_rl_s", 6, 0.0), ("bon_distill_sft", 6, 0.0),
+     ("kl_rl", 1, 0.1), ("bon_rl_v", 6, 0.1)],
+)
+def test_the_pruned_update_has_the_full_updates_loss_and_gradients(name, n, beta):
+    """A tiny random policy, 3 prompts x 6 samples, each completion repeated (so every top ties); the rows left out get constants 3 nats off their true log-probs. Loss and every parameter
+    gradient equal the full update's (float32 rounding), for winners-only objectives and, with a KL term,
+    for objectives where every row carries weight (only the repeats are saved)."""
     cfg = get_config("tiny", vocab_size=64)
     params = init_params(cfg, jax.random.key(0))
     rng = np.random.default_rng(2)
@@ -101,18 +124,27 @@ def test_the_pruned_update_has_the_full_updates_loss_and_gradients(name, n):
     lengths = rng.integers(1, Tc + 1, (B, M))
     tokens = rng.integers(1, 64, (B, M, Tc))
     rollout = _rollout(rng, B, M, ties=False)
+    scores = np.asarray(rollout.scores_BM).copy()
+    for src, dst in ((0, 3), (1, 4), (2, 5), (0, 1)):  # 2 distinct completions at prompt 0, 3 at the others
+        tokens[:, dst], lengths[:, dst], scores[:, dst] = tokens[:, src], lengths[:, src], scores[:, src]
+    tokens[1:, 1], lengths[1:, 1] = rng.integers(1, 64, (B - 1, Tc)), 9
+    rollout = dataclasses.replace(rollout, scores_BM=jnp.asarray(scores))
     spec = objectives.spec(name)
     select = rollout.rewards_BM if spec.selection() == "reward" else rollout.scores_BM
-    rows = bucket_rows(gradient_rows(spec, select, n, beta=0.0, anchored=False))
-    assert rows is not None and rows.shape[1] < M
+    rows = bucket_rows(gradient_rows(spec, select, n, beta=beta, anchored=False), tokens, lengths)
+    assert rows is not None and rows[0].shape[1] < M
     batch = dict(prompt_tokens_BT=prompts, prompt_lengths_B=prompt_lengths, tokens_BMT=tokens, lengths_BM=lengths,
                  rollout=rollout)
     if spec.value_baseline:
         batch["values_B"] = jnp.asarray([0.3, 0.5, 0.9], jnp.float32)
-    loss = F.rl_loss(cfg, name, n=n, beta=0.0, options={})
-    (l_full, m_full), g_full = jax.value_and_grad(loss, has_aux=True)(params, batch)
-    true_logp = F.make_sequence_logp(cfg)(params, prompts, prompt_lengths, tokens, lengths)
-    pruned = dict(batch, update_rows_BK=rows, sampled_logp_BM=np.asarray(true_logp) - 3.0)
+    seq_logp = F.make_sequence_logp(cfg)
+    true_logp = seq_logp(params, prompts, prompt_lengths, tokens, lengths)
+    if beta:
+        batch["rollout"] = dataclasses.replace(rollout, ref_logp_BM=true_logp - rng.uniform(size=(B, M)))
+    loss = F.rl_loss(cfg, name, n=n, beta=beta, options={})
+    (l_full, _), g_full = jax.value_and_grad(loss, has_aux=True)(params, batch)
+    pruned = dict(batch, update_rows_BK=rows[0], update_source_BM=rows[1],
+                  sampled_logp_BM=np.asarray(true_logp) - 3.0)
     (l_cut, _), g_cut = jax.value_and_grad(loss, has_aux=True)(params, pruned)
     assert float(l_full) != 0.0
     np.testing.assert_allclose(l_cut, l_full, rtol=1e-5, atol=1e-6)

@@ -19,7 +19,7 @@ what the objective's `ObjectiveSpec` declares (`objectives.spec(rl.objective)`, 
     values_B             <- a learned value of the prompt (rl.value_baseline; bon_rl_v / bon_rl_s): the
                          policy backbone with a scalar head, regressed on the prompt's BoN reward estimate
     theta <- AdamW(theta, grad of objective(logp_theta_BM, rollout))      (jitted, donated, guarded; where
-                         only Best-of-N winners carry weight, only their log-probs are differentiated:
+                         each distinct completion that can carry weight is differentiated once:
                          `update_rows`)
     anchor <- EMA(anchor, theta)
 
@@ -78,8 +78,9 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, te
     """`loss(params, batch)`: the objective on log pi_tau of the batch's samples, tau = `temperature`
     (the policy that is sampled is the one whose log-probs are differentiated: on-policy at any tau).
 
-    With `batch["update_rows_BK"]` only those rows' log-probs are computed and differentiated; the others are
-    `batch["sampled_logp_BM"]`, constants, which is exact where their weights are 0 (`pipeline.update_rows`).
+    With `batch["update_rows_BK"]` only those rows' log-probs are computed and differentiated; each sample
+    takes its row's (`batch["update_source_BM"]`), or where that is -1 its `batch["sampled_logp_BM"]`, a
+    constant, which is exact where its weight is 0 (`pipeline.update_rows`).
     """
     loss_fn = objectives.get(objective)
 
@@ -99,7 +100,10 @@ def rl_loss(model_cfg, objective: str, *, n: int, beta: float, options: dict, te
             temperature=temperature,
         )
         logp_BK = tok_logp_BKT.sum(-1)
-        logp_BM = logp_BK if rows_BK is None else put_rows(batch["sampled_logp_BM"], rows_BK, logp_BK)
+        if rows_BK is not None:
+            logp_BM = put_rows(batch["sampled_logp_BM"], batch["update_source_BM"], logp_BK)
+        else:
+            logp_BM = logp_BK
         extra = {"anchor_coef": batch["anchor_coef"]} if "anchor_coef" in batch else {}
         if "values_B" in batch:
             extra["values_B"] = jax.lax.stop_gradient(batch["values_B"])
@@ -344,10 +348,13 @@ def finetune_stage(
             **expert,
             "host": host,
         }
-        # Rows of weight 0 (objectives updating Best-of-N winners only) are left out of the update.
-        rows_BK = bucket_rows(gradient_rows(spec, select_BM, rl.n, beta=rl.beta, anchored=use_anchor))
-        if rows_BK is not None:
-            out["update_rows_BK"], out["sampled_logp_BM"] = rows_BK, g.logp_BM.astype(np.float32)
+        # The update differentiates each distinct completion that can carry weight once (update_rows).
+        rows = bucket_rows(
+            gradient_rows(spec, select_BM, rl.n, beta=rl.beta, anchored=use_anchor), g.tokens_BMT, g.lengths_BM
+        )
+        if rows is not None:
+            out["update_rows_BK"], out["update_source_BM"] = rows
+            out["sampled_logp_BM"] = g.logp_BM.astype(np.float32)
         if use_value:
             # The regression target: the unbiased BoN@N estimate of each prompt, sum_j u_j R_j.
             u_BM = objectives.bon_winner_weights(jnp.asarray(select_BM), jnp.ones(select_BM.shape, bool), rl.n)

@@ -1,20 +1,25 @@
-"""Differentiate only the samples that carry gradient (issue 14).
+"""Differentiate each distinct sample that carries gradient, once (issue 14).
 
-The printed BoN-RL estimators and SFT on Best-of-N samples weight sample j by u_j = P(j wins a random
-N-subset) (`objectives.bon_winner_weights`): with M = N samples per prompt only the top-scored one (and any
-tied with it) has u_j > 0, so of B x M log-probs the update differentiates, all but about B have weight 0 and
-contribute nothing to the gradient. `ObjectiveSpec.winners_only` declares this (exactly, for beta =
-anchor_coef = 0 and on-policy updates), and the update then runs the policy's forward and backward on K
-rows per prompt instead of M:
+Two facts make most of the update's B x M log-prob rows redundant:
+- equal completions of one prompt have equal log-probs (arith's samples repeat: often 20 of 32 are one
+  text), so one computed row serves them all;
+- the printed BoN-RL estimators and SFT on Best-of-N samples weight sample j by u_j = P(j wins a random
+  N-subset) (`objectives.bon_winner_weights`): with M = N samples per prompt only the top-scored completion
+  has u_j > 0 (its copies tie with it), and every other row contributes nothing to the gradient.
+  `ObjectiveSpec.winners_only` declares this (exactly, for beta = anchor_coef = 0 and on-policy updates).
 
-    rows_BK   <- the rows with u > 0 first, then others to fill K (a power of two, so few shapes compile)
+The update then runs the policy's forward and backward on K rows per prompt instead of M:
+
+    rows_BK   <- one row per distinct completion among the rows that can carry weight (all rows, or those
+                 with u > 0), then others to fill K (a power of two, so few shapes compile)
     logp_BK   <- log pi(y_{b, rows_BK[b, k]} | x_b)                    (differentiated)
-    logp_BM   <- logp_BK scattered into the sampler's own log-probs of the rows (constants)
+    logp_BM   <- at each such row, logp_BK of its completion's row; the sampler's own log-probs elsewhere
+                 (constants, at rows of weight exactly 0)
 
-and the objective sees the full [B, M] log-probs as before. Loss and gradient are those of the full update:
-the rows left out have weight exactly 0, so their (constant) log-probs only enter the objective's metrics.
-tests/test_update_rows.py checks both halves: every objective declaring `winners_only` has a zero gradient
-in log pi at every row with u = 0, and the loss and parameter gradients with `rows_BK` equal the full ones.
+and the objective sees the full [B, M] log-probs as before, so loss and gradient are those of the full
+update; the constants enter only its metrics. tests/test_update_rows.py checks both halves: each objective
+declaring `winners_only` has a zero gradient in log pi at every row with u = 0, and the loss and parameter
+gradients with `rows_BK` equal the full ones.
 """
 
 from __future__ import annotations
@@ -38,18 +43,40 @@ def gradient_rows(spec, select_BM, n: int, *, beta: float, anchored: bool) -> np
     return np.asarray(u_BM) > 0
 
 
-def bucket_rows(active_BM: np.ndarray | None) -> np.ndarray | None:
-    """int32 [B, K]: each prompt's active rows first (in row order), then inactive ones up to K, with K the
-    smallest power of two >= the largest count of active rows of a prompt; None if K would be M (nothing to
-    save) or `active_BM` is None. The rows of a prompt are distinct."""
-    if active_BM is None:
+def bucket_rows(active_BM: np.ndarray | None, tokens_BMT, lengths_BM) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows_BK, source_BM): the rows the update computes, and for each sample which of them holds its
+    log-prob (-1: none, its weight is 0).
+
+    Each prompt's active samples (all, if `active_BM` is None) are grouped by their completion tokens: equal
+    completions of one prompt have equal log-probs, so one computed row serves them all (arith's samples
+    repeat: often 20 of 32 are one text, and they tie at the top of the verifier's ranking). rows_BK int32
+    [B, K] holds each group's first row, then other rows to fill K, the smallest power of two >= the largest
+    number of groups of a prompt (few shapes compile); source_BM int32 [B, M] maps an active sample to its
+    group's column in rows_BK. None if K would be M (nothing to save). The rows of a prompt are distinct.
+    """
+    lengths_BM = np.asarray(lengths_BM)
+    B, M = lengths_BM.shape
+    active_BM = np.ones((B, M), bool) if active_BM is None else np.asarray(active_BM, bool)
+    tokens_BMT = np.asarray(tokens_BMT)
+    source_BM = np.full((B, M), -1, np.int32)
+    reps = []
+    for b in range(B):
+        groups: dict[bytes, int] = {}
+        for m in np.flatnonzero(active_BM[b]):
+            key = tokens_BMT[b, m, : lengths_BM[b, m]].tobytes()
+            source_BM[b, m] = groups.setdefault(key, len(groups))
+        first = {}
+        for m in np.flatnonzero(active_BM[b]):
+            first.setdefault(int(source_BM[b, m]), int(m))
+        reps.append([first[k] for k in range(len(groups))])
+    k = 1 << max(max(len(r) for r in reps) - 1, 0).bit_length()
+    if k >= M:
         return None
-    rows_M = active_BM.shape[1]
-    k = 1 << max(int(active_BM.sum(1).max()) - 1, 0).bit_length()
-    if k >= rows_M:
-        return None
-    order_BM = np.argsort(~active_BM, axis=1, kind="stable")  # active (False after ~) first, row order kept
-    return order_BM[:, :k].astype(np.int32)
+    rows_BK = np.zeros((B, k), np.int32)
+    for b, r in enumerate(reps):
+        fill = [m for m in range(M) if m not in set(r)][: k - len(r)]
+        rows_BK[b] = r + fill
+    return rows_BK, source_BM
 
 
 def take_rows(x_BM, rows_BK):
@@ -58,12 +85,11 @@ def take_rows(x_BM, rows_BK):
     return jnp.take_along_axis(x_BM, idx, axis=1)
 
 
-def put_rows(fixed_BM, rows_BK, values_BK):
-    """fixed_BM with [b, rows_BK[b, k]] replaced by values_BK[b, k] (distinct rows per prompt); gradients
-    flow to values_BK only."""
-    hit_BKM = rows_BK[..., None] == jnp.arange(fixed_BM.shape[1])
-    placed_BM = jnp.einsum("bkm,bk->bm", hit_BKM.astype(values_BK.dtype), values_BK)
-    return jnp.where(jnp.any(hit_BKM, axis=1), placed_BM, fixed_BM.astype(values_BK.dtype))
+def put_rows(fixed_BM, source_BM, values_BK):
+    """[b, m] -> values_BK[b, source_BM[b, m]] where source_BM >= 0, else fixed_BM[b, m] (a constant);
+    gradients flow to values_BK only."""
+    placed_BM = jnp.take_along_axis(values_BK, jnp.maximum(source_BM, 0), axis=1)
+    return jnp.where(source_BM >= 0, placed_BM, jnp.asarray(fixed_BM, values_BK.dtype))
 
 
 __all__ = ["bucket_rows", "gradient_rows", "put_rows", "take_rows"]
