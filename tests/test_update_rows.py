@@ -18,7 +18,7 @@ import pytest
 from bon_jax import objectives
 from bon_jax.models import get_config, init_params
 from bon_jax.pipeline import finetune as F
-from bon_jax.pipeline.update_rows import bucket_rows, gradient_rows, put_rows, take_rows
+from bon_jax.pipeline.update_rows import bucket_rows, distinct_logp, gradient_rows, put_rows, take_rows
 
 WINNERS_ONLY = [name for name in objectives.names() if objectives.spec(name).winners_only]
 
@@ -152,3 +152,20 @@ def test_the_pruned_update_has_the_full_updates_loss_and_gradients(name, n, beta
         scale = float(np.abs(b).max())
         assert scale > 0
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_the_reference_pass_over_distinct_completions_equals_the_full_one():
+    cfg = get_config("tiny", vocab_size=64)
+    params = init_params(cfg, jax.random.key(3))
+    rng = np.random.default_rng(4)
+    B, M, T, Tc = 2, 8, 3, 8
+    prompts, prompt_lengths = rng.integers(1, 64, (B, T)), np.array([3, 3])
+    tokens, lengths = rng.integers(1, 64, (B, M, Tc)), rng.integers(1, Tc + 1, (B, M))
+    tokens[:, 4:], lengths[:, 4:] = tokens[:, :4], lengths[:, :4]  # each completion twice
+    tokens[0, 7, lengths[0, 7]:] = 0  # the same completion, other padding
+    seq_logp = F.make_sequence_logp(cfg)
+    calls = []
+    counting = lambda p, *a: calls.append(a[2].shape) or seq_logp(p, *a)
+    got = distinct_logp(counting, params, prompts, prompt_lengths, tokens, lengths)
+    assert calls == [(B, 4, Tc)]
+    np.testing.assert_allclose(got, seq_logp(params, prompts, prompt_lengths, tokens, lengths), rtol=1e-5, atol=1e-5)

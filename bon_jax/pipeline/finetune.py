@@ -11,7 +11,8 @@ what the objective's `ObjectiveSpec` declares (`objectives.spec(rl.objective)`, 
                          samples are the reference's (bon_distill_sft: SFT on Best-of-N samples of pi_ref)
     R_BM, s_BM           <- task.grade (text), verifier scores
     logp_ref_BM          <- reference policy (the base policy, frozen): KL metrics and KL objectives
-    logp_anchor_BM       <- EMA anchor (Chow et al.), if rl.anchor_ema > 0
+    logp_anchor_BM       <- EMA anchor (Chow et al.), if rl.anchor_ema > 0 (both computed once per distinct
+                         completion of a prompt: `update_rows.distinct_logp`)
     r_ref_BK, s_ref_BK   <- K samples of pi_ref per prompt, graded, drawn once per prompt and cached on disk
                          (`rollouts.ReferenceSamples`; vbon / vbon_bound / bond CDFs)
     demonstrations       <- the prompt's reference solution (sft, bon_sft), or the Best-of-N winner of N
@@ -50,7 +51,7 @@ from bon_jax.pipeline.rollouts import (
     with_scores,
 )
 from bon_jax.pipeline.stage_cache import stage
-from bon_jax.pipeline.update_rows import bucket_rows, gradient_rows, put_rows, take_rows
+from bon_jax.pipeline.update_rows import bucket_rows, distinct_logp, gradient_rows, put_rows, take_rows
 from bon_jax.sampling import sequence_logprobs
 from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
@@ -310,11 +311,11 @@ def finetune_stage(
         if select_BM is not None:
             host["sample/bon_reward_argmax_M"] = float(_bon_reward(select_BM, g.rewards_BM))
         if spec.kl_terms:  # samples of pi: KL(pi || pi_ref) is estimable from them
-            ref_logp_BM = seq_logp(base_params, *args)
+            ref_logp_BM = distinct_logp(seq_logp, base_params, *args)
             rollout["ref_logp_BM"] = ref_logp_BM
             host["sample/kl_ref_k1"] = float(np.mean(g.logp_BM - np.asarray(ref_logp_BM)))
             if use_anchor:
-                rollout["anchor_logp_BM"] = seq_logp(state.anchor, *args)
+                rollout["anchor_logp_BM"] = distinct_logp(seq_logp, state.anchor, *args)
         if spec.reference_samples:
             rollout["ref_rewards_BK"], rollout["ref_scores_BK"] = ref_store.lookup(
                 pb["index_B"], lambda: _draw_reference(draw, base_params, rl.ref_samples, ref_key)

@@ -92,4 +92,16 @@ def put_rows(fixed_BM, source_BM, values_BK):
     return jnp.where(source_BM >= 0, placed_BM, jnp.asarray(fixed_BM, values_BK.dtype))
 
 
-__all__ = ["bucket_rows", "gradient_rows", "put_rows", "take_rows"]
+def distinct_logp(seq_logp, params, prompts_BT, prompt_lengths_B, tokens_BMT, lengths_BM):
+    """`seq_logp(params, prompts_BT, prompt_lengths_B, tokens_BMT, lengths_BM) -> [B, M]` (a frozen policy's
+    sequence log-probs: the reference pass) computed once per distinct completion of each prompt."""
+    rows = bucket_rows(None, tokens_BMT, lengths_BM)
+    if rows is None:
+        return seq_logp(params, prompts_BT, prompt_lengths_B, tokens_BMT, lengths_BM)
+    rows_BK, source_BM = rows
+    pick = lambda x: np.take_along_axis(np.asarray(x), rows_BK.reshape(rows_BK.shape + (1,) * (x.ndim - 2)), 1)
+    logp_BK = np.asarray(seq_logp(params, prompts_BT, prompt_lengths_B, pick(tokens_BMT), pick(lengths_BM)))
+    return np.take_along_axis(logp_BK, source_BM, axis=1)  # every row is some completion's: source >= 0
+
+
+__all__ = ["bucket_rows", "distinct_logp", "gradient_rows", "put_rows", "take_rows"]
