@@ -617,7 +617,7 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
         generated_tokens=generated,
         generated_tokens_per_s=_rate(generated, total),
     )
-    phases["update"]["tokens"] = processed
+    phases["update"]["tokens"] = processed * carry.get("update_rows", M) // M  # the rows it computes
     phases["update"]["tokens_per_s"] = _rate(processed, phases["update"])
     phases["sample"]["tokens"] = generated
     phases["sample"]["tokens_per_s"] = _rate(generated, phases["sample"])
@@ -808,7 +808,7 @@ def print_results(res: dict) -> None:
             ["phase", "median s", "min s", "max s", "tok/s", "GFLOP", "GFLOP/s", "% peak", "compile s"],
             rows,
         )
-        print("tok/s: sample and step = generated tokens B*M*new; update = processed tokens B*M*(T_p+new)")
+        print("tok/s: sample and step = generated tokens B*M*new; update = processed tokens B*K*(T_p+new), K rows a prompt")
     if res.get("stages"):
         st = res["stages"]
         print_table(
