@@ -10,6 +10,7 @@ from experiments import arith_bo32
 def get_config():
     c = arith_bo32.get_config()
     c.name = "arith_bon_sft"
+    c.rl.value_baseline = False  # arith_bo32's learned value baseline is BoN-RL-V's; this objective takes none
     c.rl.objective = "bon_sft"
     c.rl.n = 8
     c.rl.m = 8

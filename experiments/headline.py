@@ -30,6 +30,7 @@ def run_both():
     # RLOO's best shape on validation of the two tried at this budget (docs/lab_notes/rl_diagnosis.md):
     # 32 prompts x 8 samples (8 x 32 gained less pass@1)
     standard.rl.objective, standard.rl.n = "kl_rl", 1
+    standard.rl.value_baseline = False  # RLOO's baseline is the other samples' mean reward
     standard.rl.batch_size, standard.rl.m = 32, 8
     return run_experiment(bon, cache_root=CACHE), run_experiment(standard, cache_root=CACHE)
 

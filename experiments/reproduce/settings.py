@@ -73,17 +73,21 @@ ARITH_BUDGET = {  # the same for every arith method: 8 prompts x 32 samples x 50
     "rl.m": 32,
     "rl.lr": 1e-4,
     "rl.dynamic_sampling": 2,
+    "rl.value_baseline": False,  # on for the printed BoN-RL estimators only (_VALUE below)
     "eval.split": "test",
 }
+# Chow et al.'s learned value baseline (App. B), as the default experiment uses it with BoN-RL-V (chosen on
+# validation prompts, docs/lab_notes/rl_diagnosis.md); BoN-RL-S is the same printed estimator.
+_VALUE = {"rl.value_baseline": True, "rl.value_lr": 1e-3}
 ARITH_METHODS = {
     # claim 1, 5, 6: BoN-RL-V (Chow Lemma 2) at N' = 32
-    "bon_rl_v": {"rl.objective": "bon_rl_v", "rl.n": 32},
+    "bon_rl_v": {"rl.objective": "bon_rl_v", "rl.n": 32, **_VALUE},
     # standard RL: RLOO on the reward (N' = 1), the setting that raised held-out pass@1 on validation
     # (docs/lab_notes/rl_diagnosis.md, run E)
     "standard_rl": {"rl.objective": "kl_rl", "rl.n": 1},
     "grpo": {"rl.objective": "grpo", "rl.n": 1},
     # claim 2: BoN-RL-S (selects by the ground-truth reward)
-    "bon_rl_s": {"rl.objective": "bon_rl_s", "rl.n": 32},
+    "bon_rl_s": {"rl.objective": "bon_rl_s", "rl.n": 32, **_VALUE},
     # claim 3: pass@k objectives at N' = 32
     "bon_rlbp": {"rl.objective": "bon_rlbp", "rl.n": 32},
     "bon_rlb": {"rl.objective": "bon_rlb", "rl.n": 32},
@@ -93,8 +97,8 @@ ARITH_METHODS = {
     "sft": {"rl.objective": "sft", "rl.n": 1},
     "bon_sft": {"rl.objective": "bon_sft", "rl.n": 32},
     # claim 6: the training N' (N' = 1 is `standard_rl`, N' = 32 is `bon_rl_v`)
-    "bon_rl_v_n4": {"rl.objective": "bon_rl_v", "rl.n": 4},
-    "bon_rl_v_n16": {"rl.objective": "bon_rl_v", "rl.n": 16},
+    "bon_rl_v_n4": {"rl.objective": "bon_rl_v", "rl.n": 4, **_VALUE},
+    "bon_rl_v_n16": {"rl.objective": "bon_rl_v", "rl.n": 16, **_VALUE},
 }
 # Tuning tries on validation prompts, e.g. {"bon_rl_v": [{"rl.lr": 3e-5}, {"rl.lr": 3e-4}], ...}.
 ARITH_TUNING: dict = {}
@@ -141,13 +145,14 @@ _TINY_ARITH_FAMILY = {
     "eval.split": "test",
     "mesh.data": 1,
     "log_every": 1,
+    "rl.value_baseline": False,
 }
 _TINY_ARITH = {
     label: {**o, "rl.n": min(o.get("rl.n", 1), 4)}
     for label, o in ARITH_METHODS.items()
     if label not in ("bon_rl_v_n4", "bon_rl_v_n16")
 }
-_TINY_ARITH["bon_rl_v_n2"] = {"rl.objective": "bon_rl_v", "rl.n": 2}
+_TINY_ARITH["bon_rl_v_n2"] = {"rl.objective": "bon_rl_v", "rl.n": 2, **_VALUE}
 _TINY_SENTIMENT_FAMILY = {
     "task.kwargs.num_train": 200,
     "task.kwargs.num_test": 8,
