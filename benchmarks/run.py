@@ -618,7 +618,7 @@ def bench_train(a, cfg: ModelConfig, params, p_ne: int, peak: float | None) -> d
         generated_tokens_per_s=_rate(generated, total),
     )
     phases["update"]["tokens"] = processed * carry.get("update_rows", M) // M  # the rows it computes
-    phases["update"]["tokens_per_s"] = _rate(processed, phases["update"])
+    phases["update"]["tokens_per_s"] = _rate(phases["update"]["tokens"], phases["update"])
     phases["sample"]["tokens"] = generated
     phases["sample"]["tokens_per_s"] = _rate(generated, phases["sample"])
     return dict(

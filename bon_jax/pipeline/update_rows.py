@@ -59,16 +59,16 @@ def bucket_rows(active_BM: np.ndarray | None, tokens_BMT, lengths_BM) -> tuple[n
     active_BM = np.ones((B, M), bool) if active_BM is None else np.asarray(active_BM, bool)
     tokens_BMT = np.asarray(tokens_BMT)
     source_BM = np.full((B, M), -1, np.int32)
-    reps = []
+    reps = []  # per prompt: the first row of each group, in group order
     for b in range(B):
         groups: dict[bytes, int] = {}
+        reps.append([])
         for m in np.flatnonzero(active_BM[b]):
             key = tokens_BMT[b, m, : lengths_BM[b, m]].tobytes()
-            source_BM[b, m] = groups.setdefault(key, len(groups))
-        first = {}
-        for m in np.flatnonzero(active_BM[b]):
-            first.setdefault(int(source_BM[b, m]), int(m))
-        reps.append([first[k] for k in range(len(groups))])
+            if key not in groups:
+                groups[key] = len(reps[b])
+                reps[b].append(int(m))
+            source_BM[b, m] = groups[key]
     k = 1 << max(max(len(r) for r in reps) - 1, 0).bit_length()
     if k >= M:
         return None
@@ -99,8 +99,9 @@ def distinct_logp(seq_logp, params, prompts_BT, prompt_lengths_B, tokens_BMT, le
     if rows is None:
         return seq_logp(params, prompts_BT, prompt_lengths_B, tokens_BMT, lengths_BM)
     rows_BK, source_BM = rows
-    pick = lambda x: np.take_along_axis(np.asarray(x), rows_BK.reshape(rows_BK.shape + (1,) * (x.ndim - 2)), 1)
-    logp_BK = np.asarray(seq_logp(params, prompts_BT, prompt_lengths_B, pick(tokens_BMT), pick(lengths_BM)))
+    logp_BK = np.asarray(
+        seq_logp(params, prompts_BT, prompt_lengths_B, take_rows(tokens_BMT, rows_BK), take_rows(lengths_BM, rows_BK))
+    )
     return np.take_along_axis(logp_BK, source_BM, axis=1)  # every row is some completion's: source >= 0
 
 
