@@ -23,3 +23,30 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 def pytest_report_header(config):
     return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"
+
+
+# The suite's heaviest files, heaviest first (their summed `--durations` with an empty compilation cache, as
+# CI runs it; docs/lab_notes/timing.md). xdist's loadfile hands out files in collection order as workers
+# free up (the Makefile turns off its reordering by test count), so the long files start first and neither
+# worker is left alone with one at the end.
+_HEAVIEST_FILES = (
+    "test_verifiers.py",
+    "test_experiment.py",
+    "test_rl_learns.py",
+    "test_reproduce.py",
+    "test_finetune_wiring.py",
+    "test_gemma3_270m.py",
+    "test_update_rows.py",
+    "test_paper_experiments.py",
+    "test_completion_width.py",
+    "test_lm.py",
+    "test_sweep.py",
+    "test_jax_reference_peer.py",
+    "test_dynamic_sampling.py",
+    "test_parallel.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_HEAVIEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
