@@ -5,7 +5,9 @@
 runs the default experiment (experiments/arith_bo32.py) with the `key=value` config overrides (dotted keys,
 values as Python literals), evaluated on VALIDATION prompts, in runs/probe/NAME, sharing the default run's
 stage cache (runs/arith_bo32/stages: the tokenizer, base policy and verifier are trained once; run
-`make train` first, or the subset probe's base policy is trained on its P prompts too). Two probes
+`make train` first, or the subset probe's base policy is trained on its P prompts too). With `seed=S`
+(S != 0) it shares the stage cache of `make train ARGS="--config.seed=S --config.workdir=runs/arith_bo32_seedS"`
+(runs/arith_bo32_seedS/stages), that seed's base policy and verifier. Two probes
 change what fine-tuning sees, and so run in a private stage cache that links the shared finished stages:
 
   reward=even   the reward is 1 when the boxed answer is an even integer: trivially learnable (the policy
@@ -76,7 +78,7 @@ def main(argv: list[str]) -> None:
     from bon_jax.pipeline.run import run_experiment
     from bon_jax.tasks import arith
 
-    cache = SHARED_CACHE
+    cache = SHARED_CACHE if c.seed == 0 else os.path.join("runs", f"arith_bo32_seed{c.seed}", "stages")
     if reward == "even":
         arith.ArithTask.grade = _even_answer_grade
     if subset:

@@ -61,14 +61,16 @@ def _sentiment_sweep(grid: str) -> dict:
 # FULL PROFILE: the settings to tune (the lead fills these in from validation runs).
 # ============================================================================================================
 # Time: the whole reproduction must run in under 3 hours on a 2-core machine (issue 15), 36 arith runs and 27
-# sentiment runs over 3 seeds. Measured on the default settings (results/reproduce/full/runs.json, the
-# stages' done.json): per arith seed the base policy 259 s, the verifier 55 s, the base evaluation 19 s;
-# per arith method about 2.2 s a step (bon_rl_v; kl_rl 1.6 s) + 24 s of evaluation; per sentiment seed the
-# reference LM 296 s, per sentiment point about 100 s. At the default's 120 steps the arith runs alone take
-# about 3.3 h, so every arith method gets 50 steps (the default's 8 prompts x 32 samples, lr, schedule and
-# dynamic sampling; 400 prompts, 12,800 samples) and the sentiment sweep 9 of its 14 points (below).
-ARITH_BUDGET = {  # the same for every arith method: 8 prompts x 32 samples x 50 steps
-    "rl.steps": 50,
+# sentiment runs over 3 seeds. Measured (results/reproduce/full/runs.json, the stages' done.json): the 27
+# sentiment runs 1,969 s in all (the reference LM included); per arith seed the base policy 265 s, the
+# verifier 57 s, the base evaluation 16 s; per arith method about 35 s of evaluation and a fine-tuning step
+# of 1.2 s (bon_rl_v, bon_rl_s: only the winners' rows are differentiated) to about 1.8 s (objectives that
+# weigh every sample). At 100 steps that is about 36 x 200 s = 2.0 h of arith runs, 2.9 h in all; the
+# default's 240 steps would take 4.5 h. So every arith method gets 100 steps (the default's 8 prompts x 32
+# samples, lr, schedule and dynamic sampling; 800 prompts, 25,600 samples) and the sentiment sweep 9 of its
+# 14 points (below).
+ARITH_BUDGET = {  # the same for every arith method: 8 prompts x 32 samples x 100 steps
+    "rl.steps": 100,
     "rl.batch_size": 8,
     "rl.m": 32,
     "rl.lr": 1e-4,
