@@ -8,7 +8,13 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+    _flags += " --xla_force_host_platform_device_count=8"
+# Most of the suite's time is XLA compiling small programs that then run for milliseconds: LLVM's -O0
+# (no backend optimisation; the HLO and its float semantics are unchanged) cuts the CPU time of a
+# compile-bound file by a third (docs/lab_notes/timing.md). Training and benchmarks keep the default.
+if "xla_backend_optimization_level" not in _flags:
+    _flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = _flags.strip()
 
 import jax  # noqa: E402
 
