@@ -1,0 +1,129 @@
+"""Choose the default experiment's fine-tuning settings on validation prompts of several seeds.
+
+    python -m experiments.validation_study [--seeds=0,1] [--only=V2,V3] [--list]
+
+runs every candidate of CANDIDATES (config overrides of experiments/arith_bo32.py) at every seed, each
+evaluated on the VALIDATION prompts (never test), in runs/study/<candidate>_s<seed>, and prints per
+candidate the tuned - base differences pooled over seeds x prompts (the crossed interval of
+experiments/reproduce/stats.py), then the choice by RULE. Seed S shares the stage cache of
+`make train ARGS="--config.seed=S --config.workdir=runs/arith_bo32_seedS"` (seed 0: `make train`'s
+runs/arith_bo32/stages), so the tokenizer, base policy and verifier of a seed are trained once, by whichever
+comes first. Finished runs (summary.json present) are skipped and an interrupted one resumes from its
+stage checkpoints: rerun the command to go on. Every candidate gets the same prompts, seeds and evaluation;
+the list below is every try, to be reported with the choice (docs/lab_notes/rl_diagnosis.md).
+
+Why a study over seeds: a setting chosen on one seed's validation prompts (run V3, 240 steps) raised
+BoN@32 on seed 0's test prompts and not on seeds 1 and 2 (rl_diagnosis.md, "V3 on test and on other seeds").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from experiments.across_seeds import paired_differences
+from experiments.reproduce.stats import crossed_ci
+
+# BoN-RL-V (N' = 32, 8 prompts x 32 samples, lr 1e-4, value baseline, dynamic sampling 2) as in
+# experiments/arith_bo32.py, varying what rl_diagnosis.md lists as untried. Same sample budget per step.
+CANDIDATES = {
+    "V3": {},  # the default: 240 steps, no KL term, no anchor
+    "V2": {"rl.steps": 120},
+    "A3": {"rl.anchor_ema": 0.01},  # Chow et al.'s EMA anchor (App. B), at the paper's rate
+    "K3": {"rl.beta": 0.05},  # a KL term to the base policy: every row then carries gradient
+}
+METRICS = ("bon_at_32", "bon_at_4", "pass_at_1", "pass_at_32", "kl")
+RULE = (
+    "the highest pooled validation BoN@32 gain; among candidates whose intervals overlap the best one's, "
+    "the lowest mean KL"
+)
+
+
+def run_dir(name: str, seed: int) -> str:
+    return os.path.join("runs", "study", f"{name}_s{seed}")
+
+
+def cache_root(seed: int) -> str:
+    return os.path.join("runs", "arith_bo32" if seed == 0 else f"arith_bo32_seed{seed}", "stages")
+
+
+def study_config(name: str, seed: int):
+    from bon_jax.pipeline.sweep import point_config
+    from experiments.arith_bo32 import get_config
+
+    c = point_config(get_config(), {**CANDIDATES[name], "eval.split": "validation"}, "runs/study")
+    c.seed = seed
+    c.workdir = run_dir(name, seed)
+    return c
+
+
+def finished(name: str, seed: int) -> bool:
+    return all(
+        os.path.exists(os.path.join(run_dir(name, seed), f)) for f in ("summary.json", "per_prompt.json")
+    )
+
+
+def pooled(names: list[str], seeds: list[int]) -> dict:
+    """{candidate: {metric: crossed_ci over seeds x validation prompts}} of the finished candidates."""
+    out = {}
+    for name in names:
+        if not all(finished(name, s) for s in seeds):
+            continue
+        dirs = [run_dir(name, s) for s in seeds]
+        out[name] = {m: crossed_ci(paired_differences(dirs, m)) for m in METRICS}
+    return out
+
+
+def choose(table: dict) -> str | None:
+    """RULE, applied to `pooled`'s table."""
+    if not table:
+        return None
+    best = max(table, key=lambda n: table[n]["bon_at_32"].mean)
+    low = table[best]["bon_at_32"].low
+    close = [n for n in table if table[n]["bon_at_32"].high >= low]
+    return min(close, key=lambda n: (table[n]["kl"].mean, -table[n]["bon_at_32"].mean))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--only", default="", help="comma-separated candidates (default: all)")
+    p.add_argument("--list", action="store_true", help="print the runs and exit")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = args.only.split(",") if args.only else list(CANDIDATES)
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown:
+        raise SystemExit(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
+    configs = {(n, s): study_config(n, s) for n in names for s in seeds}  # refuses a bad key before compute
+    from bon_jax.config import validate
+
+    for c in configs.values():
+        validate(c)
+    for name, seed in configs:
+        state = "done " if finished(name, seed) else "to do"
+        print(f"{state}  {name} seed {seed}  {CANDIDATES[name]}")
+    if not args.list:
+        from bon_jax.cli import run_reporting_errors
+        from bon_jax.pipeline.run import run_experiment
+
+        for (name, seed), c in configs.items():
+            if not finished(name, seed):
+                print(f"[study] {name} seed {seed}", flush=True)
+                run_reporting_errors(lambda c=c, seed=seed: run_experiment(c, cache_root=cache_root(seed)))
+    table = pooled(names, seeds)
+    print(f"\nTuned - base on validation prompts, pooled over seeds {seeds} x prompts (crossed 95% CI):\n")
+    print("| candidate | overrides | " + " | ".join(METRICS) + " |")
+    print("|---" * (len(METRICS) + 2) + "|")
+    for name, row in table.items():
+        cells = [f"{e.mean:+.3f} [{e.low:+.3f}, {e.high:+.3f}]" for e in row.values()]
+        print(f"| {name} | {json.dumps(CANDIDATES[name])} | " + " | ".join(cells) + " |")
+    missing = [n for n in names if n not in table]
+    if missing:
+        print(f"\nnot finished at every seed: {missing}")
+    print(f"\nrule: {RULE}\nchoice: {choose(table)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""experiments.validation_study: its runs read validation prompts only, and its choice follows its rule."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import validation_study as study
+from experiments.reproduce.stats import Estimate
+
+
+def test_every_candidate_is_evaluated_on_validation_prompts_at_its_seed():
+    for name, overrides in study.CANDIDATES.items():
+        c = study.study_config(name, 3)
+        assert c.eval.split == "validation" and c.seed == 3 and c.workdir == study.run_dir(name, 3)
+        for key, value in overrides.items():
+            section, field = key.split(".")
+            assert c[section][field] == value
+    assert study.cache_root(0) == "runs/arith_bo32/stages"
+    assert study.cache_root(2) == "runs/arith_bo32_seed2/stages"  # what `make train` at seed 2 writes
+
+
+def _est(mean, half):
+    return Estimate(mean, mean - half, mean + half, seeds=2, prompts=128, dof=100.0)
+
+
+def test_choice_takes_the_best_bon32_gain_or_a_close_one_with_less_kl():
+    table = {
+        "a": {"bon_at_32": _est(0.05, 0.02), "kl": _est(0.5, 0)},
+        "b": {"bon_at_32": _est(0.02, 0.02), "kl": _est(0.1, 0)},  # overlaps a's interval, less KL
+        "c": {"bon_at_32": _est(-0.03, 0.005), "kl": _est(0.01, 0)},  # clearly worse, least KL
+    }
+    assert study.choose(table) == "b"
+    table["b"]["bon_at_32"] = _est(0.01, 0.01)  # no longer reaches a's lower end (0.03)
+    assert study.choose(table) == "a"
+    assert study.choose({}) is None
+
+
+def test_pooled_reads_the_finished_runs_paired_over_seeds_and_prompts(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "run_dir", lambda name, seed: str(tmp_path / f"{name}_s{seed}"))
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        d = tmp_path / f"V3_s{seed}"
+        d.mkdir()
+        base = {m: rng.uniform(size=40).tolist() for m in study.METRICS}
+        tuned = {m: (np.asarray(v) + 0.1).tolist() for m, v in base.items()}  # +0.1 on every prompt
+        (d / "per_prompt.json").write_text(json.dumps({"base": base, "tuned": tuned}))
+        (d / "summary.json").write_text("{}")
+    table = study.pooled(["V3", "V2"], [0, 1])
+    assert list(table) == ["V3"]  # V2 has no finished runs
+    assert table["V3"]["bon_at_32"].mean == pytest.approx(0.1)
