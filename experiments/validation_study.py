@@ -3,7 +3,8 @@
     python -m experiments.validation_study [--seeds=0,1] [--only=V2,V3] [--list]
 
 runs every candidate of CANDIDATES (config overrides of experiments/arith_bo32.py) at every seed, each
-evaluated on the VALIDATION prompts (never test), in runs/study/<candidate>_s<seed>, and prints per
+evaluated on the VALIDATION prompts (never test), in results/study/<candidate>_s<seed> (its summary.json
+and per_prompt.json tracked by git, so a study run in pieces resumes on any checkout), and prints per
 candidate the tuned - base differences pooled over seeds x prompts (the crossed interval of
 experiments/reproduce/stats.py), then the choice by RULE. Seed S shares the stage cache of
 `make train ARGS="--config.seed=S --config.workdir=runs/arith_bo32_seedS"` (seed 0: `make train`'s
@@ -41,7 +42,7 @@ RULE = (
 
 
 def run_dir(name: str, seed: int) -> str:
-    return os.path.join("runs", "study", f"{name}_s{seed}")
+    return os.path.join("results", "study", f"{name}_s{seed}")
 
 
 def cache_root(seed: int) -> str:
@@ -52,7 +53,7 @@ def study_config(name: str, seed: int):
     from bon_jax.pipeline.sweep import point_config
     from experiments.arith_bo32 import get_config
 
-    c = point_config(get_config(), {**CANDIDATES[name], "eval.split": "validation"}, "runs/study")
+    c = point_config(get_config(), {**CANDIDATES[name], "eval.split": "validation"}, "results/study")
     c.seed = seed
     c.workdir = run_dir(name, seed)
     return c
