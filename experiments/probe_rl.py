@@ -30,6 +30,11 @@ from experiments.arith_bo32 import get_config
 SHARED_CACHE = os.path.join("runs", "arith_bo32", "stages")
 
 
+def cache_root(seed: int) -> str:
+    """The stage cache `make train` writes at `seed` (seed S != 0: with --config.workdir=runs/arith_bo32_seedS)."""
+    return SHARED_CACHE if seed == 0 else os.path.join("runs", f"arith_bo32_seed{seed}", "stages")
+
+
 def _even_answer_grade(self, example, completion):
     from bon_jax.tasks.base import Grade
     from bon_jax.tasks.text import last_boxed, normalize_integer
@@ -78,7 +83,7 @@ def main(argv: list[str]) -> None:
     from bon_jax.pipeline.run import run_experiment
     from bon_jax.tasks import arith
 
-    cache = SHARED_CACHE if c.seed == 0 else os.path.join("runs", f"arith_bo32_seed{c.seed}", "stages")
+    cache = cache_root(c.seed)
     if reward == "even":
         arith.ArithTask.grade = _even_answer_grade
     if subset:

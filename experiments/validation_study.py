@@ -24,6 +24,8 @@ import json
 import os
 
 from experiments.across_seeds import paired_differences
+from experiments.probe_rl import cache_root
+from experiments.reproduce.runs import run_finished
 from experiments.reproduce.stats import crossed_ci
 
 # BoN-RL-V (N' = 32, 8 prompts x 32 samples, lr 1e-4, value baseline, dynamic sampling 2) as in
@@ -45,10 +47,6 @@ def run_dir(name: str, seed: int) -> str:
     return os.path.join("results", "study", f"{name}_s{seed}")
 
 
-def cache_root(seed: int) -> str:
-    return os.path.join("runs", "arith_bo32" if seed == 0 else f"arith_bo32_seed{seed}", "stages")
-
-
 def study_config(name: str, seed: int):
     from bon_jax.pipeline.sweep import point_config
     from experiments.arith_bo32 import get_config
@@ -60,9 +58,7 @@ def study_config(name: str, seed: int):
 
 
 def finished(name: str, seed: int) -> bool:
-    return all(
-        os.path.exists(os.path.join(run_dir(name, seed), f)) for f in ("summary.json", "per_prompt.json")
-    )
+    return run_finished(run_dir(name, seed))
 
 
 def pooled(names: list[str], seeds: list[int]) -> dict:

@@ -43,9 +43,11 @@ def test_pooled_reads_the_finished_runs_paired_over_seeds_and_prompts(tmp_path, 
         d = tmp_path / f"V3_s{seed}"
         d.mkdir()
         base = {m: rng.uniform(size=40).tolist() for m in study.METRICS}
-        tuned = {m: (np.asarray(v) + 0.1).tolist() for m, v in base.items()}  # +0.1 on every prompt
+        shift = 0.1 if seed == 0 else 0.3  # on every prompt of that seed
+        tuned = {m: (np.asarray(v) + shift).tolist() for m, v in base.items()}
         (d / "per_prompt.json").write_text(json.dumps({"base": base, "tuned": tuned}))
         (d / "summary.json").write_text("{}")
     table = study.pooled(["V3", "V2"], [0, 1])
     assert list(table) == ["V3"]  # V2 has no finished runs
-    assert table["V3"]["bon_at_32"].mean == pytest.approx(0.1)
+    assert table["V3"]["bon_at_32"].mean == pytest.approx(0.2)  # both seeds, paired within each
+    assert table["V3"]["bon_at_32"].seeds == 2 and table["V3"]["bon_at_32"].prompts == 40

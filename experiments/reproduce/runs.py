@@ -25,6 +25,11 @@ from experiments.reproduce.claims import CLAIMS
 from experiments.reproduce.settings import Profile
 
 
+def run_finished(workdir: str) -> bool:
+    """A run is finished when its evaluation is written: summary.json and per_prompt.json."""
+    return all(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json", "per_prompt.json"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     profile: str
@@ -52,10 +57,7 @@ class Run:
         return os.path.join(root, self.profile, self.family, "stages")
 
     def finished(self, root: str) -> bool:
-        d = self.workdir(root)
-        return os.path.exists(os.path.join(d, "summary.json")) and os.path.exists(
-            os.path.join(d, "per_prompt.json")
-        )
+        return run_finished(self.workdir(root))
 
     def objective(self) -> str:
         return dict(self.overrides).get("rl.objective", "")
