@@ -92,8 +92,12 @@ ARITH_METHODS = {
     "bon_rl_s": {"rl.objective": "bon_rl_s", "rl.n": 32, **_VALUE},
     # claim 3: pass@k objectives at N' = 32
     "bon_rlbp": {"rl.objective": "bon_rlbp", "rl.n": 32},
-    "bon_rlb": {"rl.objective": "bon_rlb", "rl.n": 32},
-    "bon_rlb_printed": {"rl.objective": "bon_rlb_printed", "rl.n": 32},
+    # The corrected and printed BoN-RLB differ only on BoN winners with R = 0. At N' = M = 32 with R as the
+    # selector a winner fails only when all 32 samples do, and dynamic sampling drops those groups, so the
+    # two gave bit-identical policies (docs/lab_notes/rl_diagnosis.md). At N' = 8 < M = 32 a random 8-subset
+    # of a hard prompt's samples is often all wrong, so the sign the two disagree on is exercised.
+    "bon_rlb": {"rl.objective": "bon_rlb", "rl.n": 8},
+    "bon_rlb_printed": {"rl.objective": "bon_rlb_printed", "rl.n": 8},
     "pkpo": {"rl.objective": "pkpo", "rl.n": 32},
     # claim 4: supervised fine-tuning on the task's demonstrations, plain and BoN-aware
     "sft": {"rl.objective": "sft", "rl.n": 1},
