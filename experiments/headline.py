@@ -32,6 +32,9 @@ def run_both():
     standard.rl.objective, standard.rl.n = "kl_rl", 1
     standard.rl.value_baseline = False  # RLOO's baseline is the other samples' mean reward
     standard.rl.batch_size, standard.rl.m = 32, 8
+    # Standard RL keeps the settings chosen for it on validation (run E, no anchor); the EMA anchor was
+    # chosen for BoN-RL-V by experiments/validation_study.py, which did not try standard RL with it.
+    standard.rl.anchor_ema = 0.0
     return run_experiment(bon, cache_root=CACHE), run_experiment(standard, cache_root=CACHE)
 
 

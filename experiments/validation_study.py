@@ -25,16 +25,18 @@ import os
 
 from experiments.across_seeds import paired_differences
 from experiments.probe_rl import cache_root
-from experiments.reproduce.runs import run_finished
+from experiments.reproduce.runs import refuse_drifted, run_finished
 from experiments.reproduce.stats import crossed_ci
 
 # BoN-RL-V (N' = 32, 8 prompts x 32 samples, lr 1e-4, value baseline, dynamic sampling 2) as in
 # experiments/arith_bo32.py, varying what rl_diagnosis.md lists as untried. Same sample budget per step.
 CANDIDATES = {
-    "V3": {},  # the default: 240 steps, no KL term, no anchor
-    "V2": {"rl.steps": 120},
+    # Each candidate pins what it varies against the default it was run beside (240 steps, no KL term, no
+    # anchor); A3, the study's choice, is the default since.
+    "V3": {"rl.anchor_ema": 0.0},  # the former default
+    "V2": {"rl.steps": 120, "rl.anchor_ema": 0.0},
     "A3": {"rl.anchor_ema": 0.01},  # Chow et al.'s EMA anchor (App. B), at the paper's rate
-    "K3": {"rl.beta": 0.05},  # a KL term to the base policy: every row then carries gradient
+    "K3": {"rl.beta": 0.05, "rl.anchor_ema": 0.0},  # a KL term to the base policy: every row carries gradient
 }
 METRICS = ("bon_at_32", "bon_at_4", "pass_at_1", "pass_at_32", "kl")
 RULE = (
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
 
     for c in configs.values():
         validate(c)
+    refuse_drifted(
+        [(run_dir(n, s), c) for (n, s), c in configs.items() if finished(n, s)],
+        "Pin the old value in the candidate's overrides (CANDIDATES) to keep those runs.",
+    )
     for name, seed in configs:
         state = "done " if finished(name, seed) else "to do"
         print(f"{state}  {name} seed {seed}  {CANDIDATES[name]}")

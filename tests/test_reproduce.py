@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from bon_jax.errors import ConfigError
 from experiments.reproduce import analysis, figures, runner, stats, writer
 from experiments.reproduce.claims import CLAIMS
 from experiments.reproduce.runs import method_run, runs_for
@@ -262,6 +263,33 @@ def test_runner_skips_finished_runs_records_wall_time_and_keeps_interrupted_ones
     assert all(e["status"] == "done" for e in log.values()) and len(log) == len(runs)
     runner.run_all(runs, root, run_fn=fake)  # all finished: nothing runs
     assert len(calls) == 1 + len(runs)
+
+
+def test_runner_refuses_finished_runs_made_under_another_default(tmp_path, monkeypatch):
+    """A run's directory is named by its overrides; a default changed in the experiment file since must not
+    pass the old run off as the new setting's."""
+    root = str(tmp_path)
+    runs = runs_for(dataclasses.replace(TINY, seeds=(0,)), ["claim4"])
+
+    def fake(config, cache_root):
+        os.makedirs(config.workdir, exist_ok=True)
+        with open(os.path.join(config.workdir, "summary.json"), "w") as f:
+            json.dump({"config": config.to_dict()}, f)
+        open(os.path.join(config.workdir, "per_prompt.json"), "w").write("{}")
+
+    runner.run_all(runs, root, run_fn=fake)
+    runner.run_all(runs, root, run_fn=lambda c, r: pytest.fail("finished runs must be skipped"))
+    build = runner.run_config
+
+    def changed_default(run, root):
+        c = build(run, root)
+        c.rl.warmup = c.rl.warmup + 3
+        return c
+
+    monkeypatch.setattr(runner, "run_config", changed_default)
+    with pytest.raises(ConfigError, match=r"rl\.warmup was 0, would now be 3") as e:
+        runner.run_all(runs, root, run_fn=lambda c, r: pytest.fail("refused before any compute"))
+    assert e.value.key == "rl.warmup" and runs[0].workdir(root) in str(e.value)
 
 
 def test_tiny_profile_end_to_end(tmp_path, monkeypatch):

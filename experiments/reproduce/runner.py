@@ -16,7 +16,7 @@ import time
 
 from bon_jax.config import load_experiment, validate
 from bon_jax.pipeline.sweep import point_config
-from experiments.reproduce.runs import Run
+from experiments.reproduce.runs import Run, refuse_drifted
 
 
 def run_config(run: Run, root: str):
@@ -58,6 +58,11 @@ def run_all(runs: list[Run], root: str, *, run_fn=None) -> dict:
     configs = [(run, run_config(run, root)) for run in runs]
     for _, c in configs:
         validate(c)
+    refuse_drifted(
+        [(r.workdir(root), c) for r, c in configs if r.finished(root)],
+        "Pin the old value in experiments/reproduce/settings.py to keep those runs, or move them aside to "
+        "rerun them.",
+    )
     if not runs:
         return {}
     profile = runs[0].profile

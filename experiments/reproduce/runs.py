@@ -18,6 +18,7 @@ with the old value.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from bon_jax.pipeline.stage_cache import config_key
@@ -28,6 +29,46 @@ from experiments.reproduce.settings import Profile
 def run_finished(workdir: str) -> bool:
     """A run is finished when its evaluation is written: summary.json and per_prompt.json."""
     return all(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json", "per_prompt.json"))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_drift(workdir: str, config) -> dict:
+    """{dotted key: (the finished run's value, `config`'s value)} where they differ.
+
+    A run's directory is named by its overrides only, so a changed default in the experiment file would
+    otherwise pass a run made under the old default off as the new one. Keys the finished run's config lacks
+    (added to the schema since, at a default that keeps the old behaviour) and `workdir` are not compared;
+    values are compared after a JSON round trip (tuples are stored as lists)."""
+    with open(os.path.join(workdir, "summary.json")) as f:
+        was = _flatten(json.load(f).get("config", {}))
+    now = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))
+    return {k: (was[k], v) for k, v in now.items() if k != "workdir" and k in was and was[k] != v}
+
+
+def refuse_drifted(finished: list[tuple[str, object]], fix: str) -> None:
+    """Raise ConfigError naming every finished run whose stored config differs from the one it would get
+    now ([(workdir, config)]), before any compute."""
+    from bon_jax.errors import ConfigError
+
+    lines = []
+    for workdir, config in finished:
+        for key, (was, now) in sorted(settings_drift(workdir, config).items()):
+            lines.append(f"  {workdir}: {key} was {was!r}, would now be {now!r}")
+    if lines:
+        shown = "\n".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
+        raise ConfigError(
+            lines[0].split(": ")[1].split(" was ")[0],
+            f"finished runs were made with other settings than they would get now:\n{shown}\n{fix}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

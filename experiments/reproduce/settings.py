@@ -76,6 +76,9 @@ ARITH_BUDGET = {  # the same for every arith method: 8 prompts x 32 samples x 10
     "rl.lr": 1e-4,
     "rl.dynamic_sampling": 2,
     "rl.value_baseline": False,  # on for the printed BoN-RL estimators only (_VALUE below)
+    # No EMA anchor, as every run here was made: the default experiment has had Chow's anchor (0.01) since
+    # experiments/validation_study.py chose it for BoN-RL-V; rerunning every method with it is 2 hours.
+    "rl.anchor_ema": 0.0,
     "eval.split": "test",
 }
 # Chow et al.'s learned value baseline (App. B), as the default experiment uses it with BoN-RL-V (chosen on
