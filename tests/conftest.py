@@ -12,7 +12,7 @@ if "xla_force_host_platform_device_count" not in _flags:
 # Most of the suite's time is XLA compiling small programs that then run for milliseconds. XLA:CPU's
 # older loop emitters instead of its MLIR fusion emitters, with LLVM at -O1, cut the suite's CPU time by a
 # fifth against -O0 with the fusion emitters (23.3 -> 18.7 user minutes; -O0 alone slows the compute-bound
-# verifier training; docs/lab_notes/timing.md). The HLO, and so the float semantics, are unchanged.
+# verifier training; docs/lab_notes/timing.md). The HLO is the same; only its code generation differs.
 # Training and benchmarks keep XLA's defaults.
 if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=1"
