@@ -59,15 +59,18 @@ def refuse_drifted(finished: list[tuple[str, object]], fix: str) -> None:
     now ([(workdir, config)]), before any compute."""
     from bon_jax.errors import ConfigError
 
-    lines = []
-    for workdir, config in finished:
-        for key, (was, now) in sorted(settings_drift(workdir, config).items()):
-            lines.append(f"  {workdir}: {key} was {was!r}, would now be {now!r}")
-    if lines:
-        shown = "\n".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
+    drifted = [
+        (workdir, key, was, now)
+        for workdir, config in finished
+        for key, (was, now) in sorted(settings_drift(workdir, config).items())
+    ]
+    if drifted:
+        lines = [f"  {w}: {key} was {was!r}, would now be {now!r}" for w, key, was, now in drifted[:20]]
+        more = [f"  ... and {len(drifted) - 20} more"] if len(drifted) > 20 else []
         raise ConfigError(
-            lines[0].split(": ")[1].split(" was ")[0],
-            f"finished runs were made with other settings than they would get now:\n{shown}\n{fix}",
+            drifted[0][1],
+            "finished runs were made with other settings than they would get now:\n"
+            + "\n".join(lines + more + [fix]),
         )
 
 
