@@ -251,6 +251,25 @@ def test_learned_verifier_text_and_token_paths_agree(arith_task, tokenizer, tiny
         verifier.score(exs[:2], completions)
 
 
+def test_learned_verifier_scores_repeated_completions_as_each_alone(arith_task, tokenizer, tiny):
+    """Each prompt's distinct completions are scored once (bon_jax.distinct): with M = 8 samples holding 3
+    distinct texts, every sample's score must equal its completion's score by `score_pairs` (one packed
+    row per pair, no grouping), on the text and the token path."""
+    cfg, params = tiny
+    verifier = LearnedVerifier(params, cfg, tokenizer, pooling="likelihood")
+    exs = list(arith_task.examples("test")[:2])
+    options = [[e.reference, e.reference.replace("\\boxed{", "\\boxed{1"), "1+1=2"] for e in exs]
+    picks = [[0, 1, 0, 0, 2, 1, 0, 0], [2, 2, 2, 0, 2, 1, 2, 2]]
+    completions = [[options[b][i] for i in row] for b, row in enumerate(picks)]
+    want = verifier.score_pairs([e.prompt for e in exs for _ in range(8)], [c for row in completions for c in row])
+    z_text = verifier.score(exs, completions)
+    prompt_BT, comp_BMT, len_BM = _sampler_outputs(tokenizer, [e.prompt for e in exs], completions, Tc=32)
+    z_tok = verifier.score(exs, Samples(comp_BMT, len_BM, prompt_BT))
+    assert len({float(z) for z in z_text[0]}) == 3  # the three texts score differently
+    np.testing.assert_allclose(z_text, want.reshape(2, 8), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z_tok, want.reshape(2, 8), rtol=1e-5, atol=1e-5)
+
+
 def _float64_noisy_or(v, mask):
     """log P(correct) - log P(error) with P(correct) = prod over masked t of (1 - sigmoid(v_t)), float64."""
     v = np.asarray(v, np.float64)

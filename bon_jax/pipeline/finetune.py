@@ -225,16 +225,31 @@ def finetune_stage(
             model_cfg, lr=rl.value_lr, steps=rl.steps, warmup=rl.warmup, max_grad_norm=rl.max_grad_norm
         )
 
+    def value_step(value: TrainState, prompt_tokens_BT, prompt_lengths_B, target_B):
+        """b(x) of the batch's prompts (before this step's regression, which it then takes)."""
+        values_B = value_predict(value.params, prompt_tokens_BT, prompt_lengths_B)
+        prompts = dict(prompt_tokens_BT=prompt_tokens_BT, prompt_lengths_B=prompt_lengths_B)
+        value, metrics = value_update(value, dict(prompts, target_B=target_B))
+        return value, values_B, metrics
+
+    def policy_step(train: TrainState, anchor, batch):
+        train, metrics = update(train, batch)
+        anchor = objectives.ema_update(anchor, train.params, rl.anchor_ema) if use_anchor else None
+        return train, anchor, metrics
+
+    # Two programs, not one: the policy's compiles once per update shape (rows and completion width vary
+    # from step to step), the value model's once per prompt width; one program would recompile both.
+    jitted_value_step = jax.jit(value_step, donate_argnums=0)
+    jitted_policy_step = jax.jit(policy_step, donate_argnums=(0, 1))
+
     def step_fn(state: RLState, batch):
-        host = batch.pop("host")
+        host = batch.pop("host")  # host measurements stay on the host: their keys may vary by step
         value, value_metrics = state.value, {}
         if use_value:
-            target_B = batch.pop("value_target_B")
-            prompts = {k: batch[k] for k in ("prompt_tokens_BT", "prompt_lengths_B")}
-            batch["values_B"] = value_predict(value.params, *prompts.values())
-            value, value_metrics = value_update(value, dict(prompts, target_B=target_B))
-        train, metrics = update(state.train, batch)
-        anchor = objectives.ema_update(state.anchor, train.params, rl.anchor_ema) if use_anchor else None
+            value, batch["values_B"], value_metrics = jitted_value_step(
+                value, batch["prompt_tokens_BT"], batch["prompt_lengths_B"], batch.pop("value_target_B")
+            )
+        train, anchor, metrics = jitted_policy_step(state.train, state.anchor, batch)
         metrics = {**metrics, **value_metrics}
         clash = sorted(metrics.keys() & host.keys())
         if clash:  # a host measurement must never replace the objective's estimate of the same name
@@ -247,7 +262,6 @@ def finetune_stage(
     value0 = value_init(base_params, ctx.rng("value_baseline")) if use_value else None
     state = RLState(TrainState.create(fresh(), opt), fresh() if use_anchor else None, value0)
     state = jax.device_put(state, parallel.param_sharding(state, ctx.mesh))
-    jitted_step = jax.jit(step_fn, donate_argnums=0)
     seq_logp = make_sequence_logp(model_cfg, rl.temperature)
     key = ctx.rng("finetune")
     if spec.reference_samples:
@@ -378,7 +392,7 @@ def finetune_stage(
     state = run_loop(
         st.path,
         state,
-        jitted_step,
+        step_fn,
         batch_fn,
         loop,
         data_state=lambda: data["it"].get_state(),

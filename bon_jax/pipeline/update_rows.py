@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bon_jax import objectives
+from bon_jax.distinct import distinct_columns, token_keys
 
 
 def gradient_rows(spec, select_BM, n: int, *, beta: float, anchored: bool) -> np.ndarray | None:
@@ -47,36 +48,15 @@ def bucket_rows(active_BM: np.ndarray | None, tokens_BMT, lengths_BM) -> tuple[n
     """(rows_BK, source_BM): the rows the update computes, and for each sample which of them holds its
     log-prob (-1: none, its weight is 0).
 
-    Each prompt's active samples (all, if `active_BM` is None) are grouped by their completion tokens: equal
-    completions of one prompt have equal log-probs, so one computed row serves them all (arith's samples
-    repeat: often 20 of 32 are one text, and they tie at the top of the verifier's ranking). rows_BK int32
-    [B, K] holds each group's first row, then other rows to fill K, the smallest power of two >= the largest
-    number of groups of a prompt (few shapes compile); source_BM int32 [B, M] maps an active sample to its
-    group's column in rows_BK. None if K would be M (nothing to save). The rows of a prompt are distinct.
+    Each prompt's active samples (all, if `active_BM` is None) are grouped by their completion tokens
+    (`bon_jax.distinct.distinct_columns`): equal completions of one prompt have equal log-probs, so one
+    computed row serves them all (arith's samples repeat: often 20 of 32 are one text, and they tie at the
+    top of the verifier's ranking). rows_BK int32 [B, K] holds each group's first row, then other rows to
+    fill K, the smallest power of two >= the largest number of groups of a prompt (few shapes compile);
+    source_BM int32 [B, M] maps an active sample to its group's column in rows_BK. None if K would be M
+    (nothing to save). The rows of a prompt are distinct.
     """
-    lengths_BM = np.asarray(lengths_BM)
-    B, M = lengths_BM.shape
-    active_BM = np.ones((B, M), bool) if active_BM is None else np.asarray(active_BM, bool)
-    tokens_BMT = np.asarray(tokens_BMT)
-    source_BM = np.full((B, M), -1, np.int32)
-    reps = []  # per prompt: the first row of each group, in group order
-    for b in range(B):
-        groups: dict[bytes, int] = {}
-        reps.append([])
-        for m in np.flatnonzero(active_BM[b]):
-            key = tokens_BMT[b, m, : lengths_BM[b, m]].tobytes()
-            if key not in groups:
-                groups[key] = len(reps[b])
-                reps[b].append(int(m))
-            source_BM[b, m] = groups[key]
-    k = 1 << max(max(len(r) for r in reps) - 1, 0).bit_length()
-    if k >= M:
-        return None
-    rows_BK = np.zeros((B, k), np.int32)
-    for b, r in enumerate(reps):
-        fill = [m for m in range(M) if m not in set(r)][: k - len(r)]
-        rows_BK[b] = r + fill
-    return rows_BK, source_BM
+    return distinct_columns(token_keys(tokens_BMT, lengths_BM), active_BM)
 
 
 def take_rows(x_BM, rows_BK):

@@ -81,6 +81,7 @@ from bon_jax.models import (
     take_last_valid,
     tile_cache,
 )
+from bon_jax.distinct import distinct_columns, token_keys
 from bon_jax.models.unembed import taken_logprobs
 from bon_jax.tasks.base import Example
 from bon_jax.tokenizer import DEFAULT_BUCKETS, sequence_batch
@@ -365,6 +366,11 @@ def encode_groups(tokenizer, prompts_B: Sequence[str], completions_BM: Sequence[
     return prompt_BT, comp_BMT, lengths_BM
 
 
+def _take_columns(x_BM, cols_BK) -> np.ndarray:
+    """x[b, cols_BK[b, k], ...]: `[B, M, ...] -> [B, K, ...]` (numpy)."""
+    return np.take_along_axis(x_BM, cols_BK.reshape(cols_BK.shape + (1,) * (x_BM.ndim - 2)), axis=1)
+
+
 class LearnedVerifier:
     """`Verifier` from scalar-head params: scores are logits z (module docstring).
 
@@ -409,7 +415,9 @@ class LearnedVerifier:
 
     def score(self, examples_B: Sequence[Example], samples: Completions) -> np.ndarray:
         """z_BM float32 of text (`list[list[str]]`) or `Samples`: their texts when they have them (what the
-        verifier was trained on), else their tokens."""
+        verifier was trained on), else their tokens. Each prompt's distinct completions are scored once
+        (`bon_jax.distinct`: a score depends on the prompt and the completion only) and every sample takes
+        its completion's score."""
         B, M = group_shape(examples_B, samples)
         if B == 0 or M == 0:
             return np.zeros((B, M), np.float32)
@@ -418,15 +426,23 @@ class LearnedVerifier:
             if prompt_BT is None:
                 prompt_BT, _ = self.tokenizer.encode_batch([ex.prompt for ex in examples_B], add_bos=True,
                                                            pad_side="left", buckets=self.buckets)
-            z_BM = score_completion_tokens(self.params, self.cfg, prompt_BT, samples.tokens_BMT,
-                                           samples.lengths_BM, self.tokenizer.pad_id, self.row_chunk,
-                                           self.pooling, **self._process_args())
-            return np.asarray(z_BM, np.float32)
-        prompt_BT, comp_BMT, lengths_BM = encode_groups(self.tokenizer, [ex.prompt for ex in examples_B],
-                                                        completion_texts(samples), self.buckets)
-        z_BM = score_completion_tokens(self.params, self.cfg, prompt_BT, comp_BMT, lengths_BM,
-                                       self.tokenizer.pad_id, self.row_chunk, self.pooling, **self._process_args())
-        return np.asarray(z_BM, np.float32)
+            tokens_BMT, lengths_BM = np.asarray(samples.tokens_BMT), np.asarray(samples.lengths_BM)
+            columns = distinct_columns(token_keys(tokens_BMT, lengths_BM))
+            if columns is not None:
+                tokens_BMT, lengths_BM = _take_columns(tokens_BMT, columns[0]), _take_columns(lengths_BM, columns[0])
+            z_BK = score_completion_tokens(self.params, self.cfg, prompt_BT, tokens_BMT, lengths_BM,
+                                           self.tokenizer.pad_id, self.row_chunk, self.pooling, **self._process_args())
+        else:
+            texts_BM = completion_texts(samples)
+            columns = distinct_columns(texts_BM)
+            if columns is not None:
+                texts_BM = [[row[k] for k in cols] for row, cols in zip(texts_BM, columns[0].tolist())]
+            prompt_BT, comp_BKT, lengths_BK = encode_groups(self.tokenizer, [ex.prompt for ex in examples_B],
+                                                            texts_BM, self.buckets)
+            z_BK = score_completion_tokens(self.params, self.cfg, prompt_BT, comp_BKT, lengths_BK,
+                                           self.tokenizer.pad_id, self.row_chunk, self.pooling, **self._process_args())
+        z_BK = np.asarray(z_BK, np.float32)
+        return z_BK if columns is None else np.take_along_axis(z_BK, columns[1], axis=1)
 
     def probabilities(self, examples_B: Sequence[Example], samples: Completions) -> np.ndarray:
         """sigmoid(z_BM): the verifier's P(correct), float32 [B, M]."""
