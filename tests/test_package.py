@@ -20,7 +20,7 @@ def test_version_and_fake_devices():
 # outside every prefix fails `test_imports_go_downward` until it is placed.
 LAYERS = (
     ("bon_jax", "bon_jax.errors"),
-    ("bon_jax.parallel", "bon_jax.bon", "bon_jax.metrics", "bon_jax.sandbox"),
+    ("bon_jax.parallel", "bon_jax.bon", "bon_jax.distinct", "bon_jax.metrics", "bon_jax.sandbox"),
     ("bon_jax.models",),  # the decoder, its cache, masks, configs and params
     ("bon_jax.train.checkpoint",),  # orbax checkpoints, and a model's params saved / loaded
     ("bon_jax.models.checkpoints",),  # released checkpoint formats, and bon_jax's own params
