@@ -73,8 +73,8 @@ class Attention(nn.Module):
     def project_qkv(self, x_BTD):
         """(q_BTHE, k_BTGE, v_BTGE) = x W_q, x W_k, x W_v."""
         q_BTHE = self.q_einsum("BTD,HDE->BTHE", x_BTD)
-        kv_2BTGE = self.kv_einsum("BTD,CGDE->CBTGE", x_BTD)
-        return q_BTHE, kv_2BTGE[0], kv_2BTGE[1]
+        kv_BT2GE = self.kv_einsum("BTD,CGDE->BTCGE", x_BTD)
+        return q_BTHE, kv_BT2GE[:, :, 0], kv_BT2GE[:, :, 1]
 
     def norm(self, name: str, x):
         """`query_norm` or `key_norm`."""

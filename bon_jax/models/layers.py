@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bon_jax.models.products import einsum_as_contraction
+
 
 class RMSNorm(nn.Module):
     """Gemma's RMSNorm over the last axis: `x / sqrt(mean(x^2) + eps) * (1 + scale)`, scale init 0.
@@ -49,11 +51,12 @@ class Einsum(nn.Module):
         self.w = self.param("w", init, self.shape, self.param_dtype)
 
     def __call__(self, equation: str, x):
-        return jnp.einsum(equation, x.astype(self.dtype), self.w.astype(self.dtype))
+        return einsum_as_contraction(equation, x.astype(self.dtype), self.w.astype(self.dtype))
 
     def per_slice(self, equation: str, x):
         """`equation` contracted with each slice w[c] of the weight's first axis, one product each."""
-        return tuple(jnp.einsum(equation, x.astype(self.dtype), w.astype(self.dtype)) for w in self.w)
+        return tuple(einsum_as_contraction(equation, x.astype(self.dtype), w.astype(self.dtype))
+                     for w in self.w)
 
 
 class Embedder(nn.Module):

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bon_jax.models.products import weight_gradient
+
 # Default chunk: C = this // V rows (at least 1, at most R), so one chunk's float32 logits are <= 64 MiB.
 CHUNK_ELEMENTS = 1 << 24
 
@@ -82,7 +84,7 @@ def _taken_bwd(temperature, cap, c, dtype, residuals, g_R):
             dz_CV = dz_CV * (1.0 - t_CV * t_CV)
         dz_CV = dz_CV.astype(dtype)
         grad_h_CD = jnp.einsum("CV,VD->CD", dz_CV, e_VD, preferred_element_type=jnp.float32)
-        grad_e_VD = grad_e_VD + jnp.einsum("CV,CD->VD", dz_CV, h_CD, preferred_element_type=jnp.float32)
+        grad_e_VD = grad_e_VD + weight_gradient(dz_CV, h_CD, preferred_element_type=jnp.float32)
         return grad_e_VD, grad_h_CD
 
     xs = tuple(_chunked(x, n_chunks, c) for x in (h_RD, tokens_R, lse_R, g_R))
