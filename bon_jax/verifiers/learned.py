@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bon_jax.distinct import distinct_columns, token_keys
 from bon_jax.models import (
     ModelConfig,
     causal_mask,
@@ -81,7 +82,6 @@ from bon_jax.models import (
     take_last_valid,
     tile_cache,
 )
-from bon_jax.distinct import distinct_columns, token_keys
 from bon_jax.models.unembed import taken_logprobs
 from bon_jax.tasks.base import Example
 from bon_jax.tokenizer import DEFAULT_BUCKETS, sequence_batch
