@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bon_jax.train.optim import adamw, learning_rate_schedule
-from bon_jax.train.step import BadStepMonitor, TrainState, make_update_step
+from bon_jax.train.step import BadStepMonitor, TrainState, make_two_program_step, make_update_step
 
 
 def _loss(params, batch):
@@ -75,3 +75,45 @@ def test_grad_accumulation_passes_a_scalar_leaf_to_every_micro_batch():
     assert not np.allclose(full.params["w"], params["w"])
     np.testing.assert_allclose(acc.params["w"], full.params["w"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-6)
+
+
+def _ema(state, anchor):
+    return jax.tree.map(lambda a, p: 0.9 * a + 0.1 * p, anchor, state.params)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_two_program_step_equals_the_one_program_step(accum):
+    """`make_two_program_step` splits the update into a gradient program and an optimiser program (with
+    `then`, here an EMA anchor, after it): the same state, anchor and metrics as one jitted program, over
+    steps that change the batch's shape, and a non-finite step is skipped by both."""
+    opt = adamw(1e-2, 10)
+    params = {"w": jnp.linspace(-1, 1, 6).reshape(3, 2)}
+
+    def one_program(state, anchor, batch):
+        state, metrics = make_update_step(_loss, opt, accum=accum)(state, batch)
+        return state, _ema(state, anchor), metrics
+
+    one = jax.jit(one_program)
+    two = make_two_program_step(_loss, opt, accum=accum, then=_ema)
+    bad = _batch(seed=3, n=4)
+    bad["scale"] = bad["scale"].at[1].set(jnp.nan)
+    batches = [_batch(seed=0, n=8), _batch(seed=1, n=4), bad, _batch(seed=2, n=8)]
+    fresh = lambda: jax.tree.map(jnp.copy, params)  # the two-program step donates its state and anchor
+    a = (TrainState.create(fresh(), opt), fresh())
+    b = (TrainState.create(fresh(), opt), fresh())
+    for batch in batches:
+        *a, ma = one(*a, batch)
+        *b, mb = two(*b, batch)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), (a, ma), (b, mb))
+    assert int(b[0].step) == 3 and not np.allclose(b[1]["w"], params["w"])
+
+
+def test_two_program_step_compiles_its_optimiser_once():
+    """Only the gradient program depends on the batch's shape: two batch shapes, one optimiser program."""
+    opt = adamw(1e-2, 10)
+    two = make_two_program_step(_loss, opt)
+    state = TrainState.create({"w": jnp.ones((3, 2))}, opt)
+    for n in (8, 4, 8):
+        state, _, _ = two(state, None, _batch(n=n))
+    assert two.programs["gradients"]._cache_size() == 2
+    assert two.programs["apply"]._cache_size() == 1

@@ -55,7 +55,7 @@ from bon_jax.pipeline.update_rows import bucket_rows, distinct_logp, gradient_ro
 from bon_jax.sampling import sequence_logprobs
 from bon_jax.train.loop import LoopConfig, run_loop
 from bon_jax.train.optim import adamw
-from bon_jax.train.step import TrainState, make_update_step
+from bon_jax.train.step import TrainState, make_two_program_step, make_update_step
 from bon_jax.verifiers.base import Samples, Verifier
 from bon_jax.verifiers.learned import init_verifier_params, sequence_logits
 
@@ -218,7 +218,6 @@ def finetune_stage(
     loss = rl_loss(
         model_cfg, rl.objective, n=rl.n, beta=rl.beta, options=options, temperature=rl.temperature
     )
-    update = make_update_step(loss, opt, accum=rl.grad_accum)
     use_value = bool(rl.value_baseline)
     if use_value:
         value_init, value_predict, value_update = value_baseline(
@@ -232,15 +231,12 @@ def finetune_stage(
         value, metrics = value_update(value, dict(prompts, target_B=target_B))
         return value, values_B, metrics
 
-    def policy_step(train: TrainState, anchor, batch):
-        train, metrics = update(train, batch)
-        anchor = objectives.ema_update(anchor, train.params, rl.anchor_ema) if use_anchor else None
-        return train, anchor, metrics
-
-    # Two programs, not one: the policy's compiles once per update shape (rows and completion width vary
-    # from step to step), the value model's once per prompt width; one program would recompile both.
+    # The policy's update compiles its gradient program once per update shape (rows and completion width
+    # vary from step to step) and its optimiser (with the anchor's EMA) once; the value model's step once
+    # per prompt width. One program would recompile all of it for every shape.
+    ema = lambda train, anchor: objectives.ema_update(anchor, train.params, rl.anchor_ema)
+    policy_step = make_two_program_step(loss, opt, accum=rl.grad_accum, then=ema if use_anchor else None)
     jitted_value_step = jax.jit(value_step, donate_argnums=0)
-    jitted_policy_step = jax.jit(policy_step, donate_argnums=(0, 1))
 
     def step_fn(state: RLState, batch):
         host = batch.pop("host")  # host measurements stay on the host: their keys may vary by step
@@ -249,7 +245,7 @@ def finetune_stage(
             value, batch["values_B"], value_metrics = jitted_value_step(
                 value, batch["prompt_tokens_BT"], batch["prompt_lengths_B"], batch.pop("value_target_B")
             )
-        train, anchor, metrics = jitted_policy_step(state.train, state.anchor, batch)
+        train, anchor, metrics = policy_step(state.train, state.anchor, batch)
         metrics = {**metrics, **value_metrics}
         clash = sorted(metrics.keys() & host.keys())
         if clash:  # a host measurement must never replace the objective's estimate of the same name

@@ -1,6 +1,7 @@
 """A guarded, jitted, sharded optimisation step shared by every training stage.
 
-`make_update_step(loss_fn, optimizer)` returns `step(state, batch) -> (state, metrics)`:
+`make_update_step(loss_fn, optimizer)` returns `step(state, batch) -> (state, metrics)` (one program, for
+`jax.jit`; `make_two_program_step` runs the same update as two, for batches whose shapes vary):
 
     (loss, aux), grads = value_and_grad(loss_fn, has_aux)(state.params, batch)
     if loss and grads are finite:  params, opt_state <- optimizer update
@@ -55,16 +56,14 @@ def _split_micro(batch, accum: int):
     return jax.tree.map(split, batch)
 
 
-def make_update_step(
-    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
-    optimizer: optax.GradientTransformation,
-    *,
-    accum: int = 1,
-) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
-    """The (un-jitted) guarded update step; wrap it with `jax.jit(..., donate_argnums=0)`."""
+def make_gradient_step(
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]], *, accum: int = 1
+) -> Callable[[Any, Any], tuple[tuple[jax.Array, dict], Any]]:
+    """`gradients(params, batch) -> ((loss, aux), grads)`: `value_and_grad(loss_fn, has_aux=True)`, over
+    `accum` micro-batches (`lax.scan`) when `accum > 1`."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def compute_grads(params, batch):
+    def gradients(params, batch):
         if accum == 1:
             return grad_fn(params, batch)
         micro = _split_micro(batch, accum)
@@ -85,23 +84,76 @@ def make_update_step(
         scale = lambda t: jax.tree.map(lambda x: x / accum, t)
         return (loss / accum, scale(aux)), scale(g)
 
-    def step(state: TrainState, batch) -> tuple[TrainState, dict]:
-        (loss, aux), grads = compute_grads(state.params, batch)
-        ok = jnp.isfinite(loss) & tree_all_finite(grads)
-        safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
-        updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-        new_state = TrainState(
-            step=state.step + ok.astype(jnp.int32),
-            params=keep(new_params, state.params),
-            opt_state=keep(new_opt, state.opt_state),
-        )
-        metrics = dict(
-            aux, loss=loss, grad_norm=optax.tree.norm(safe_grads), skipped=1 - ok.astype(jnp.int32)
-        )
-        return new_state, metrics
+    return gradients
 
+
+def apply_gradients(
+    state: TrainState, loss: jax.Array, aux: dict, grads, optimizer: optax.GradientTransformation
+) -> tuple[TrainState, dict]:
+    """The guarded optimiser update (module docstring): `(state, metrics)`, metrics = aux + loss, grad_norm,
+    skipped."""
+    ok = jnp.isfinite(loss) & tree_all_finite(grads)
+    safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+    updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + ok.astype(jnp.int32),
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt, state.opt_state),
+    )
+    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(safe_grads), skipped=1 - ok.astype(jnp.int32))
+    return new_state, metrics
+
+
+def make_update_step(
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
+    optimizer: optax.GradientTransformation,
+    *,
+    accum: int = 1,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """The (un-jitted) guarded update step; wrap it with `jax.jit(..., donate_argnums=0)`."""
+    gradients = make_gradient_step(loss_fn, accum=accum)
+
+    def step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        (loss, aux), grads = gradients(state.params, batch)
+        return apply_gradients(state, loss, aux, grads, optimizer)
+
+    return step
+
+
+def make_two_program_step(
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
+    optimizer: optax.GradientTransformation,
+    *,
+    accum: int = 1,
+    then: Callable[[TrainState, Any], Any] | None = None,
+) -> Callable[[TrainState, Any, Any], tuple[TrainState, Any, dict]]:
+    """`make_update_step` as two jitted programs: `step(state, extra, batch) -> (state, extra, metrics)`.
+
+        (loss, aux), grads <- gradients(state.params, batch)     compiled once per batch shape
+        state, metrics     <- apply_gradients(state, ...)        compiled once
+        extra              <- then(state, extra)                 (in the second program; e.g. an EMA anchor)
+
+    Same arithmetic as the one-program step, in the same order. Use it where the batch's shapes vary from
+    step to step (the fine-tuning update's rows and widths): XLA:CPU spends most of a one-program step's
+    compilation on the optimiser's elementwise update of every parameter (about 10 s of 13 for the default
+    experiment's policy, docs/lab_notes/performance.md), and the split compiles that part once. `state`,
+    `extra` and the gradients are donated to the second program.
+    """
+    gradients = jax.jit(make_gradient_step(loss_fn, accum=accum))
+
+    def apply(state, extra, loss, aux, grads):
+        state, metrics = apply_gradients(state, loss, aux, grads, optimizer)
+        return state, (then(state, extra) if then is not None else extra), metrics
+
+    apply = jax.jit(apply, donate_argnums=(0, 1, 4))
+
+    def step(state: TrainState, extra, batch):
+        (loss, aux), grads = gradients(state.params, batch)
+        return apply(state, extra, loss, aux, grads)
+
+    step.programs = {"gradients": gradients, "apply": apply}  # the jitted halves, for inspection
     return step
 
 
