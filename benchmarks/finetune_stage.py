@@ -41,7 +41,8 @@ def main(argv=None) -> None:
     from bon_jax.pipeline.loop import Preempted
     from bon_jax.pipeline.run import run_experiment
 
-    summary = json.load(open(os.path.join(a.run_dir, "summary.json")))
+    with open(os.path.join(a.run_dir, "summary.json")) as f:
+        summary = json.load(f)
     config_module = a.config or f"experiments/{summary['experiment']}.py"
     cfg = importlib.import_module(config_module.removesuffix(".py").replace("/", ".")).get_config()
     work = tempfile.mkdtemp(prefix="finetune_stage_")
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
     if a.out:
         with open(a.out, "w") as f:
             json.dump(dict(steps=a.steps, wall_s=wall, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                           compiles={k: v for k, v in compiles.items()}), f, indent=1)
+                           compiles=dict(compiles)), f, indent=1)
 
 
 if __name__ == "__main__":

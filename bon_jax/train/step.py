@@ -136,8 +136,8 @@ def make_two_program_step(
         extra              <- then(state, extra)                 (in the second program; e.g. an EMA anchor)
 
     Same arithmetic as the one-program step, in the same order. Use it where the batch's shapes vary from
-    step to step (the fine-tuning update's rows and widths): XLA:CPU spends most of a one-program step's
-    compilation on the optimiser's elementwise update of every parameter (about 10 s of 13 for the default
+    step to step (the fine-tuning update's rows and widths): XLA:CPU spends about a third of a one-program
+    step's compilation on the optimiser's elementwise update of every parameter (5 s of 15 for the default
     experiment's policy, docs/lab_notes/performance.md), and the split compiles that part once. `state`,
     `extra` and the gradients are donated to the second program.
     """
