@@ -44,7 +44,8 @@ def toy(tmp_path_factory):
     return tok, cfg, init_params(cfg, jax.random.key(0))
 
 
-def _run(toy, root, name, objective, monkeypatch=None, *, record=None, steps=2, verifier=SCORER, **overrides):
+def _run(toy, root, name, objective, monkeypatch=None, *, record=None, steps=2, verifier=SCORER, log_every=1,
+         **overrides):
     """finetune_stage for `steps` steps on 2 training prompts (so every step meets the same ones); returns
     (tuned params, the logged rows). `record` collects (params copy, n) of every draw_graded call."""
     tok, cfg, params = toy
@@ -54,7 +55,7 @@ def _run(toy, root, name, objective, monkeypatch=None, *, record=None, steps=2, 
     task_kw = {k.split(".", 1)[1]: v for k, v in kw.items() if k.startswith("task.")}
     c = smoke_config(root, name=name, **{k: v for k, v in kw.items() if not k.startswith("task.")})
     c.task.kwargs.update(task_kw)
-    c.log_every = 1
+    c.log_every = log_every
     if record is not None:
         def recording(p, *args, **kwargs):
             record.append((jax.tree.map(np.array, p), args[7]))  # args[7]: samples per prompt
@@ -259,6 +260,50 @@ def test_host_sample_metrics_do_not_overwrite_the_objectives(value_run):
         assert r["bon_reward"] == 123.0 and r["kl_ref"] == -7.0  # the objective's values, not the host's
         for key in ("sample/bon_reward_argmax_M", "sample/kl_ref_k1", "sample/reward_mean", "sample/pass_at_M"):
             assert key in r
+
+
+# ---------------------------------------------------------------- the reference pass: only where it is used
+
+
+def _run_recording_ref(toy, root, monkeypatch, beta):
+    """kl_rl for 4 steps logged every 2: the logged rows and, per loss call, whether its rollout held the
+    reference's log-probs."""
+    real_get, seen = objectives.get, []
+
+    def recording_get(name):
+        fn = real_get(name)
+
+        def wrapped(logp_BM, rollout, **kwargs):
+            seen.append(rollout.ref_logp_BM is not None)  # traced once per compiled shape
+            return fn(logp_BM, rollout, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(F.objectives, "get", recording_get)
+    rows = _run(toy, root, f"ref{beta}", "kl_rl", steps=4, log_every=2, **{"rl.beta": beta})[1]
+    return rows, seen
+
+
+@pytest.mark.slow
+def test_without_a_kl_term_the_reference_pass_runs_only_for_the_logged_kl_metrics(toy, tmp_path, monkeypatch):
+    rows, seen = _run_recording_ref(toy, tmp_path, monkeypatch, beta=0.0)
+    assert seen and not any(seen)  # the loss never needs pi_ref without its KL term
+    has_kl = ["sample/kl_ref_k1" in r for r in rows]
+    assert has_kl == [True, False, True, True]  # loop steps 0, 2 (log_every) and the last one
+    for r in rows:
+        if "sample/kl_ref_k1" in r:
+            assert np.isfinite(r["sample/kl_ref_k1"]) and r["sample/kl_ref_k3"] >= 0.0
+
+
+@pytest.mark.slow
+def test_with_a_kl_term_the_reference_enters_every_step_and_the_host_kl_matches_the_objectives(
+    toy, tmp_path, monkeypatch
+):
+    rows, seen = _run_recording_ref(toy, tmp_path, monkeypatch, beta=0.1)
+    assert seen and all(seen)
+    for r in rows:  # the host's estimate of KL(pi || pi_ref) from the same samples is the objective's
+        assert r["sample/kl_ref_k1"] == pytest.approx(r["kl_ref"], rel=1e-4, abs=1e-5)
+        assert r["sample/kl_ref_k3"] == pytest.approx(r["kl_ref_k3"], rel=1e-4, abs=1e-5)
 
 
 # ---------------------------------------------------------------- grpo: the completion lengths reach the loss

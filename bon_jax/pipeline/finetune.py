@@ -10,7 +10,8 @@ what the objective's `ObjectiveSpec` declares (`objectives.spec(rl.objective)`, 
     y_BM ~ pi_theta      (sampler: prefill once, cache tiled M times); ~ pi_ref instead where the spec's
                          samples are the reference's (bon_distill_sft: SFT on Best-of-N samples of pi_ref)
     R_BM, s_BM           <- task.grade (text), verifier scores
-    logp_ref_BM          <- reference policy (the base policy, frozen): KL metrics and KL objectives
+    logp_ref_BM          <- reference policy (the base policy, frozen): KL objectives (rl.beta != 0) every
+                         step; without a KL term only for the KL metrics, every log_every steps
     logp_anchor_BM       <- EMA anchor (Chow et al.), if rl.anchor_ema > 0 (both computed once per distinct
                          completion of a prompt: `update_rows.distinct_logp`)
     r_ref_BK, s_ref_BK   <- K samples of pi_ref per prompt, graded, drawn once per prompt and cached on disk
@@ -265,6 +266,12 @@ def finetune_stage(
         ref_store = ReferenceSamples(ref_st.file("reference_samples.npz"), rl.ref_samples)
         ref_key = ctx.rng("reference_samples")  # not step-dependent: a prompt's samples are fixed
 
+    # The reference's log-probs enter the loss only through its KL term (beta != 0). Without it they feed
+    # only the KL-to-reference metrics, so the reference pass (a forward, about a tenth of the default's step)
+    # runs on the steps the loop logs to the console, and its metrics are host ones (sample/kl_ref_k1, _k3).
+    ref_in_loss = spec.kl_terms and float(rl.beta) != 0.0
+    kl_metric_step = lambda step: step % c.log_every == 0 or step == rl.steps - 1
+
     # The verifier scores only what selects by it, and only the prompts a step keeps (its forward costs more
     # than sampling the short completions; issue 14). Reference and pi_ref Best-of-N draws are scored.
     score_rollout = selection == "score"
@@ -321,9 +328,13 @@ def finetune_stage(
         if select_BM is not None:
             host["sample/bon_reward_argmax_M"] = float(_bon_reward(select_BM, g.rewards_BM))
         if spec.kl_terms:  # samples of pi: KL(pi || pi_ref) is estimable from them
-            ref_logp_BM = distinct_logp(seq_logp, base_params, *args)
-            rollout["ref_logp_BM"] = ref_logp_BM
-            host["sample/kl_ref_k1"] = float(np.mean(g.logp_BM - np.asarray(ref_logp_BM)))
+            if ref_in_loss or kl_metric_step(step):
+                ref_logp_BM = np.asarray(distinct_logp(seq_logp, base_params, *args))
+                k1_BM = g.logp_BM - ref_logp_BM
+                host["sample/kl_ref_k1"] = float(np.mean(k1_BM))
+                host["sample/kl_ref_k3"] = float(np.mean(np.expm1(-k1_BM) + k1_BM))
+                if ref_in_loss:
+                    rollout["ref_logp_BM"] = ref_logp_BM
             if use_anchor:
                 rollout["anchor_logp_BM"] = distinct_logp(seq_logp, state.anchor, *args)
         if spec.reference_samples:
