@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from bon_jax import xla_cpu
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 VENVS = HERE.parent / ".peers-venv"
@@ -56,6 +58,7 @@ def run_peer(name, venv, script, extra, install_key, workload, status, timeout_s
         return dict(status="not installed", reason=f"{python} missing: run `make bench-peers`")
     cmd = [python, str(HERE / script), json.dumps({**workload, **extra})]
     env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    xla_cpu.apply(env)  # every JAX peer compiles with the XLA:CPU setting bon_jax runs with
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=REPO, env=env)
