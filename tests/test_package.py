@@ -19,6 +19,7 @@ def test_version_and_fake_devices():
 # it may import its own component and the layers below its own, nothing beside or above. A new module
 # outside every prefix fails `test_imports_go_downward` until it is placed.
 LAYERS = (
+    ("bon_jax.xla_cpu",),  # the XLA:CPU flag the package sets on import, before anything else
     ("bon_jax", "bon_jax.errors"),
     ("bon_jax.parallel", "bon_jax.bon", "bon_jax.distinct", "bon_jax.metrics", "bon_jax.sandbox"),
     ("bon_jax.models",),  # the decoder, its cache, masks, configs and params
