@@ -11,7 +11,7 @@ what the objective's `ObjectiveSpec` declares (`objectives.spec(rl.objective)`, 
                          samples are the reference's (bon_distill_sft: SFT on Best-of-N samples of pi_ref)
     R_BM, s_BM           <- task.grade (text), verifier scores
     logp_ref_BM          <- reference policy (the base policy, frozen): KL objectives (rl.beta != 0) every
-                         step; without a KL term only for the KL metrics, every log_every steps
+                         step; without a KL term only for the KL metrics, every log_every steps (from the first)
     logp_anchor_BM       <- EMA anchor (Chow et al.), if rl.anchor_ema > 0 (both computed once per distinct
                          completion of a prompt: `update_rows.distinct_logp`)
     r_ref_BK, s_ref_BK   <- K samples of pi_ref per prompt, graded, drawn once per prompt and cached on disk
@@ -268,7 +268,8 @@ def finetune_stage(
 
     # The reference's log-probs enter the loss only through its KL term (beta != 0). Without it they feed
     # only the KL-to-reference metrics, so the reference pass (a forward, about a tenth of the default's step)
-    # runs on the steps the loop logs to the console, and its metrics are host ones (sample/kl_ref_k1, _k3).
+    # runs on the first step of every log_every and on the last, and its metrics are host ones
+    # (sample/kl_ref_k1, _k3).
     ref_in_loss = spec.kl_terms and float(rl.beta) != 0.0
     kl_metric_step = lambda step: step % c.log_every == 0 or step == rl.steps - 1
 
