@@ -91,6 +91,9 @@ def base_config() -> ConfigDict:
     # the answer) as incorrect examples, with the reference as a correct one: hard negatives that differ from
     # a correct solution only in its arithmetic. Tasks with a `corrupt(reference, rng)` method (arith).
     c.verifier.corrupted_references = 0
+    # Which corruptions make them, drawn equally often (the task's `CORRUPTION_KINDS`; arith: answer | step |
+    # propagate | carry, bon_jax.tasks.arith.corrupt_solution).
+    c.verifier.corruption_kinds = ("answer", "propagate")
     # This many further training prompts (after the num_prompts sampled ones) add only their reference as a
     # correct example and its `corrupted_references` corruptions as incorrect ones: no sampling cost.
     c.verifier.reference_only_prompts = 0
@@ -341,6 +344,13 @@ def check_values(c: ConfigDict) -> None:
             hasattr(get_task_class(c.task.name), "corrupt"),
             "verifier.corrupted_references",
             f"task {c.task.name!r} cannot corrupt its references (no `corrupt` method); set it to 0",
+        )
+        known = getattr(get_task_class(c.task.name), "CORRUPTION_KINDS", ())
+        kinds = tuple(c.verifier.corruption_kinds)
+        _require(
+            bool(kinds) and set(kinds) <= set(known),
+            "verifier.corruption_kinds",
+            f"must be a non-empty tuple of {' | '.join(known) or '(none: the task cannot corrupt)'}, got {kinds!r}",
         )
     _require(
         c.verifier.reference_only_prompts >= 0,

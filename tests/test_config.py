@@ -106,6 +106,17 @@ def test_corrupted_references_need_a_task_that_can_corrupt():
         cfg.validate(c)
 
 
+@pytest.mark.parametrize("kinds", [("carry", "flip"), ()])
+def test_corruption_kinds_must_be_the_tasks(kinds):
+    c = cfg.base_config()
+    c.verifier.corrupted_references = 2
+    c.verifier.corruption_kinds = ("answer", "propagate", "carry")
+    cfg.validate(c)
+    c.verifier.corruption_kinds = kinds
+    with pytest.raises(ConfigError, match=r"verifier\.corruption_kinds: must be a non-empty tuple of answer \| step"):
+        cfg.validate(c)
+
+
 # ---------------------------------------------------------------- issue 13, defect 11: refused before compute
 
 

@@ -491,7 +491,7 @@ def make_triples(examples, seed, kinds):
 def test_corruptions_are_wrong_and_keep_the_shape(arith_task):
     task, r = arith_task, random.Random(0)
     exs = task.examples("train")[:200]
-    for kind in ("answer", "step", "propagate"):
+    for kind in ("answer", "step", "propagate", "carry"):
         for ex in exs:
             bad = corrupt(ex.reference, r, kind)
             wrong_answer = task.grade(ex, bad).reward == 0.0
@@ -500,12 +500,36 @@ def test_corruptions_are_wrong_and_keep_the_shape(arith_task):
             assert n_steps == check_steps(ex.reference)[0]
             if kind == "answer":
                 assert wrong_answer and n_true == n_steps
-            if kind == "propagate":
+            if kind in ("propagate", "carry"):
                 assert n_true == n_steps - 1  # exactly one false step, everything after it consistent
     # The task's hard negatives (the verifier's `corrupted_references`) always have a wrong answer.
-    for ex in exs:
-        bad = task.corrupt(ex.reference, r)
-        assert task.grade(ex, bad).reward == 0.0 and check_steps(bad)[0] == check_steps(ex.reference)[0]
+    for kinds in (("answer", "propagate"), ("carry",), ("answer", "propagate", "carry")):
+        for ex in exs:
+            bad = task.corrupt(ex.reference, r, kinds)
+            assert task.grade(ex, bad).reward == 0.0 and check_steps(bad)[0] == check_steps(ex.reference)[0]
+
+
+def test_a_carry_slip_is_off_by_one_above_the_units(arith_task):
+    """The false step of a `carry` corruption is its true result +- 10^k, k >= 1 where the result has two
+    digits or more (+-1 otherwise), and the slip propagates: the boxed answer follows the false step."""
+    from bon_jax.tasks.arith import _STEP_LINE, _apply, check_step, step_lines
+
+    r, offsets, answer_moved = random.Random(1), [], 0
+    for ex in arith_task.examples("train")[:300]:
+        bad = corrupt(ex.reference, r, "carry")
+        lines = step_lines(bad)
+        wrong = [ln for ln in lines if not check_step(ln)]
+        if len(wrong) != 1:  # an inexact division downstream fell back to an unpropagated `step` slip
+            continue
+        a, op, b, c = _STEP_LINE.match(wrong[0]).groups()
+        true = _apply(int(a), op, int(b.strip("()")))
+        off = int(c) - true
+        offsets.append(off)
+        assert abs(off) == (10 ** (len(str(abs(off))) - 1)) and (abs(off) >= 10 or abs(true) < 10)
+        assert len(str(abs(off))) <= len(str(abs(true)))  # the slipped place is one of the true result's
+        answer_moved += arith_task.grade(ex, bad).reward == 0.0
+    assert len(offsets) > 250 and {-10, 10} <= set(offsets)
+    assert answer_moved >= 0.95 * len(offsets)
 
 
 @pytest.fixture(scope="module", params=["last", "noisy_or", "noisy_or_surprisal", "likelihood"])

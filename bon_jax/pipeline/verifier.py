@@ -160,6 +160,7 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk
         is_held = lambda i: i % 5 == 0
     key = ctx.rng("verifier")
     corrupt_rng = random.Random(c.seed)
+    kinds = tuple(v.corruption_kinds)
     prompts, completions, labels, groups, holdout = [], [], [], [], []
 
     def add(prompt, text, label, group, held):
@@ -177,7 +178,7 @@ def _graded_samples(ctx: RunContext, tokenizer, model_cfg, base_params, *, chunk
         if v.reference_positives or v.corrupted_references:
             add(e.prompt, e.reference, 1.0, group, False)
         for _ in range(v.corrupted_references):
-            add(e.prompt, ctx.task.corrupt(e.reference, corrupt_rng), 0.0, group, False)
+            add(e.prompt, ctx.task.corrupt(e.reference, corrupt_rng, kinds), 0.0, group, False)
 
     chunk = 16
     if chunk_dir:

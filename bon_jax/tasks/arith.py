@@ -500,7 +500,7 @@ def check_steps(completion: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------
 # Corrupting worked solutions: wrong solutions of the reference's shape (hard negatives for a verifier).
 
-CORRUPTIONS = ("answer", "step", "propagate")
+CORRUPTIONS = ("answer", "step", "propagate", "carry")
 _STEP_LINE = re.compile(r"^(-?\d+)(\+|-|\*|/| mod )(\(-\d+\)|\d+)=(-?\d+)$")
 
 
@@ -511,6 +511,14 @@ def _change_one_digit(value: int, r: random.Random) -> int:
     allowed = [d for d in "0123456789" if d != s[i] and not (d == "0" and i == 0 and len(s) > 1)]
     s = s[:i] + r.choice(allowed) + s[i + 1 :]
     return -int(s) if value < 0 else int(s)
+
+
+def _slip_a_carry(value: int, r: random.Random) -> int:
+    """`value` off by one in a digit above the units (+-10, +-100, ...: a carry or borrow dropped or added);
+    +-1 for a one-digit value, which has no carry to slip."""
+    digits = len(str(abs(value)))
+    place = 10 ** r.randrange(1, digits) if digits > 1 else 1
+    return value + r.choice((-1, 1)) * place
 
 
 def _apply(a: int, op: str, b: int) -> int | None:
@@ -528,7 +536,11 @@ def corrupt_solution(reference: str, r: random.Random, kind: str = "propagate") 
     step:      one digit of one step's result changed, later lines untouched (they disagree with it);
     propagate: as `step`, with later steps recomputed from the wrong value and the answer following it,
                the way a policy's slip carries through a solution.
-    `answer` and (almost always) `propagate` grade 0; `step` keeps the right answer with a wrong process.
+    carry:     as `propagate`, the slipped result off by one in a digit above the units (47+38=75): the
+               slip behind most of the wrong answers a learned verifier ranks first on this task
+               (docs/lab_notes/rl_diagnosis.md).
+    `answer`, `carry` and (almost always) `propagate` grade 0; `step` keeps the right answer with a wrong
+    process.
     """
     if kind not in CORRUPTIONS:
         raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
@@ -542,7 +554,7 @@ def corrupt_solution(reference: str, r: random.Random, kind: str = "propagate") 
         a, op, b, c = _STEP_LINE.match(steps[j]).groups()
         a, b, c = int(a), int(b.strip("()")), int(c)
         if j == i:
-            new = _change_one_digit(c, r)
+            new = _slip_a_carry(c, r) if kind == "carry" else _change_one_digit(c, r)
         else:
             if kind == "step":
                 break
@@ -553,7 +565,7 @@ def corrupt_solution(reference: str, r: random.Random, kind: str = "propagate") 
         out[j] = f"{a}{op}{f'({b})' if b < 0 else b}={new}"
         if new != c:
             changed[c] = new
-    if kind == "propagate":
+    if kind in ("propagate", "carry"):
         answer = changed.get(answer, answer)
     return "\n".join(out + [f"\\boxed{{{answer}}}"])
 
@@ -687,12 +699,14 @@ class ArithTask(Task):
     def grade(self, example: Example, completion: str) -> Grade:
         return grade_answer(completion, example.answer)
 
+    CORRUPTION_KINDS = CORRUPTIONS
+
     @staticmethod
-    def corrupt(reference: str, r: random.Random) -> str:
-        """A solution of the reference's shape with a wrong final answer: a `propagate` or an `answer`
-        corruption (`corrupt_solution`), equally likely; a slip that does not reach the answer falls
-        back to an `answer` corruption."""
-        kind = ("answer", "propagate")[r.randrange(2)]
+    def corrupt(reference: str, r: random.Random, kinds: Sequence[str] = ("answer", "propagate")) -> str:
+        """A solution of the reference's shape with a wrong final answer: a corruption (`corrupt_solution`)
+        of one of `kinds`, equally likely; a slip that does not reach the answer falls back to an `answer`
+        corruption."""
+        kind = kinds[r.randrange(len(kinds))]
         bad = corrupt_solution(reference, r, kind)
         if last_boxed(bad) == last_boxed(reference):
             bad = corrupt_solution(reference, r, "answer")
