@@ -196,3 +196,16 @@ def test_command_line_errors_are_one_short_message(tmp_path, args, key):
         assert "smoke" in out.stderr and "arith_bo32" in out.stderr
     elif "lrr" in key:
         assert "Did you mean --config.rl.lr?" in out.stderr
+
+
+def test_corruption_kinds_key_the_verifier_stage_only_where_they_change_it():
+    from bon_jax.pipeline.verifier import _stage_section
+
+    c = cfg.base_config()
+    c.verifier.corrupted_references = 2
+    first = _stage_section(c.verifier)
+    assert "corruption_kinds" not in first  # verifiers cached before the option existed stay valid
+    c.verifier.corruption_kinds = ("answer", "propagate", "carry")
+    assert _stage_section(c.verifier)["corruption_kinds"] == ("answer", "propagate", "carry")
+    c.verifier.corrupted_references = 0  # no corruptions made: the kinds change nothing
+    assert "corruption_kinds" not in _stage_section(c.verifier)

@@ -120,12 +120,20 @@ def verifier_stage(
                            outcome_weight=v.process_outcome_weight), st
 
 
+# The hard negatives' kinds of every verifier cached before `verifier.corruption_kinds` existed.
+_FIRST_CORRUPTION_KINDS = ("answer", "propagate")
+
+
 def _stage_section(v) -> dict:
     """The verifier section as the stage's cache key reads it: the `process_*` options only for the
-    `'process'` pooling, which alone reads them (a cached verifier of another pooling stays valid)."""
+    `'process'` pooling, which alone reads them, and `corruption_kinds` only where corruptions are made, of
+    other kinds than the first ones (so a cached verifier stays valid where the option changes nothing)."""
     section = v.to_dict()
     if section.get("pooling") != "process":
         section = {k: x for k, x in section.items() if not k.startswith("process_")}
+    kinds = tuple(section.get("corruption_kinds", _FIRST_CORRUPTION_KINDS))
+    if not section.get("corrupted_references") or kinds == _FIRST_CORRUPTION_KINDS:
+        section.pop("corruption_kinds", None)
     return section
 
 
