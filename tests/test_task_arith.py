@@ -8,7 +8,7 @@ import pytest
 
 from bon_jax.errors import ConfigError
 from bon_jax.tasks import arith, registry
-from bon_jax.tasks.arith import ArithTask, check_step, check_steps, split_of, step_labels
+from bon_jax.tasks.arith import ArithTask, check_step, check_steps, split_of, step_error, step_labels
 from bon_jax.tasks.base import Example, Task
 from bon_jax.tasks.text import last_boxed, normalize_integer
 
@@ -289,9 +289,11 @@ def test_check_steps_finds_a_corrupted_step(task):
         lines = ex.reference.split("\n")
         i = rng.randrange(len(lines) - 1)
         lhs, rhs = lines[i].rsplit("=", 1)
-        lines[i] = f"{lhs}={int(rhs) + rng.choice([-3, -1, 1, 10])}"
+        off = rng.choice([-3, -1, 1, 10])
+        lines[i] = f"{lhs}={int(rhs) + off}"
         labels = step_labels("\n".join(lines))
         assert labels == [j != i for j in range(len(lines) - 1)], (ex.reference, lines)
+        assert [step_error(ln) for ln in lines[:-1]] == [off if j == i else 0 for j in range(len(lines) - 1)]
 
 
 def test_check_step_semantics():
@@ -306,3 +308,5 @@ def test_check_step_semantics():
         assert not check_step(s), s
     assert check_steps("1+1=2\n\n2+2=5\nhello\n\\boxed{4}") == (3, 1)
     assert check_steps("") == (0, 0)
+    assert [step_error(s) for s in ("170-81=99", "-29+56=27", "3*(-4)=-13", "10=2*5", "7/2=3", "1=1=1", "abc")] == [
+        10, 0, -1, 0, None, None, None]  # fmt: skip

@@ -475,6 +475,18 @@ def check_step(line: str) -> bool:
     return all(v == values[0] for v in values[1:])
 
 
+def step_error(line: str) -> int | None:
+    """For a step line `E1=E2`: the value of E2 minus the value of E1 (0 for a true step, +-10 for a slipped
+    carry in the tens); None for a line that is not one equation of two integer expressions."""
+    if not isinstance(line, str) or len(line) > _MAX_STEP_CHARS or line.count("=") != 1:
+        return None
+    try:
+        left, right = (_Parser(_tokenize(side)).parse() for side in line.split("="))
+    except (_StepError, RecursionError):
+        return None
+    return right - left
+
+
 def step_lines(completion: str) -> list[str]:
     """The step lines of a completion: non-blank lines that do not contain a `\\boxed` answer."""
     if not isinstance(completion, str):
