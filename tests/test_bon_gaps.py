@@ -53,3 +53,17 @@ def test_paired_follows_the_base_gaps(tmp_path):
 def test_a_folder_without_chunks_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="no chunks"):
         bon_gaps.load_samples(str(tmp_path))
+
+
+def test_gap_texts_names_the_slip_of_the_first_false_step():
+    from experiments.gap_texts import problem_kind, slip_kind
+
+    assert slip_kind("170-81=99\n\\boxed{99}") == "carry"
+    assert slip_kind("12*11=32\n32-1=31\n\\boxed{31}") == "carry"  # 132 -> 32: a hundreds slip
+    assert slip_kind("4+5=8\n8*2=16\n\\boxed{16}") == "units"
+    assert slip_kind("4+5=9\n9*2=18\n18+1=20\n\\boxed{20}") == "units"  # the first false step decides
+    assert slip_kind("4+5=27\n\\boxed{27}") == "other"
+    assert slip_kind("4+5=9\n\\boxed{10}") == "no false step"
+    assert slip_kind("4+x=9\n\\boxed{5}") == "unparsed step"
+    assert problem_kind("Problem: Solve 48+x=78 for x.") == "linear"
+    assert problem_kind("Problem: Compute 3*(4+5).") == "expr"
