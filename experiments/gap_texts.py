@@ -127,10 +127,16 @@ def main(argv: list[str] | None = None) -> None:
             if shown < args.show:
                 shown += 1
                 q = outranking_share(R[b], S[b])
-                print(f"=== prompt {start + b} (answer {chunk[b].answer}; {int((R[b] > 0).sum())} of {c.eval.m} right; q {q:.3f})")
+                print(
+                    f"=== prompt {start + b} (answer {chunk[b].answer}; {int((R[b] > 0).sum())} of {c.eval.m} right; q {q:.3f})"
+                )
                 print(chunk[b].prompt.strip())
-                print(f"--- the verifier's pick (score {S[b, top]:+.2f}; first false step: {rows[-1][1]})\n{wrong}")
-                print(f"--- the best-scored right sample (score {S[b, best_right]:+.2f})\n{g.texts_BM[b][best_right]}\n")
+                print(
+                    f"--- the verifier's pick (score {S[b, top]:+.2f}; first false step: {rows[-1][1]})\n{wrong}"
+                )
+                print(
+                    f"--- the best-scored right sample (score {S[b, best_right]:+.2f})\n{g.texts_BM[b][best_right]}\n"
+                )
 
     print(f"seed {args.seed}, {c.eval.split}: {len(rows)} gap prompts of {len(examples)}"
           f" ({checked} of {-(-len(examples) // per_call)} chunks checked against the saved evaluation)")  # fmt: skip
@@ -140,7 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     print("| problem | " + " | ".join(slips) + " | all |")
     print("|---" * (len(slips) + 2) + "|")
     for k in kinds:
-        print(f"| {k} | " + " | ".join(str(tally[(k, s)]) for s in slips) + f" | {sum(tally[(k, s)] for s in slips)} |")
+        print(
+            f"| {k} | "
+            + " | ".join(str(tally[(k, s)]) for s in slips)
+            + f" | {sum(tally[(k, s)] for s in slips)} |"
+        )
 
 
 if __name__ == "__main__":

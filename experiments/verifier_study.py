@@ -1,0 +1,163 @@
+"""Choose the default experiment's learned verifier on validation prompts of several seeds.
+
+    python -m experiments.verifier_study [--seeds=0,1] [--only=default,carry_more] [--list]
+
+Trains every candidate of CANDIDATES (verifier overrides of experiments/arith_bo32.py) on the base policy of
+each seed and evaluates Best-of-k by it on the VALIDATION prompts (never test), in
+results/verifier_study/<candidate>_s<seed> (summary.json and per_prompt.json, tracked by git). The base
+policy's samples are the same for every candidate at a seed (the evaluation draws them from the prompt ids),
+only their scores differ, so candidate - default per prompt is an exact pairing. Prints per candidate its
+held-out verifier metrics and the BoN@k differences against `default`, pooled over seeds x prompts (the
+crossed interval of experiments/reproduce/stats.py), then the choice by RULE.
+
+Seed S shares the stage cache of `make train ARGS="--config.seed=S --config.workdir=runs/arith_bo32_seedS"`
+(seed 0: runs/arith_bo32/stages): the tokenizer and base policy of a seed are trained once, by whichever
+comes first. Finished runs are skipped; an interrupted one resumes from its stage checkpoints.
+
+Why these candidates (docs/lab_notes/verifier.md): `python -m experiments.gap_texts` shows that where the
+default verifier's pick is wrong, it is the policy's own slip in one step (most often a one-step
+subtraction): a tens digit off by one (a carry) at seed 0, a units digit at seed 1. The verifier starts from
+the policy's likelihood and shares its blind spot; hard negatives with those slips, and more of them, are
+the levers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from experiments.probe_rl import cache_root
+from experiments.reproduce.runs import refuse_drifted, run_finished
+from experiments.reproduce.stats import crossed_ci
+
+_MORE = {"verifier.reference_only_prompts": 3000, "verifier.steps": 600}
+CANDIDATES = {
+    "default": {},
+    # the hard negatives' kinds: a carry slip among the two first kinds, at the same data and steps
+    "carry_mix": {"verifier.corruption_kinds": ("answer", "propagate", "carry")},
+    # 3000 more training prompts with only their reference and two corruptions each, 600 steps instead of 200
+    "more": dict(_MORE),
+    "carry_more": {"verifier.corruption_kinds": ("carry",), **_MORE},
+    "slips_more": {"verifier.corruption_kinds": ("propagate", "carry"), **_MORE},
+}
+KS = ("2", "4", "8", "32")
+RULE = (
+    "the highest pooled validation BoN@32 difference to `default` whose interval lies above 0; none such: "
+    "`default`"
+)
+
+
+def run_dir(name: str, seed: int) -> str:
+    return os.path.join("results", "verifier_study", f"{name}_s{seed}")
+
+
+def study_config(name: str, seed: int):
+    from bon_jax.pipeline.sweep import point_config
+    from experiments.arith_bo32 import get_config
+
+    overrides = {
+        **CANDIDATES[name],
+        "eval.split": "validation",
+        "stages": ("tokenizer", "base_policy", "verifier", "eval", "report"),
+    }
+    c = point_config(get_config(), overrides, "results/verifier_study")
+    c.seed = seed
+    c.workdir = run_dir(name, seed)
+    return c
+
+
+def base_per_prompt(name: str, seed: int, metric: str) -> np.ndarray:
+    with open(os.path.join(run_dir(name, seed), "per_prompt.json")) as f:
+        return np.asarray(json.load(f)["base"][metric], np.float64)
+
+
+def held_out(name: str, seed: int) -> dict:
+    with open(os.path.join(run_dir(name, seed), "summary.json")) as f:
+        v = json.load(f)["verifier"]
+    return {k: v[f"eval/{k}"] for k in ("auc", "pairwise_accuracy")}
+
+
+def pooled(names: list[str], seeds: list[int]) -> dict:
+    """{candidate: {metric: crossed_ci of candidate - default over seeds x validation prompts}}."""
+    out = {}
+    for name in names:
+        if not all(run_finished(run_dir(n, s)) for n in (name, "default") for s in seeds):
+            continue
+        out[name] = {
+            f"bon_at_{k}": crossed_ci(
+                np.stack(
+                    [
+                        base_per_prompt(name, s, f"bon_at_{k}") - base_per_prompt("default", s, f"bon_at_{k}")
+                        for s in seeds
+                    ]
+                )  # fmt: skip
+            )
+            for k in KS
+        }
+    return out
+
+
+def choose(table: dict) -> str:
+    """RULE, applied to `pooled`'s table."""
+    above = [n for n in table if n != "default" and table[n]["bon_at_32"].low > 0]
+    return max(above, key=lambda n: table[n]["bon_at_32"].mean) if above else "default"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--only", default="", help="comma-separated candidates (default: all)")
+    p.add_argument("--list", action="store_true", help="print the runs and exit")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = args.only.split(",") if args.only else list(CANDIDATES)
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown:
+        raise SystemExit(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
+    if "default" not in names:
+        names = ["default", *names]  # every difference is taken against it
+    configs = {(n, s): study_config(n, s) for n in names for s in seeds}
+    from bon_jax.config import validate
+
+    for c in configs.values():
+        validate(c)
+    refuse_drifted(
+        [(run_dir(n, s), c) for (n, s), c in configs.items() if run_finished(run_dir(n, s))],
+        "Pin the old value in the candidate's overrides (CANDIDATES) to keep those runs.",
+    )
+    for name, seed in configs:
+        state = "done " if run_finished(run_dir(name, seed)) else "to do"
+        print(f"{state}  {name} seed {seed}  {CANDIDATES[name]}")
+    if not args.list:
+        from bon_jax.cli import run_reporting_errors
+        from bon_jax.pipeline.run import run_experiment
+
+        for (name, seed), c in configs.items():
+            if not run_finished(run_dir(name, seed)):
+                print(f"[verifier study] {name} seed {seed}", flush=True)
+                run_reporting_errors(lambda c=c, seed=seed: run_experiment(c, cache_root=cache_root(seed)))
+    table = pooled(names, seeds)
+    print(f"\nHeld-out verifier metrics (the verifier stage's validation samples), seeds {seeds}:\n")
+    print("| candidate | " + " | ".join(f"AUC s{s} | pairwise s{s}" for s in seeds) + " |")
+    print("|---" * (2 * len(seeds) + 1) + "|")
+    for name in table:
+        cells = [f"{held_out(name, s)[m]:.3f}" for s in seeds for m in ("auc", "pairwise_accuracy")]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\nBest-of-k by the candidate - by `default`, the same validation samples, pooled over seeds {seeds}"
+          " x prompts (crossed 95% CI):\n")  # fmt: skip
+    print("| candidate | overrides | " + " | ".join(f"BoN@{k}" for k in KS) + " |")
+    print("|---" * (len(KS) + 2) + "|")
+    for name, row in table.items():
+        cells = [f"{e.mean:+.3f} [{e.low:+.3f}, {e.high:+.3f}]" for e in row.values()]
+        print(f"| {name} | {json.dumps(CANDIDATES[name])} | " + " | ".join(cells) + " |")
+    missing = [n for n in names if n not in table]
+    if missing:
+        print(f"\nnot finished at every seed: {missing}")
+    print(f"\nrule: {RULE}\nchoice: {choose(table)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""experiments.verifier_study: its runs train no policy and read validation prompts only; its differences
+are paired against the default verifier on the same samples; its choice follows its rule."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import verifier_study as study
+from experiments.reproduce.stats import Estimate
+
+
+def test_every_candidate_trains_a_verifier_only_and_evaluates_on_validation():
+    for name, overrides in study.CANDIDATES.items():
+        c = study.study_config(name, 2)
+        assert c.eval.split == "validation" and c.seed == 2 and c.workdir == study.run_dir(name, 2)
+        assert "finetune" not in c.stages and "verifier" in c.stages and "eval" in c.stages
+        for key, value in overrides.items():
+            section, field = key.split(".")
+            assert c[section][field] == value
+    assert study.cache_root(1) == "runs/arith_bo32_seed1/stages"
+
+
+def _est(mean, half):
+    return Estimate(mean, mean - half, mean + half, seeds=2, prompts=128, dof=100.0)
+
+
+def test_choice_needs_an_interval_above_zero():
+    table = {"default": {"bon_at_32": _est(0.0, 0.0)}, "a": {"bon_at_32": _est(0.05, 0.06)},
+             "b": {"bon_at_32": _est(0.03, 0.02)}}  # fmt: skip
+    assert study.choose(table) == "b"  # a's mean is higher, but its interval reaches below 0
+    table["b"]["bon_at_32"] = _est(0.03, 0.04)
+    assert study.choose(table) == "default"
+
+
+def test_pooled_pairs_each_candidate_with_the_default_on_its_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "run_dir", lambda name, seed: str(tmp_path / f"{name}_s{seed}"))
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        default = {f"bon_at_{k}": rng.uniform(size=40).tolist() for k in study.KS}
+        shift = 0.1 if seed == 0 else -0.3  # on every prompt of that seed
+        for name, base in (
+            ("default", default),
+            ("more", {m: (np.asarray(v) + shift).tolist() for m, v in default.items()}),
+        ):
+            d = tmp_path / f"{name}_s{seed}"
+            d.mkdir()
+            (d / "per_prompt.json").write_text(json.dumps({"base": base}))
+            (d / "summary.json").write_text("{}")
+    table = study.pooled(["default", "more", "carry_more"], [0, 1])
+    assert list(table) == ["default", "more"]  # carry_more has no finished runs
+    assert table["more"]["bon_at_32"].mean == pytest.approx(-0.1)  # both seeds, each against its own default
+    assert table["default"]["bon_at_32"].mean == 0.0
