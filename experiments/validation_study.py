@@ -37,6 +37,11 @@ CANDIDATES = {
     "V2": {"rl.steps": 120, "rl.anchor_ema": 0.0},
     "A3": {"rl.anchor_ema": 0.01},  # Chow et al.'s EMA anchor (App. B), at the paper's rate
     "K3": {"rl.beta": 0.05, "rl.anchor_ema": 0.0},  # a KL term to the base policy: every row carries gradient
+    # Second round (2026-12-07), beside A3 as the default, after its test reading (rl_diagnosis.md): on the
+    # prompts where the verifier's pick is wrong, tuning lowers the share of samples outranking every right
+    # one, but rarely to the ~1/32 where the pick turns right. Two ways to move further on the same budget:
+    "L2": {"rl.lr": 2e-4},  # twice the step size, the anchor holding the drift
+    "P16": {"rl.batch_size": 16, "rl.steps": 120},  # twice the winners per update, half the updates (stopped unfinished)
 }
 METRICS = ("bon_at_32", "bon_at_4", "pass_at_1", "pass_at_32", "kl")
 RULE = (
