@@ -19,14 +19,13 @@ BoN@32 on seed 0's test prompts and not on seeds 1 and 2 (rl_diagnosis.md, "V3 o
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 
 from experiments.across_seeds import paired_differences
-from experiments.probe_rl import cache_root
-from experiments.reproduce.runs import refuse_drifted, run_finished
+from experiments.probe_rl import cache_root  # noqa: F401  (the stage cache of a seed; tests read it here)
+from experiments.reproduce.runs import run_finished
 from experiments.reproduce.stats import crossed_ci
+from experiments.study_runs import parse_args, print_pooled, run_unfinished
 
 # BoN-RL-V (N' = 32, 8 prompts x 32 samples, lr 1e-4, value baseline, dynamic sampling 2) as in
 # experiments/arith_bo32.py, varying what rl_diagnosis.md lists as untried. Same sample budget per step.
@@ -90,46 +89,11 @@ def choose(table: dict) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--only", default="", help="comma-separated candidates (default: all)")
-    p.add_argument("--list", action="store_true", help="print the runs and exit")
-    args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    names = args.only.split(",") if args.only else list(CANDIDATES)
-    unknown = sorted(set(names) - set(CANDIDATES))
-    if unknown:
-        raise SystemExit(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
-    configs = {(n, s): study_config(n, s) for n in names for s in seeds}  # refuses a bad key before compute
-    from bon_jax.config import validate
-
-    for c in configs.values():
-        validate(c)
-    refuse_drifted(
-        [(run_dir(n, s), c) for (n, s), c in configs.items() if finished(n, s)],
-        "Pin the old value in the candidate's overrides (CANDIDATES) to keep those runs.",
-    )
-    for name, seed in configs:
-        state = "done " if finished(name, seed) else "to do"
-        print(f"{state}  {name} seed {seed}  {CANDIDATES[name]}")
-    if not args.list:
-        from bon_jax.cli import run_reporting_errors
-        from bon_jax.pipeline.run import run_experiment
-
-        for (name, seed), c in configs.items():
-            if not finished(name, seed):
-                print(f"[study] {name} seed {seed}", flush=True)
-                run_reporting_errors(lambda c=c, seed=seed: run_experiment(c, cache_root=cache_root(seed)))
+    seeds, names, list_only = parse_args(__doc__.splitlines()[0], CANDIDATES, argv)
+    run_unfinished(names, seeds, CANDIDATES, study_config, run_dir, "study", list_only)
     table = pooled(names, seeds)
-    print(f"\nTuned - base on validation prompts, pooled over seeds {seeds} x prompts (crossed 95% CI):\n")
-    print("| candidate | overrides | " + " | ".join(METRICS) + " |")
-    print("|---" * (len(METRICS) + 2) + "|")
-    for name, row in table.items():
-        cells = [f"{e.mean:+.3f} [{e.low:+.3f}, {e.high:+.3f}]" for e in row.values()]
-        print(f"| {name} | {json.dumps(CANDIDATES[name])} | " + " | ".join(cells) + " |")
-    missing = [n for n in names if n not in table]
-    if missing:
-        print(f"\nnot finished at every seed: {missing}")
+    title = f"Tuned - base on validation prompts, pooled over seeds {seeds} x prompts (crossed 95% CI)"
+    print_pooled(title, list(METRICS), table, names, CANDIDATES)
     print(f"\nrule: {RULE}\nchoice: {choose(table)}")
 
 

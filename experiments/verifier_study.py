@@ -23,15 +23,15 @@ the levers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
 
-from experiments.probe_rl import cache_root
-from experiments.reproduce.runs import refuse_drifted, run_finished
+from experiments.probe_rl import cache_root  # noqa: F401  (the stage cache of a seed; tests read it here)
+from experiments.reproduce.runs import run_finished
 from experiments.reproduce.stats import crossed_ci
+from experiments.study_runs import parse_args, print_pooled, run_unfinished
 
 _MORE = {"verifier.reference_only_prompts": 3000, "verifier.steps": 600}
 CANDIDATES = {
@@ -107,38 +107,10 @@ def choose(table: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--only", default="", help="comma-separated candidates (default: all)")
-    p.add_argument("--list", action="store_true", help="print the runs and exit")
-    args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    names = args.only.split(",") if args.only else list(CANDIDATES)
-    unknown = sorted(set(names) - set(CANDIDATES))
-    if unknown:
-        raise SystemExit(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
+    seeds, names, list_only = parse_args(__doc__.splitlines()[0], CANDIDATES, argv)
     if "default" not in names:
         names = ["default", *names]  # every difference is taken against it
-    configs = {(n, s): study_config(n, s) for n in names for s in seeds}
-    from bon_jax.config import validate
-
-    for c in configs.values():
-        validate(c)
-    refuse_drifted(
-        [(run_dir(n, s), c) for (n, s), c in configs.items() if run_finished(run_dir(n, s))],
-        "Pin the old value in the candidate's overrides (CANDIDATES) to keep those runs.",
-    )
-    for name, seed in configs:
-        state = "done " if run_finished(run_dir(name, seed)) else "to do"
-        print(f"{state}  {name} seed {seed}  {CANDIDATES[name]}")
-    if not args.list:
-        from bon_jax.cli import run_reporting_errors
-        from bon_jax.pipeline.run import run_experiment
-
-        for (name, seed), c in configs.items():
-            if not run_finished(run_dir(name, seed)):
-                print(f"[verifier study] {name} seed {seed}", flush=True)
-                run_reporting_errors(lambda c=c, seed=seed: run_experiment(c, cache_root=cache_root(seed)))
+    run_unfinished(names, seeds, CANDIDATES, study_config, run_dir, "verifier study", list_only)
     table = pooled(names, seeds)
     print(f"\nHeld-out verifier metrics (the verifier stage's validation samples), seeds {seeds}:\n")
     print("| candidate | " + " | ".join(f"AUC s{s} | pairwise s{s}" for s in seeds) + " |")
@@ -146,16 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in table:
         cells = [f"{held_out(name, s)[m]:.3f}" for s in seeds for m in ("auc", "pairwise_accuracy")]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"\nBest-of-k by the candidate - by `default`, the same validation samples, pooled over seeds {seeds}"
-          " x prompts (crossed 95% CI):\n")  # fmt: skip
-    print("| candidate | overrides | " + " | ".join(f"BoN@{k}" for k in KS) + " |")
-    print("|---" * (len(KS) + 2) + "|")
-    for name, row in table.items():
-        cells = [f"{e.mean:+.3f} [{e.low:+.3f}, {e.high:+.3f}]" for e in row.values()]
-        print(f"| {name} | {json.dumps(CANDIDATES[name])} | " + " | ".join(cells) + " |")
-    missing = [n for n in names if n not in table]
-    if missing:
-        print(f"\nnot finished at every seed: {missing}")
+    title = (
+        f"Best-of-k by the candidate - by `default`, the same validation samples, pooled over seeds {seeds} x "
+        "prompts (crossed 95% CI)"
+    )
+    print_pooled(title, [f"BoN@{k}" for k in KS], table, names, CANDIDATES)
     print(f"\nrule: {RULE}\nchoice: {choose(table)}")
 
 

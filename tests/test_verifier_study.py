@@ -51,3 +51,22 @@ def test_pooled_pairs_each_candidate_with_the_default_on_its_seed(tmp_path, monk
     assert list(table) == ["default", "more"]  # carry_more has no finished runs
     assert table["more"]["bon_at_32"].mean == pytest.approx(-0.1)  # both seeds, each against its own default
     assert table["default"]["bon_at_32"].mean == 0.0
+
+
+def test_a_finished_run_made_with_other_settings_is_refused_before_compute(tmp_path, monkeypatch, capsys):
+    from bon_jax.errors import ConfigError
+    from experiments import study_runs
+
+    monkeypatch.setattr(study, "run_dir", lambda name, seed: str(tmp_path / f"{name}_s{seed}"))
+    stored = study.study_config("more", 0).to_dict()
+    d = tmp_path / "more_s0"
+    d.mkdir()
+    (d / "per_prompt.json").write_text("{}")
+    (d / "summary.json").write_text(json.dumps({"config": stored}, default=str))
+    args = (["more"], [0], study.CANDIDATES, study.study_config, study.run_dir, "verifier study", True)
+    study_runs.run_unfinished(*args)
+    assert "done   more seed 0" in capsys.readouterr().out
+    stored["verifier"]["steps"] = 599  # made under another setting than the candidate's today
+    (d / "summary.json").write_text(json.dumps({"config": stored}, default=str))
+    with pytest.raises(ConfigError, match=r"verifier\.steps was 599, would now be 600"):
+        study_runs.run_unfinished(*args)
