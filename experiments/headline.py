@@ -32,6 +32,10 @@ def run_both():
     standard.rl.objective, standard.rl.n = "kl_rl", 1
     standard.rl.value_baseline = False  # RLOO's baseline is the other samples' mean reward
     standard.rl.batch_size, standard.rl.m = 32, 8
+    # The same sample budget as BoN-RL-V: prompts x samples x steps.
+    budget = bon.rl.batch_size * bon.rl.m * bon.rl.steps
+    standard.rl.steps = budget // (standard.rl.batch_size * standard.rl.m)
+    assert standard.rl.steps * standard.rl.batch_size * standard.rl.m == budget, "budgets must match"
     # Standard RL keeps the settings chosen for it on validation (run E, no anchor); the EMA anchor was
     # chosen for BoN-RL-V by experiments/validation_study.py, which did not try standard RL with it.
     standard.rl.anchor_ema = 0.0

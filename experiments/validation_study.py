@@ -27,20 +27,21 @@ from experiments.reproduce.runs import run_finished
 from experiments.reproduce.stats import crossed_ci
 from experiments.study_runs import parse_args, print_pooled, run_unfinished
 
-# BoN-RL-V (N' = 32, 8 prompts x 32 samples, lr 1e-4, value baseline, dynamic sampling 2) as in
-# experiments/arith_bo32.py, varying what rl_diagnosis.md lists as untried. Same sample budget per step.
+# BoN-RL-V (N' = 32, 32 samples a prompt, lr 1e-4, value baseline, dynamic sampling 2) as in
+# experiments/arith_bo32.py, varying what rl_diagnosis.md lists as untried, at the same sample budget.
+# Each candidate pins what it varies against the default it was run beside: 8 prompts x 240 steps (_FIRST,
+# pinned since the default became P16's 16 x 120), no KL term, and no anchor in the first round.
+_FIRST = {"rl.steps": 240, "rl.batch_size": 8}
 CANDIDATES = {
-    # Each candidate pins what it varies against the default it was run beside (240 steps, no KL term, no
-    # anchor); A3, the study's choice, is the default since.
-    "V3": {"rl.anchor_ema": 0.0},  # the former default
-    "V2": {"rl.steps": 120, "rl.anchor_ema": 0.0},
-    "A3": {"rl.anchor_ema": 0.01},  # Chow et al.'s EMA anchor (App. B), at the paper's rate
-    "K3": {"rl.beta": 0.05, "rl.anchor_ema": 0.0},  # a KL term to the base policy: every row carries gradient
+    "V3": {**_FIRST, "rl.anchor_ema": 0.0},  # the default before the first round
+    "V2": {**_FIRST, "rl.steps": 120, "rl.anchor_ema": 0.0},
+    "A3": {**_FIRST, "rl.anchor_ema": 0.01},  # Chow et al.'s EMA anchor (App. B): the first round's choice
+    "K3": {**_FIRST, "rl.beta": 0.05, "rl.anchor_ema": 0.0},  # a KL term to the base: every row carries gradient
     # Second round (2026-12-07), beside A3 as the default, after its test reading (rl_diagnosis.md): on the
     # prompts where the verifier's pick is wrong, tuning lowers the share of samples outranking every right
     # one, but rarely to the ~1/32 where the pick turns right. Two ways to move further on the same budget:
-    "L2": {"rl.lr": 2e-4},  # twice the step size, the anchor holding the drift
-    "P16": {"rl.batch_size": 16, "rl.steps": 120},  # twice the winners per update, half the updates (stopped unfinished)
+    "L2": {**_FIRST, "rl.lr": 2e-4},  # twice the step size, the anchor holding the drift
+    "P16": {"rl.batch_size": 16, "rl.steps": 120},  # twice the winners per update, half the updates: the choice
 }
 METRICS = ("bon_at_32", "bon_at_4", "pass_at_1", "pass_at_32", "kl")
 RULE = (
