@@ -131,6 +131,14 @@ def base_config() -> ConfigDict:
     # signal; docs/objectives.md, "Dynamic sampling"). The batch keeps B prompts, informative ones first.
     # 0: off (each step trains on the next B prompts as drawn).
     c.rl.dynamic_sampling = 0
+    # Which prompts those rounds look for: "mixed_rewards" (rewards not all equal), or, for objectives that
+    # pick their winner by the verifier's score, "verifier_misses" first (the verifier's top-scored sample
+    # is worse than the prompt's best), then the other informative prompts (pipeline/dynamic_sampling.py).
+    c.rl.dynamic_sampling_target = "mixed_rewards"
+    # With "verifier_misses": the most of the batch the misses take (the rest: other informative prompts).
+    # Not all of it: at N = M, bon_rl_v weighs a miss by -b(x), and a value baseline fitted on misses alone
+    # falls to 0 (pipeline/dynamic_sampling.py).
+    c.rl.dynamic_sampling_miss_share = 0.5
     # K samples of pi_ref per training prompt for the reward CDFs of vbon / vbon_bound / bond, drawn once per
     # prompt and cached; at least `objectives.variational.min_ref_samples(rl.n)` (checked); 0: not needed.
     c.rl.ref_samples = 0
@@ -315,6 +323,17 @@ def check_values(c: ConfigDict) -> None:
         f"needs rl.m >= 2 samples per prompt (got {c.rl.m}): one sample's rewards are always all equal, so "
         "no prompt would count as informative",
     )
+    _require(
+        c.rl.dynamic_sampling_target in ("mixed_rewards", "verifier_misses"),
+        "rl.dynamic_sampling_target",
+        f"must be 'mixed_rewards' or 'verifier_misses', got {c.rl.dynamic_sampling_target!r}",
+    )
+    share = c.rl.dynamic_sampling_miss_share
+    _require(
+        isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1,
+        "rl.dynamic_sampling_miss_share",
+        f"must be a fraction of the batch in (0, 1], got {share!r}",
+    )
     check_objective_needs(c)
     _require(c.rl.max_new_tokens >= 1, "rl.max_new_tokens", "must be >= 1")
     _require(
@@ -440,6 +459,18 @@ def check_objective_needs(c: ConfigDict) -> None:
         f"{', '.join(n for n in objectives.names() if objectives.spec(n).value_baseline)}); set it to False",
     )
     _require(c.rl.value_lr > 0, "rl.value_lr", f"must be > 0, got {c.rl.value_lr}")
+    if c.rl.dynamic_sampling_target == "verifier_misses":
+        _require(
+            spec.selection(c.rl.options.to_dict()) == "score",
+            "rl.dynamic_sampling_target",
+            f"'verifier_misses' needs an objective that picks its Best-of-N winner by the verifier's score; "
+            f"{name} with these options does not (use 'mixed_rewards')",
+        )
+        _require(
+            c.rl.dynamic_sampling >= 1,
+            "rl.dynamic_sampling_target",
+            "'verifier_misses' chooses among the prompts of extra draw rounds: set rl.dynamic_sampling >= 1",
+        )
 
 
 PATH_KEYS = {

@@ -167,6 +167,77 @@ def test_draw_informative_keeps_every_field_with_its_prompt_across_rounds():
     assert m["sample/draw_rounds"] == 1.0
 
 
+def test_verifier_miss_is_a_top_scored_pick_worse_than_the_best_sample():
+    rewards = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 0], [1, 1, 0], [1, 0, 1], [0.5, 1, 0]], np.float32)
+    scores = np.array([[3, 2, 1], [1, 3, 2], [1, 3, 2], [2, 2, 1], [2, 2, 2], [5, 1, 0]], np.float32)
+    # picked right / wrong while one is right / all wrong / tie of two right / tie of all three (mean 2/3 < 1)
+    # / picked 0.5 of a best 1
+    assert DS.verifier_miss_B(rewards, scores).tolist() == [False, True, False, False, True, True]
+    g = dataclasses.replace(_graded(6), rewards_BM=rewards, scores_BM=scores)
+    assert DS.levels_B(g, "verifier_misses").tolist() == [1, 2, 0, 1, 2, 2]
+    assert DS.levels_B(g, "mixed_rewards").tolist() == [1, 1, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="needs the samples' verifier scores"):
+        DS.levels_B(dataclasses.replace(g, scores_BM=None), "verifier_misses")
+    with pytest.raises(ValueError, match="target must be one of"):
+        DS.levels_B(g, "misses")
+
+
+def test_cap_misses_demotes_the_misses_after_the_cap_in_draw_order():
+    got = DS.cap_misses([np.array([2, 0, 2]), np.array([1, 2, 2])], 3)
+    assert [v.tolist() for v in got] == [[2, 0, 2], [1, 2, 1]]
+    np.testing.assert_array_equal(DS.batch_rows(got, 4), [0, 2, 4, 3])
+
+
+def _miss_round(start, M=2):
+    """Prompt q (M = 2): rewards (1, 0); scores rank sample 1 first (a verifier miss) where q % 3 == 0, sample
+    0 first where q % 3 == 1 (right pick, informative), and rewards (0, 0) where q % 3 == 2 (uninformative)."""
+    g = _graded(3, M=M, start=start)
+    q = start + np.arange(3)
+    rewards = np.stack([(q % 3 != 2).astype(np.float32), np.zeros(3, np.float32)], 1)
+    scores = np.stack([(q % 3 == 1).astype(np.float32), (q % 3 == 0).astype(np.float32)], 1)
+    return dataclasses.replace(g, rewards_BM=rewards, scores_BM=scores)
+
+
+def _miss_stream():
+    for s in range(0, 300, 3):
+        g = _miss_round(s)
+        yield {"prompt_tokens_BT": g.prompt_tokens_BT, "prompt_lengths_B": g.prompt_lengths_B, "index_B": np.arange(s, s + 3)}
+
+
+@pytest.mark.parametrize(
+    "share, want_ids, want_rounds",
+    [
+        (1.0, [0, 3, 6], 3.0),  # every kept prompt a miss: one a round, three rounds
+        (0.5, [0, 3, 1], 2.0),  # two misses (ceil(1.5)), then the first other informative prompt
+        (0.1, [0, 1, 3], 2.0),  # one miss, then the informative prompts in draw order (a second miss among them)
+    ],
+)
+def test_draw_informative_gives_the_verifier_misses_their_share_of_the_batch(share, want_ids, want_rounds):
+    it = _miss_stream()
+    draw = lambda batch, k: _miss_round(int(batch["index_B"][0]))
+    kept, g, m = DS.draw_informative(
+        lambda: next(it), draw, jax.random.key(0), rounds=5, pad_id=0, target="verifier_misses", miss_share=share
+    )
+    np.testing.assert_array_equal(kept["index_B"], want_ids)
+    _assert_rows(g, DS.concat_rows([_miss_round(s) for s in range(0, 3 * int(want_rounds), 3)], pad_id=0), want_ids)
+    assert m["sample/draw_rounds"] == want_rounds
+    assert m["sample/verifier_miss_frac"] == pytest.approx(1 / 3)
+    assert m["sample/verifier_miss_batch_frac"] == pytest.approx(np.mean([i % 3 == 0 for i in want_ids]))
+    with pytest.raises(ValueError, match="miss_share must be in"):
+        DS.draw_informative(lambda: next(it), draw, jax.random.key(0), rounds=1, pad_id=0, miss_share=0.0)
+
+
+def test_the_stage_key_reads_the_miss_target_only_where_it_changes_training():
+    c = config_mod.base_config()
+    c.rl.dynamic_sampling = 2
+    default = F._stage_section(c.rl)
+    assert "dynamic_sampling_target" not in default and "dynamic_sampling_miss_share" not in default
+    c.rl.dynamic_sampling_miss_share = 0.25  # read only with the misses target: the same stage
+    assert F._stage_section(c.rl) == default
+    c.rl.dynamic_sampling_target = "verifier_misses"
+    assert F._stage_section(c.rl)["dynamic_sampling_miss_share"] == 0.25
+
+
 # ---------------------------------------------------------------- config
 
 
@@ -177,6 +248,27 @@ def test_bad_dynamic_sampling_is_refused_naming_the_key(value, message):
     with pytest.raises(ConfigError, match=message) as err:
         config_mod.validate(c)
     assert err.value.key == "rl.dynamic_sampling"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"rl.dynamic_sampling_target": "misses"}, "must be 'mixed_rewards' or 'verifier_misses'"),
+        ({"rl.dynamic_sampling_target": "verifier_misses", "rl.objective": "kl_rl", "rl.n": 1}, "picks its Best-of-N winner by the verifier"),
+        ({"rl.dynamic_sampling_target": "verifier_misses", "rl.dynamic_sampling": 0}, "set rl.dynamic_sampling >= 1"),
+        ({"rl.dynamic_sampling_miss_share": 0.0}, r"in \(0, 1\]"),
+        ({"rl.dynamic_sampling_miss_share": 1.5}, r"in \(0, 1\]"),
+    ],
+)
+def test_bad_miss_target_is_refused_naming_the_key(overrides, message):
+    c = config_mod.base_config()
+    c.rl.objective, c.rl.dynamic_sampling, c.rl.n, c.rl.m = "bon_rl_v", 2, 4, 4
+    config_mod.validate(c)  # valid before the overrides
+    for key, value in overrides.items():
+        c.rl[key.split(".")[1]] = value
+    with pytest.raises(ConfigError, match=message) as err:
+        config_mod.validate(c)
+    assert err.value.key.startswith("rl.dynamic_sampling")
 
 
 def test_dynamic_sampling_needs_two_samples_per_prompt():
@@ -324,6 +416,24 @@ def test_dynamic_sampling_resumes_to_the_uninterrupted_runs_parameters(
     )
     jax.tree.map(np.testing.assert_array_equal, got, want)
     assert [r["loss"] for r in rows_resumed] == [r["loss"] for r in rows]
+
+
+@pytest.mark.slow
+def test_the_verifier_misses_target_trains_on_misses_the_first_draw_lacks(toy, tmp_path, graded_by_parity):
+    """bon_rl_v (N' = M = 2), the length verifier, odd prompts (one right sample of two) the only informative
+    ones: every drawn prompt is scored, so the kept batch holds misses (its share 1.0 of 2 prompts) at least
+    as often as the step's first draw does, and more often over the run."""
+    kw = {
+        "rl.objective": "bon_rl_v",
+        "rl.n": 2,
+        "rl.dynamic_sampling": 3,
+        "rl.dynamic_sampling_target": "verifier_misses",
+        "rl.dynamic_sampling_miss_share": 1.0,
+    }
+    _, rows = _run(toy, tmp_path, "misses", **kw)
+    first = [r["sample/verifier_miss_frac"] for r in rows]
+    kept = [r["sample/verifier_miss_batch_frac"] for r in rows]
+    assert all(k >= f for k, f in zip(kept, first)) and sum(kept) > sum(first), (first, kept)
 
 
 # ---------------------------------------------------------------- why: docs/objectives.md, "Dynamic sampling"

@@ -14,6 +14,18 @@ sampling"). With `rl.dynamic_sampling = k`, the step draws more prompts until B 
 
 "Informative" is decided by the ground-truth reward R, also for the objectives that pick their Best-of-N
 winner by the verifier's score (`bon_rl_v`, `bon_rl`): the criterion is the reward's spread, as in issue 15.
+
+`target = "verifier_misses"` (objectives that select by the verifier's score) gives up to `miss_share` of
+the batch, C = ceil(miss_share B) prompts, to the verifier's misses (its top-scored samples are worse, on
+average over ties, than the prompt's best sample: a Best-of-N pick that is wrong while a right sample
+exists), then fills it with the other informative prompts, then the rest, each in draw order; rounds are
+drawn while fewer than C misses or fewer than B informative prompts are held. Misses are the prompts where
+Best-of-N by the verifier loses what the policy already has, the only ones on which BoN@N can rise without
+pass@N rising (docs/lab_notes/rl_diagnosis.md, "Why BoN@32 barely moves"). Why a share and not all of the
+batch: with N = M (`bon_rl_v` at N' = 32 of 32 samples) only the top-scored sample of a prompt carries
+weight, R(y*) - b(x), so on a miss it is -b(x); a value baseline regressed on misses alone learns b ~ 0 and
+the update vanishes (tried: weights ~1e-3 over the first ten steps). Every drawn prompt is scored by the
+verifier, not only the kept ones.
 Every round's key derives from the step's key and the round's index, and its prompts are the data
 iterator's next batches (whose state the training loop checkpoints after the step), so a resumed run draws
 exactly what an uninterrupted one did.
@@ -34,6 +46,45 @@ def informative_B(rewards_BM) -> np.ndarray:
     """[B] bool: the prompt's M rewards are not all equal (a group with one sample is never informative)."""
     rewards_BM = np.asarray(rewards_BM)
     return np.any(rewards_BM != rewards_BM[:, :1], axis=1)
+
+
+def verifier_miss_B(rewards_BM, scores_BM) -> np.ndarray:
+    """[B] bool: the mean reward of the prompt's top-scored samples (all of them, if tied) is below its best
+    reward: Best-of-N by the score loses reward the samples hold."""
+    rewards_BM, scores_BM = np.asarray(rewards_BM, np.float64), np.asarray(scores_BM)
+    top_BM = scores_BM == scores_BM.max(axis=1, keepdims=True)
+    picked_B = (rewards_BM * top_BM).sum(axis=1) / top_BM.sum(axis=1)
+    return picked_B < rewards_BM.max(axis=1)
+
+
+TARGETS = ("mixed_rewards", "verifier_misses")
+
+
+def cap_misses(levels_R: Sequence[np.ndarray], cap: int) -> list[np.ndarray]:
+    """`levels_R` (the rounds' levels) with the misses (level 2) after the first `cap` in draw order moved to
+    level 1: they count as other informative prompts."""
+    out, seen = [], 0
+    for v in levels_R:
+        v = np.array(v, np.int64)
+        for i in np.flatnonzero(v == 2):
+            seen += 1
+            if seen > cap:
+                v[i] = 1
+        out.append(v)
+    return out
+
+
+def levels_B(g: GradedSamples, target: str) -> np.ndarray:
+    """[B] int: how much the step wants each prompt (higher first). "mixed_rewards": 1 informative, 0 not;
+    "verifier_misses": 2 a verifier miss, 1 another informative prompt, 0 neither."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    level = informative_B(g.rewards_BM).astype(np.int64)
+    if target == "verifier_misses":
+        if g.scores_BM is None:
+            raise ValueError("target 'verifier_misses' needs the samples' verifier scores (scores_BM is None)")
+        level = level + verifier_miss_B(g.rewards_BM, g.scores_BM)
+    return level
 
 
 def take_rows(g: GradedSamples, rows_K) -> GradedSamples:
@@ -79,14 +130,13 @@ def concat_rows(parts: Sequence[GradedSamples], pad_id: int) -> GradedSamples:
     return GradedSamples(**out)
 
 
-def batch_rows(informative_R: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-    """Indices into the concatenated rounds' prompts: the informative ones in draw order, the first
-    `batch_size` of them, completed if short with the uninformative ones in draw order."""
-    flags = np.concatenate([np.asarray(f, bool) for f in informative_R])
-    if len(flags) < batch_size:
-        raise ValueError(f"{len(flags)} prompts drawn, the batch needs {batch_size}")
-    yes, no = np.flatnonzero(flags), np.flatnonzero(~flags)
-    return np.concatenate([yes, no])[:batch_size] if len(yes) < batch_size else yes[:batch_size]
+def batch_rows(levels_R: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+    """Indices into the concatenated rounds' prompts: the first `batch_size` by level (highest first; bool
+    flags are levels 1 and 0), in draw order within a level."""
+    levels = np.concatenate([np.asarray(f).astype(np.int64) for f in levels_R])
+    if len(levels) < batch_size:
+        raise ValueError(f"{len(levels)} prompts drawn, the batch needs {batch_size}")
+    return np.argsort(-levels, kind="stable")[:batch_size]
 
 
 def _any_process(flag: bool) -> bool:
@@ -106,6 +156,8 @@ def draw_informative(
     *,
     rounds: int,
     pad_id: int,
+    target: str = "mixed_rewards",
+    miss_share: float = 1.0,
 ) -> tuple[dict, GradedSamples, dict]:
     """One step's prompts and samples under dynamic sampling with up to `rounds` extra rounds (module doc).
 
@@ -113,38 +165,59 @@ def draw_informative(
     "index_B"}; `draw(batch, key)` samples and grades it. Round 0 uses `key` itself, so `rounds = 0` is the
     plain step (its batch and samples returned as drawn). Returns (the kept prompt batch, their samples,
     host metrics): `sample/informative_frac` (of round 0's prompts), `sample/informative_batch_frac` (of the
-    returned batch) and `sample/draw_rounds` (draws made, round 0 included).
+    returned batch) and `sample/draw_rounds` (draws made, round 0 included); with `target =
+    "verifier_misses"` (`draw` must score the samples) also `sample/verifier_miss_frac` and
+    `sample/verifier_miss_batch_frac`, the same for the verifier's misses.
     """
     if not (isinstance(rounds, int) and rounds >= 0):
         raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
     batch = next_batch()
     graded = [draw(batch, key)]
     ids = [np.asarray(batch["index_B"])]
-    flags = [informative_B(graded[0].rewards_BM)]
-    B = len(flags[0])
+    levels = [levels_B(graded[0], target)]
+    if not 0.0 < miss_share <= 1.0:
+        raise ValueError(f"miss_share must be in (0, 1], got {miss_share!r}")
+    B = len(levels[0])
+    cap = int(np.ceil(miss_share * B)) if target == "verifier_misses" else 0
+    short = lambda: int(sum((v >= 1).sum() for v in levels)) < B or int(sum((v == 2).sum() for v in levels)) < cap
     r = 0
-    while r < rounds and _any_process(int(sum(f.sum() for f in flags)) < B):
+    while r < rounds and _any_process(short()):
         r += 1
         batch = next_batch()
         graded.append(draw(batch, jax.random.fold_in(key, r)))
         ids.append(np.asarray(batch["index_B"]))
-        flags.append(informative_B(graded[-1].rewards_BM))
-    if r == 0:  # off, or every prompt of round 0 informative: the batch as drawn, in its order
+        levels.append(levels_B(graded[-1], target))
+    raw, levels = levels, cap_misses(levels, cap)
+    if r == 0 and target == "mixed_rewards":  # off, or all of round 0 informative: the batch as drawn
         rows, g, kept = np.arange(B), graded[0], batch
     else:
-        rows = batch_rows(flags, B)
+        rows = batch_rows(levels, B)
         g = take_rows(concat_rows(graded, pad_id), rows)
         kept = {
             "prompt_tokens_BT": g.prompt_tokens_BT,
             "prompt_lengths_B": g.prompt_lengths_B,
             "index_B": np.concatenate(ids)[rows],
         }
+    every = np.concatenate(raw)
     metrics = {
-        "sample/informative_frac": float(flags[0].mean()),
-        "sample/informative_batch_frac": float(np.concatenate(flags)[rows].mean()),
+        "sample/informative_frac": float((raw[0] >= 1).mean()),
+        "sample/informative_batch_frac": float((every[rows] >= 1).mean()),
         "sample/draw_rounds": float(r + 1),
     }
+    if target == "verifier_misses":
+        metrics["sample/verifier_miss_frac"] = float((raw[0] == 2).mean())
+        metrics["sample/verifier_miss_batch_frac"] = float((every[rows] == 2).mean())
     return kept, g, metrics
 
 
-__all__ = ["batch_rows", "concat_rows", "draw_informative", "informative_B", "take_rows"]
+__all__ = [
+    "TARGETS",
+    "batch_rows",
+    "cap_misses",
+    "concat_rows",
+    "draw_informative",
+    "informative_B",
+    "levels_B",
+    "take_rows",
+    "verifier_miss_B",
+]

@@ -193,7 +193,7 @@ def finetune_stage(
     """Returns (tuned params, stage)."""
     c = ctx.config
     rl = c.rl
-    st = stage(ctx.cache_root, "finetune", base_key, verifier_key, c.rl, c.seed)
+    st = stage(ctx.cache_root, "finetune", base_key, verifier_key, _stage_section(c.rl), c.seed)
     if not st.claim():  # done, or produced meanwhile by another run sharing the cache
         return load_params(st.file("params"), model_cfg), st
     ctx.require_training("finetune")
@@ -276,6 +276,8 @@ def finetune_stage(
     # The verifier scores only what selects by it, and only the prompts a step keeps (its forward costs more
     # than sampling the short completions; issue 14). Reference and pi_ref Best-of-N draws are scored.
     score_rollout = selection == "score"
+    # Choosing the verifier's misses needs every drawn prompt's scores, not only the kept prompts'.
+    score_every_draw = rl.dynamic_sampling > 0 and rl.dynamic_sampling_target == "verifier_misses"
 
     def batch_fn(step, state: RLState):
         k_sample, k_bon, k_tie = jax.random.split(jax.random.fold_in(key, step), 3)
@@ -303,14 +305,16 @@ def finetune_stage(
         # that many further batches (every field of the kept prompts' samples selected together).
         pb, g, host = dynamic_sampling.draw_informative(
             lambda: next(data["it"]),
-            lambda batch, k: draw_prompts(batch, policy, rl.m, k, score=False),
+            lambda batch, k: draw_prompts(batch, policy, rl.m, k, score=score_every_draw),
             k_sample,
             rounds=rl.dynamic_sampling,
             pad_id=tokenizer.pad_id,
+            target=rl.dynamic_sampling_target,
+            miss_share=rl.dynamic_sampling_miss_share,
         )
         ex_B = [examples[i] for i in pb["index_B"]]
         draw = lambda params, m, k: draw_prompts(pb, params, m, k)
-        if score_rollout:
+        if score_rollout and g.scores_BM is None:
             g = with_scores(g, verifier, ex_B)
         # Cut to the longest completion's bucket: the update and the reference pass cost what the samples
         # hold, not max_new_tokens of padding.
@@ -410,6 +414,17 @@ def finetune_stage(
     save_params(st.file("params"), state.train.params)
     st.mark_done({"steps": rl.steps, "objective": rl.objective, "n": rl.n})
     return state.train.params, st
+
+
+def _stage_section(rl) -> dict:
+    """The rl section as the stage's cache key reads it: `dynamic_sampling_target` and `_miss_share` only
+    where they change what is trained (dynamic sampling on, and a target other than the first one), so a
+    cached stage of an earlier run stays valid."""
+    section = rl.to_dict()
+    if not section.get("dynamic_sampling") or section.get("dynamic_sampling_target") == "mixed_rewards":
+        section.pop("dynamic_sampling_target", None)
+        section.pop("dynamic_sampling_miss_share", None)
+    return section
 
 
 def _draw_reference(draw, ref_params, k: int, ref_key):
