@@ -34,6 +34,9 @@ from experiments.reproduce.stats import crossed_ci
 from experiments.study_runs import parse_args, print_pooled, run_unfinished
 
 _MORE = {"verifier.reference_only_prompts": 3000, "verifier.steps": 600}
+# The study stops before fine-tuning, so the rl section never enters its runs; it is pinned to the default's
+# when the runs were made (8 prompts x 240 steps), so their stored configs still match the study's.
+_RL_WHEN_RUN = {"rl.batch_size": 8, "rl.steps": 240}
 CANDIDATES = {
     "default": {},
     # the hard negatives' kinds: a carry slip among the two first kinds, at the same data and steps
@@ -42,6 +45,9 @@ CANDIDATES = {
     "more": dict(_MORE),
     "carry_more": {"verifier.corruption_kinds": ("carry",), **_MORE},
     "slips_more": {"verifier.corruption_kinds": ("propagate", "carry"), **_MORE},
+    # 2026-12-07, later: the same data as `more`, trained four times as long (does a verifier trained
+    # longer stop sharing the policy's slips?)
+    "long": {**_MORE, "verifier.steps": 2400},
 }
 KS = ("2", "4", "8", "32")
 RULE = (
@@ -59,6 +65,7 @@ def study_config(name: str, seed: int):
     from experiments.arith_bo32 import get_config
 
     overrides = {
+        **_RL_WHEN_RUN,
         **CANDIDATES[name],
         "eval.split": "validation",
         "stages": ("tokenizer", "base_policy", "verifier", "eval", "report"),

@@ -70,3 +70,23 @@ def test_a_finished_run_made_with_other_settings_is_refused_before_compute(tmp_p
     (d / "summary.json").write_text(json.dumps({"config": stored}, default=str))
     with pytest.raises(ConfigError, match=r"verifier\.steps was 599, would now be 600"):
         study_runs.run_unfinished(*args)
+
+
+@pytest.mark.parametrize("study", ["verifier_study", "validation_study"])
+def test_every_committed_run_of_both_studies_matches_its_config_now(study):
+    """A changed default must not strand the studies' committed runs (results/<study>/): each finished run's
+    stored config equals what its study would give it now, so the study command runs instead of refusing
+    (the default's switch to 16 x 120 did strand the verifier study's runs until they pinned rl.*)."""
+    import importlib
+
+    from experiments.reproduce.runs import refuse_drifted, run_finished
+
+    mod = importlib.import_module(f"experiments.{study}")
+    runs = [
+        (mod.run_dir(n, s), mod.study_config(n, s))
+        for n in mod.CANDIDATES
+        for s in range(3)
+        if run_finished(mod.run_dir(n, s))
+    ]
+    assert len(runs) >= 10
+    refuse_drifted(runs, "")
