@@ -31,6 +31,10 @@ from bon_jax.verifiers.steps import AGGREGATES
 STAGES = ("tokenizer", "base_policy", "verifier", "finetune", "eval", "report")
 
 
+# What `rl.dynamic_sampling`'s extra rounds look for (bon_jax/pipeline/dynamic_sampling.py).
+DYNAMIC_SAMPLING_TARGETS = ("mixed_rewards", "verifier_misses")
+
+
 def base_config() -> ConfigDict:
     """Every key an experiment may set, with the defaults of the embedded arith experiment."""
     c = ConfigDict()
@@ -324,9 +328,9 @@ def check_values(c: ConfigDict) -> None:
         "no prompt would count as informative",
     )
     _require(
-        c.rl.dynamic_sampling_target in ("mixed_rewards", "verifier_misses"),
+        c.rl.dynamic_sampling_target in DYNAMIC_SAMPLING_TARGETS,
         "rl.dynamic_sampling_target",
-        f"must be 'mixed_rewards' or 'verifier_misses', got {c.rl.dynamic_sampling_target!r}",
+        f"must be {' or '.join(map(repr, DYNAMIC_SAMPLING_TARGETS))}, got {c.rl.dynamic_sampling_target!r}",
     )
     share = c.rl.dynamic_sampling_miss_share
     _require(

@@ -43,8 +43,8 @@ CANDIDATES = {
     "L2": {**_FIRST, "rl.lr": 2e-4},  # twice the step size, the anchor holding the drift
     "P16": {"rl.batch_size": 16, "rl.steps": 120},  # twice the winners per update, half the updates: the choice
     # Third round (2026-12-07), beside P16 as the default: the verifier's misses are the prompts BoN@32 can
-    # still gain on; half of each batch is given to them (rl.dynamic_sampling_target, _miss_share 0.5; about
-    # a fifth of drawn prompts are misses), with up to 4 extra draws to find them.
+    # still gain on; half of each batch is given to them (rl.dynamic_sampling_target, _miss_share 0.5; 16-36%
+    # of a step's first draw were misses at seeds 0-2), with up to 4 extra draws to find them.
     "M16": {"rl.dynamic_sampling": 4, "rl.dynamic_sampling_target": "verifier_misses"},
 }
 METRICS = ("bon_at_32", "bon_at_4", "pass_at_1", "pass_at_32", "kl")

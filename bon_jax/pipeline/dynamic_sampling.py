@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from bon_jax.config import DYNAMIC_SAMPLING_TARGETS
 from bon_jax.pipeline.rollouts import GradedSamples
 
 
@@ -57,28 +58,34 @@ def verifier_miss_B(rewards_BM, scores_BM) -> np.ndarray:
     return picked_B < rewards_BM.max(axis=1)
 
 
-TARGETS = ("mixed_rewards", "verifier_misses")
+TARGETS = DYNAMIC_SAMPLING_TARGETS  # ("mixed_rewards", "verifier_misses")
+# A prompt's level (`levels_B`): the batch is filled from the highest level down.
+UNINFORMATIVE, INFORMATIVE, MISS = 0, 1, 2
 
 
 def cap_misses(levels_R: Sequence[np.ndarray], cap: int) -> list[np.ndarray]:
-    """`levels_R` (the rounds' levels) with the misses (level 2) after the first `cap` in draw order moved to
-    level 1: they count as other informative prompts."""
+    """`levels_R` (the rounds' levels) with the misses after the first `cap` in draw order moved to
+    INFORMATIVE: they count as other informative prompts."""
     out, seen = [], 0
     for v in levels_R:
         v = np.array(v, np.int64)
-        for i in np.flatnonzero(v == 2):
+        for i in np.flatnonzero(v == MISS):
             seen += 1
             if seen > cap:
-                v[i] = 1
+                v[i] = INFORMATIVE
         out.append(v)
     return out
 
 
-def levels_B(g: GradedSamples, target: str) -> np.ndarray:
-    """[B] int: how much the step wants each prompt (higher first). "mixed_rewards": 1 informative, 0 not;
-    "verifier_misses": 2 a verifier miss, 1 another informative prompt, 0 neither."""
+def _check_target(target: str) -> None:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+
+def levels_B(g: GradedSamples, target: str) -> np.ndarray:
+    """[B] int: how much the step wants each prompt (higher first). "mixed_rewards": INFORMATIVE or
+    UNINFORMATIVE; "verifier_misses": MISS (a verifier miss, always informative), else as "mixed_rewards"."""
+    _check_target(target)
     level = informative_B(g.rewards_BM).astype(np.int64)
     if target == "verifier_misses":
         if g.scores_BM is None:
@@ -171,15 +178,17 @@ def draw_informative(
     """
     if not (isinstance(rounds, int) and rounds >= 0):
         raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
+    _check_target(target)
+    if not 0.0 < miss_share <= 1.0:
+        raise ValueError(f"miss_share must be in (0, 1], got {miss_share!r}")
     batch = next_batch()
     graded = [draw(batch, key)]
     ids = [np.asarray(batch["index_B"])]
     levels = [levels_B(graded[0], target)]
-    if not 0.0 < miss_share <= 1.0:
-        raise ValueError(f"miss_share must be in (0, 1], got {miss_share!r}")
     B = len(levels[0])
     cap = int(np.ceil(miss_share * B)) if target == "verifier_misses" else 0
-    short = lambda: int(sum((v >= 1).sum() for v in levels)) < B or int(sum((v == 2).sum() for v in levels)) < cap
+    held = lambda level: int(sum((v >= level).sum() for v in levels))
+    short = lambda: held(INFORMATIVE) < B or held(MISS) < cap
     r = 0
     while r < rounds and _any_process(short()):
         r += 1
@@ -200,13 +209,13 @@ def draw_informative(
         }
     every = np.concatenate(raw)
     metrics = {
-        "sample/informative_frac": float((raw[0] >= 1).mean()),
-        "sample/informative_batch_frac": float((every[rows] >= 1).mean()),
+        "sample/informative_frac": float((raw[0] >= INFORMATIVE).mean()),
+        "sample/informative_batch_frac": float((every[rows] >= INFORMATIVE).mean()),
         "sample/draw_rounds": float(r + 1),
     }
     if target == "verifier_misses":
-        metrics["sample/verifier_miss_frac"] = float((raw[0] == 2).mean())
-        metrics["sample/verifier_miss_batch_frac"] = float((every[rows] == 2).mean())
+        metrics["sample/verifier_miss_frac"] = float((raw[0] == MISS).mean())
+        metrics["sample/verifier_miss_batch_frac"] = float((every[rows] == MISS).mean())
     return kept, g, metrics
 
 

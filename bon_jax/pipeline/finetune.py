@@ -277,7 +277,7 @@ def finetune_stage(
     # than sampling the short completions; issue 14). Reference and pi_ref Best-of-N draws are scored.
     score_rollout = selection == "score"
     # Choosing the verifier's misses needs every drawn prompt's scores, not only the kept prompts'.
-    score_every_draw = rl.dynamic_sampling > 0 and rl.dynamic_sampling_target == "verifier_misses"
+    score_every_draw = rl.dynamic_sampling_target == "verifier_misses"
 
     def batch_fn(step, state: RLState):
         k_sample, k_bon, k_tie = jax.random.split(jax.random.fold_in(key, step), 3)
