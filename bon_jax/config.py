@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 
 from bon_jax import objectives
 from bon_jax.errors import ConfigError
+from bon_jax.models.config import get_config as get_model_config
 from bon_jax.objectives import variational
 from bon_jax.tasks.base import Task
 from bon_jax.tasks.registry import get_task_class, task_names
@@ -30,6 +31,10 @@ from bon_jax.verifiers.steps import AGGREGATES
 # Stages of the pipeline, in order; each caches its output under <workdir>/<stage>-<hash of its config>.
 STAGES = ("tokenizer", "base_policy", "verifier", "finetune", "eval", "report")
 
+
+# Sections whose keys are free-form (a task's arguments, an objective's options, ModelConfig fields): not
+# in the schema, checked by whatever reads them.
+FREE_FORM_SECTIONS = ("kwargs", "options", "overrides", "model_overrides")
 
 # What `rl.dynamic_sampling`'s extra rounds look for (bon_jax/pipeline/dynamic_sampling.py).
 DYNAMIC_SAMPLING_TARGETS = ("mixed_rewards", "verifier_misses")
@@ -77,7 +82,15 @@ def base_config() -> ConfigDict:
 
     c.verifier = ConfigDict()
     c.verifier.kind = "learned"  # learned | oracle | sentiment
+    # The verifier's backbone. The same name as `model.name` (and no overrides, no backbone SFT): the base
+    # policy's own model and weights, as Chow et al. do. Another name: that model (with `model_overrides`),
+    # trained from scratch by the verifier's loss, or first by SFT (`backbone_sft_steps`).
     c.verifier.model = "tiny"
+    c.verifier.model_overrides = ConfigDict()  # ModelConfig fields of the verifier's own backbone
+    # > 0: the backbone is a language model of its own, `verifier.model` with `verifier.model_overrides`
+    # trained by SFT on the task's reference solutions for this many steps (the `sft` section's batch, lr and
+    # schedule), e.g. one larger than the policy; 0: no such pre-training.
+    c.verifier.backbone_sft_steps = 0
     c.verifier.num_prompts = 512
     c.verifier.samples_per_prompt = 8
     c.verifier.steps = 600
@@ -214,7 +227,7 @@ def check_known_keys(config: ConfigDict, schema: ConfigDict | None = None, prefi
             ]
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(full, f"unknown key.{hint} Known keys here: {sorted(schema.keys())}")
-        if key in ("kwargs", "options", "overrides"):
+        if key in FREE_FORM_SECTIONS:
             continue
         if isinstance(schema[key], ConfigDict):
             if not isinstance(config[key], ConfigDict):
@@ -412,6 +425,7 @@ def check_values(c: ConfigDict) -> None:
         "verifier.ranking_weight",
         f"must be >= 0 (0 = plain BCE), got {c.verifier.ranking_weight}",
     )
+    check_verifier_backbone(c)
     _require(c.tokenizer.vocab_size >= 64, "tokenizer.vocab_size", "must be >= 64")
     _require(
         all(1 <= k <= c.eval.m for k in c.eval.ks),
@@ -421,6 +435,36 @@ def check_values(c: ConfigDict) -> None:
     unknown_stages = set(c.stages) - set(STAGES)
     _require(not unknown_stages, "stages", f"unknown stages {sorted(unknown_stages)}; known: {STAGES}")
     _require(c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1")
+
+
+def check_verifier_backbone(c: ConfigDict) -> None:
+    """The learned verifier's backbone (`verifier.model`, `.model_overrides`, `.backbone_sft_steps`)."""
+    v = c.verifier
+    steps = v.backbone_sft_steps
+    _require(
+        isinstance(steps, int) and steps >= 0, "verifier.backbone_sft_steps", f"must be an integer >= 0, got {steps!r}"
+    )
+    if v.kind != "learned":
+        return
+    try:
+        get_model_config(v.model, **v.model_overrides.to_dict())
+    except ConfigError as e:  # keyed model.name or model.<field>: name the verifier's key instead
+        key = "verifier.model" if e.key == "model.name" else f"verifier.model_overrides.{e.key.partition('.')[2]}"
+        raise ConfigError(key, e.message) from None
+    own = steps > 0 or bool(v.model_overrides.to_dict())
+    _require(
+        not (own and v.model == c.model.name and not steps),
+        "verifier.model_overrides",
+        f"a verifier named like the policy ({v.model!r}) starts from the base policy's own weights and "
+        "architecture; its overrides would not apply. Set verifier.backbone_sft_steps > 0 to give it a "
+        "backbone of its own",
+    )
+    _require(
+        not steps or not c.model.checkpoint,
+        "verifier.backbone_sft_steps",
+        "pre-trains a backbone from scratch on the task's references, as the base policy is trained; with a "
+        "pretrained model.checkpoint set it to 0",
+    )
 
 
 def check_objective_needs(c: ConfigDict) -> None:

@@ -21,7 +21,7 @@ class ConfigError(BonJaxError, ValueError):
     """An invalid experiment config, refused before any compute. Names the key and the fix."""
 
     def __init__(self, key: str, message: str):
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"config.{key}: {message}")
 
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx.load_tasks()
     tok, tok_st = tokenizer_stage(ctx)
     model_cfg, base, base_st = base_policy_stage(ctx, tok, tok_st)
-    verifier, ver_st = verifier_stage(ctx, tok, model_cfg, base, base_st.key)
+    verifier, ver_st = verifier_stage(ctx, tok, model_cfg, base, base_st.key, tok_stage=tok_st)
     saved = stage(ctx.cache_root, "eval_base", base_st.key, ver_st.key, c.eval, c.seed)
     examples = list(ctx.eval_task.examples(c.eval.split))[: c.eval.num_prompts]
     rng, per_call = ctx.rng("eval"), 8  # evaluate_policy's generator and chunk size

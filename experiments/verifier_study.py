@@ -1,12 +1,14 @@
 """Choose the default experiment's learned verifier on validation prompts of several seeds.
 
-    python -m experiments.verifier_study [--seeds=0,1] [--only=default,carry_more] [--list]
+    python -m experiments.verifier_study [--seeds=0,1] [--only=default,carry_more] [--list] [--results=DIR]
 
 Trains every candidate of CANDIDATES (verifier overrides of experiments/arith_bo32.py) on the base policy of
 each seed and evaluates Best-of-k by it on the VALIDATION prompts (never test), in
 results/verifier_study/<candidate>_s<seed> (summary.json and per_prompt.json, tracked by git). The base
 policy's samples are the same for every candidate at a seed (the evaluation draws them from the prompt ids),
-only their scores differ, so candidate - default per prompt is an exact pairing. Prints per candidate its
+only their scores differ, so candidate - default per prompt is an exact pairing (checked: a CPU that rounds
+differently trains another base policy, so runs of two hosts do not pair; `--results=DIR` runs every
+candidate, `default` included, elsewhere). Prints per candidate its
 held-out verifier metrics and the BoN@k differences against `default`, pooled over seeds x prompts (the
 crossed interval of experiments/reproduce/stats.py), then the choice by RULE.
 
@@ -23,6 +25,7 @@ the levers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -48,6 +51,11 @@ CANDIDATES = {
     # 2026-12-07, later: the same data as `more`, trained four times as long (does a verifier trained
     # longer stop sharing the policy's slips?)
     "long": {**_MORE, "verifier.steps": 2400},
+    # 2026-12-07 (third session): a verifier larger than the policy, the lever the others left untried. Its
+    # own backbone, the `small` model at full width (256 wide, MLP 1024: four times the policy's matmul
+    # FLOPs), pre-trained by the policy's own SFT (3000 steps on the references), then trained as the
+    # default verifier is. Does a backbone that slips less stop liking the policy's slips?
+    "larger": {"verifier.backbone_sft_steps": 3000},
 }
 KS = ("2", "4", "8", "32")
 RULE = (
@@ -56,8 +64,13 @@ RULE = (
 )
 
 
+# Where the runs live; `--results=DIR` moves them, e.g. to pair candidates on a host whose CPU rounds
+# differently from the one that made the committed runs (its base policies, and so samples, differ).
+RESULTS = os.path.join("results", "verifier_study")
+
+
 def run_dir(name: str, seed: int) -> str:
-    return os.path.join("results", "verifier_study", f"{name}_s{seed}")
+    return os.path.join(RESULTS, f"{name}_s{seed}")
 
 
 def study_config(name: str, seed: int):
@@ -70,7 +83,7 @@ def study_config(name: str, seed: int):
         "eval.split": "validation",
         "stages": ("tokenizer", "base_policy", "verifier", "eval", "report"),
     }
-    c = point_config(get_config(), overrides, "results/verifier_study")
+    c = point_config(get_config(), overrides, RESULTS)
     c.seed = seed
     c.workdir = run_dir(name, seed)
     return c
@@ -93,6 +106,12 @@ def pooled(names: list[str], seeds: list[int]) -> dict:
     for name in names:
         if not all(run_finished(run_dir(n, s)) for n in (name, "default") for s in seeds):
             continue
+        for s in seeds:
+            if not np.array_equal(base_per_prompt(name, s, "mean_reward"), base_per_prompt("default", s, "mean_reward")):
+                raise SystemExit(
+                    f"{run_dir(name, s)} and {run_dir('default', s)} scored different base samples (made on "
+                    "hosts whose CPUs round differently?): no pairing. Run both on one host, with --results=DIR."
+                )
         out[name] = {
             f"bon_at_{k}": crossed_ci(
                 np.stack(
@@ -114,6 +133,11 @@ def choose(table: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global RESULTS
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--results", default=RESULTS)
+    known, argv = where.parse_known_args(argv)
+    RESULTS = known.results
     seeds, names, list_only = parse_args(__doc__.splitlines()[0], CANDIDATES, argv)
     if "default" not in names:
         names = ["default", *names]  # every difference is taken against it

@@ -39,9 +39,10 @@ def test_pooled_pairs_each_candidate_with_the_default_on_its_seed(tmp_path, monk
     for seed in (0, 1):
         default = {f"bon_at_{k}": rng.uniform(size=40).tolist() for k in study.KS}
         shift = 0.1 if seed == 0 else -0.3  # on every prompt of that seed
+        samples = {"mean_reward": rng.uniform(size=40).tolist()}  # the base samples' rewards: shared
         for name, base in (
-            ("default", default),
-            ("more", {m: (np.asarray(v) + shift).tolist() for m, v in default.items()}),
+            ("default", {**default, **samples}),
+            ("more", {**{m: (np.asarray(v) + shift).tolist() for m, v in default.items()}, **samples}),
         ):
             d = tmp_path / f"{name}_s{seed}"
             d.mkdir()
@@ -51,6 +52,28 @@ def test_pooled_pairs_each_candidate_with_the_default_on_its_seed(tmp_path, monk
     assert list(table) == ["default", "more"]  # carry_more has no finished runs
     assert table["more"]["bon_at_32"].mean == pytest.approx(-0.1)  # both seeds, each against its own default
     assert table["default"]["bon_at_32"].mean == 0.0
+
+
+def test_runs_on_other_base_samples_are_refused_not_paired(tmp_path, monkeypatch):
+    """A host whose CPU rounds differently trains another base policy: its runs do not pair with the
+    committed ones, and pooling them would compare scores of different samples."""
+    monkeypatch.setattr(study, "run_dir", lambda name, seed: str(tmp_path / f"{name}_s{seed}"))
+    for name, rewards in (("default", [0.5, 0.25]), ("more", [0.5, 0.5])):
+        d = tmp_path / f"{name}_s0"
+        d.mkdir()
+        base = {"mean_reward": rewards, **{f"bon_at_{k}": [1.0, 0.0] for k in study.KS}}
+        (d / "per_prompt.json").write_text(json.dumps({"base": base}))
+        (d / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit, match="scored different base samples"):
+        study.pooled(["default", "more"], [0])
+
+
+def test_results_flag_moves_every_run_of_the_study(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "RESULTS", study.RESULTS)  # main sets it; restored after the test
+    study.main(["--results", str(tmp_path / "elsewhere"), "--only=larger", "--seeds=0", "--list"])
+    assert "to do  larger seed 0" in capsys.readouterr().out
+    assert study.run_dir("larger", 0) == str(tmp_path / "elsewhere" / "larger_s0")
+    assert study.study_config("larger", 0).workdir == str(tmp_path / "elsewhere" / "larger_s0")
 
 
 def test_a_finished_run_made_with_other_settings_is_refused_before_compute(tmp_path, monkeypatch, capsys):

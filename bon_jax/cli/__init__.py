@@ -39,7 +39,7 @@ def check_command_line(argv: Sequence[str]) -> None:
     ml_collections would answer either with a long traceback from inside its flag parser; this answers with
     one line naming the key, and the known experiments or the closest known key. Raises `ConfigError`.
     """
-    from bon_jax.config import load_experiment
+    from bon_jax.config import FREE_FORM_SECTIONS, load_experiment
     from bon_jax.errors import ConfigError
 
     path = _config_file(argv)
@@ -56,7 +56,7 @@ def check_command_line(argv: Sequence[str]) -> None:
             missing = next(p for p in _prefixes(key) if p not in known)
         else:
             missing = key
-        if parent.rpartition(".")[2] in ("kwargs", "options", "overrides") and parent in known:
+        if parent.rpartition(".")[2] in FREE_FORM_SECTIONS and parent in known:
             # A free-form section: any key is valid in the experiment file, but ml_collections cannot add one.
             hint = f" A command line sets only keys that {path} already sets in {parent}: set it there."
         else:

@@ -13,6 +13,7 @@ import itertools
 
 import jax
 import numpy as np
+from ml_collections import ConfigDict
 
 from bon_jax import parallel
 from bon_jax.models import get_config, init_params, make_model
@@ -51,10 +52,9 @@ def tokenizer_stage(ctx: RunContext):
     return Tokenizer.load(st.file("tokenizer.model")), st
 
 
-def model_config(ctx: RunContext, tokenizer, name: str | None = None):
-    c = ctx.config
-    overrides = dict(c.model.overrides.to_dict()) if name is None else {}
-    return get_config(name or c.model.name, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype, **overrides)
+def model_config(model: ConfigDict, tokenizer):
+    """The `ModelConfig` of a config's model section (`model.name` with `model.overrides`)."""
+    return get_config(model.name, vocab_size=tokenizer.vocab_size, dtype=model.dtype, **model.overrides.to_dict())
 
 
 def encode_examples(tokenizer, examples, width: int) -> dict[str, np.ndarray]:
@@ -83,17 +83,32 @@ def sharded_step(step_fn, state, mesh, batch_ndims: dict[str, int]):
     return jitted, jax.device_put(state, state_sh)
 
 
-def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int | None = None):
-    """Returns (model_cfg, params, stage). Trains by SFT unless the stage is cached."""
+def base_policy_stage(
+    ctx: RunContext,
+    tokenizer,
+    tok_stage,
+    *,
+    model: ConfigDict | None = None,
+    sft: ConfigDict | None = None,
+    stop_after: int | None = None,
+):
+    """Returns (model_cfg, params, stage). Trains by SFT unless the stage is cached.
+
+    `model` and `sft` (sections shaped like the config's, which they default to) train another language
+    model the same way, e.g. a verifier's own backbone: its stage is the one a run with those sections would
+    make, so the two share it.
+    """
     c = ctx.config
-    st = stage(ctx.cache_root, "base_policy", tok_stage.key, c.task, c.model, c.sft, c.seed)
-    cfg = model_config(ctx, tokenizer)
+    model = c.model if model is None else model
+    sft = c.sft if sft is None else sft
+    st = stage(ctx.cache_root, "base_policy", tok_stage.key, c.task, model, sft, c.seed)
+    cfg = model_config(model, tokenizer)
     params_file = st.file("params")
     if not st.claim():  # done, or produced meanwhile by another run sharing the cache
         return cfg, load_params(params_file, cfg), st
-    if c.model.checkpoint:
-        params = pretrained_params(ctx, cfg)
-        if c.sft.steps == 0:
+    if model.checkpoint:
+        params = pretrained_params(ctx, cfg, model)
+        if sft.steps == 0:
             st.release()  # nothing to produce: the pretrained weights are the base policy
             return cfg, params, st
     else:
@@ -102,16 +117,16 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
     examples = ctx.task.examples("train")
     if not examples or examples[0].reference is None:
         raise ValueError(f"task {c.task.name!r} has no reference solutions to train a base policy on")
-    table = encode_examples(tokenizer, examples, c.model.max_len)
-    if c.sft.batch_size > len(examples):
-        raise ValueError(f"sft.batch_size={c.sft.batch_size} exceeds the {len(examples)} training examples")
-    model = make_model(cfg)
-    opt = adamw(c.sft.lr, c.sft.steps, warmup=c.sft.warmup, weight_decay=c.sft.weight_decay, decay="cosine")
+    table = encode_examples(tokenizer, examples, model.max_len)
+    if sft.batch_size > len(examples):
+        raise ValueError(f"sft.batch_size={sft.batch_size} exceeds the {len(examples)} training examples")
+    lm = make_model(cfg)
+    opt = adamw(sft.lr, sft.steps, warmup=sft.warmup, weight_decay=sft.weight_decay, decay="cosine")
     if params is None:
         params = parallel.sharded_init(lambda r: init_params(cfg, r), ctx.rng("base_policy"), ctx.mesh)
     state = TrainState.create(params, opt)
     step_fn, state = sharded_step(
-        make_update_step(sft_loss(model), opt),
+        make_update_step(sft_loss(lm), opt),
         state,
         ctx.mesh,
         {"tokens_BT": 2, "valid_BT": 2, "target_BT": 2},
@@ -121,20 +136,19 @@ def base_policy_stage(ctx: RunContext, tokenizer, tok_stage, *, stop_after: int 
     def batch_fn(step, state):
         # Each batch is cut to its own longest row (a multiple of 16): a handful of static shapes, each
         # compiled once, and no compute spent on padding.
-        idx = epoch_batch_indices(len(examples), c.sft.batch_size, c.seed, step)
+        idx = epoch_batch_indices(len(examples), sft.batch_size, c.seed, step)
         return take_rows({k: table[k] for k in ("tokens_BT", "valid_BT", "target_BT")}, idx)
 
     loop = LoopConfig(
-        c.sft.steps, c.checkpoint.every, c.checkpoint.keep, c.log_every, c.rl.max_bad_steps, "sft"
+        sft.steps, c.checkpoint.every, c.checkpoint.keep, c.log_every, c.rl.max_bad_steps, "sft"
     )
     state = run_loop(st.path, state, step_fn, batch_fn, loop, stop_after=stop_after)
     save_params(params_file, state.params)
-    st.mark_done({"steps": c.sft.steps, "truncated": int(table["truncated_B"].sum()), "width": width})
+    st.mark_done({"steps": sft.steps, "truncated": int(table["truncated_B"].sum()), "width": width})
     return cfg, state.params, st
 
 
-def pretrained_params(ctx: RunContext, cfg):
+def pretrained_params(ctx: RunContext, cfg, model: ConfigDict):
     """`model.checkpoint` (a Gemma release, HF safetensors, GGUF or bon_jax params) onto the run's mesh."""
-    c = ctx.config
-    print(f"[bon_jax] loading {c.model.checkpoint} ({c.model.checkpoint_format})")
-    return load_checkpoint(c.model.checkpoint, cfg, format=c.model.checkpoint_format, mesh=ctx.mesh)
+    print(f"[bon_jax] loading {model.checkpoint} ({model.checkpoint_format})")
+    return load_checkpoint(model.checkpoint, cfg, format=model.checkpoint_format, mesh=ctx.mesh)

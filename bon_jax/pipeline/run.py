@@ -49,7 +49,9 @@ def run_experiment(
     )
     tok, tok_st = tokenizer_stage(ctx)
     model_cfg, base_params, base_st = base_policy_stage(ctx, tok, tok_st, stop_after=stop_after)
-    verifier, ver_st = verifier_stage(ctx, tok, model_cfg, base_params, base_st.key, stop_after=stop_after)
+    verifier, ver_st = verifier_stage(
+        ctx, tok, model_cfg, base_params, base_st.key, tok_stage=tok_st, stop_after=stop_after
+    )
     policies = {"base": base_params}
     stage_paths = {"tokenizer": tok_st.path, "base_policy": base_st.path, "verifier": ver_st.path}
     if "finetune" in c.stages and c.rl.steps > 0:

@@ -26,10 +26,12 @@ import os
 import random
 
 import numpy as np
+from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from bon_jax.models import get_config
 from bon_jax.pipeline.context import RunContext
+from bon_jax.pipeline.policy import base_policy_stage
 from bon_jax.pipeline.rollouts import draw_graded
 from bon_jax.pipeline.stage_cache import stage
 from bon_jax.train.loop import Preempted
@@ -49,9 +51,18 @@ VERIFIER_DATA_VERSION = 2
 
 
 def verifier_stage(
-    ctx: RunContext, tokenizer, model_cfg, base_params, base_key: str, *, stop_after: int | None = None
+    ctx: RunContext,
+    tokenizer,
+    model_cfg,
+    base_params,
+    base_key: str,
+    *,
+    tok_stage=None,
+    stop_after: int | None = None,
 ):
-    """`stop_after` (tests) stops the verifier's training after that many steps, as a preemption would."""
+    """`tok_stage` (the tokenizer's stage) is needed where the verifier pre-trains a backbone of its own
+    (`verifier.backbone_sft_steps`). `stop_after` (tests) stops the verifier's training, or its backbone's,
+    after that many steps, as a preemption would."""
     c = ctx.config
     v = c.verifier
     st = stage(ctx.cache_root, "verifier", base_key, _stage_section(v), c.seed, VERIFIER_DATA_VERSION)
@@ -65,11 +76,7 @@ def verifier_stage(
             ctx, tokenizer, model_cfg, base_params, chunk_dir=st.file("samples")
         )
         st.phase_done("data")  # the base policy's graded samples; then training (done.json's timing)
-        # Same named model as the policy: the verifier starts from the policy's backbone (Chow et al.).
-        same = v.model == c.model.name
-        vcfg = (
-            model_cfg if same else get_config(v.model, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype)
-        )
+        vcfg, init_params = _backbone(ctx, tokenizer, model_cfg, base_params, tok_stage, stop_after)
         train = ~holdout
         pick = lambda xs, m: [x for x, keep in zip(xs, m) if keep]
         class_weight = None if v.class_weight == "none" else v.class_weight
@@ -92,7 +99,7 @@ def verifier_stage(
             lr=v.lr,
             seed=c.seed,
             warmup=min(50, v.steps // 10),
-            init_params=base_params if same else None,
+            init_params=init_params,
             class_weight=class_weight,
             width=-(-longest // 16) * 16,
             eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout], groups[holdout]),
@@ -120,15 +127,40 @@ def verifier_stage(
                            outcome_weight=v.process_outcome_weight), st
 
 
+def _backbone(ctx: RunContext, tokenizer, model_cfg, base_params, tok_stage, stop_after):
+    """(ModelConfig, initial params or None) of the learned verifier's backbone (config.py, `verifier.model`):
+    the base policy's own where the verifier is named like it (Chow et al.); a language model of its own,
+    pre-trained by SFT as the base policy is, where `verifier.backbone_sft_steps` > 0; else a fresh one."""
+    c = ctx.config
+    v = c.verifier
+    if v.backbone_sft_steps:
+        if tok_stage is None:
+            raise ValueError("verifier.backbone_sft_steps > 0 needs the tokenizer's stage (tok_stage=...)")
+        model = ConfigDict(c.model.to_dict())
+        model.name, model.overrides = v.model, ConfigDict(v.model_overrides.to_dict())
+        sft = ConfigDict(c.sft.to_dict())
+        sft.steps = v.backbone_sft_steps
+        cfg, params, _ = base_policy_stage(ctx, tokenizer, tok_stage, model=model, sft=sft, stop_after=stop_after)
+        return cfg, params
+    if v.model == c.model.name:
+        return model_cfg, base_params
+    cfg = get_config(v.model, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype, **v.model_overrides.to_dict())
+    return cfg, None
+
+
 # The hard negatives' kinds of every verifier cached before `verifier.corruption_kinds` existed.
 _FIRST_CORRUPTION_KINDS = ("answer", "propagate")
 
 
 def _stage_section(v) -> dict:
     """The verifier section as the stage's cache key reads it: the `process_*` options only for the
-    `'process'` pooling, which alone reads them, and `corruption_kinds` only where corruptions are made, of
-    other kinds than the first ones (so a cached verifier stays valid where the option changes nothing)."""
+    `'process'` pooling, which alone reads them, `corruption_kinds` only where corruptions are made, of
+    other kinds than the first ones, and the backbone's options only where they are set (so a cached
+    verifier stays valid where an option changes nothing)."""
     section = v.to_dict()
+    for key, neutral in (("model_overrides", {}), ("backbone_sft_steps", 0)):
+        if section.get(key) == neutral:
+            section.pop(key, None)
     if section.get("pooling") != "process":
         section = {k: x for k, x in section.items() if not k.startswith("process_")}
     kinds = tuple(section.get("corruption_kinds", _FIRST_CORRUPTION_KINDS))
