@@ -25,7 +25,7 @@ from bon_jax.models.config import get_config as get_model_config
 from bon_jax.objectives import variational
 from bon_jax.tasks.base import Task
 from bon_jax.tasks.registry import get_task_class, task_names
-from bon_jax.verifiers.learned import POOLINGS
+from bon_jax.verifiers.learned import POOLINGS, READS_SURPRISAL
 from bon_jax.verifiers.steps import AGGREGATES
 
 # Stages of the pipeline, in order; each caches its output under <workdir>/<stage>-<hash of its config>.
@@ -93,7 +93,7 @@ def base_config() -> ConfigDict:
     c.verifier.backbone_sft_steps = 0
     c.verifier.num_prompts = 512
     c.verifier.samples_per_prompt = 8
-    c.verifier.steps = 600
+    c.verifier.steps = 600  # 0: no training, the backbone's own likelihood (zero_init_head, a likelihood pooling)
     c.verifier.batch_size = 64
     c.verifier.lr = 1e-3
     c.verifier.temperature = 1.0
@@ -426,6 +426,13 @@ def check_values(c: ConfigDict) -> None:
         f"must be >= 0 (0 = plain BCE), got {c.verifier.ranking_weight}",
     )
     check_verifier_backbone(c)
+    _require(
+        c.verifier.steps > 0 or c.verifier.kind != "learned" or (
+            c.verifier.zero_init_head and c.verifier.pooling in READS_SURPRISAL),
+        "verifier.steps",
+        "0 (no training) scores by the backbone's own likelihood: set verifier.zero_init_head=True and "
+        f"verifier.pooling to one of {' | '.join(READS_SURPRISAL)} (else the scores are an untrained head's)",
+    )
     _require(c.tokenizer.vocab_size >= 64, "tokenizer.vocab_size", "must be >= 64")
     _require(
         all(1 <= k <= c.eval.m for k in c.eval.ks),

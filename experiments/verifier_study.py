@@ -56,6 +56,9 @@ CANDIDATES = {
     # FLOPs), pre-trained by the policy's own SFT (3000 steps on the references), then trained as the
     # default verifier is. Does a backbone that slips less stop liking the policy's slips?
     "larger": {"verifier.backbone_sft_steps": 3000},
+    # Same session: the default verifier's starting point, untrained. At seed 0 on its held-out samples the
+    # policy's own likelihood ranked them better than the trained verifier (pairwise 0.828 against 0.802).
+    "likelihood": {"verifier.steps": 0},
 }
 KS = ("2", "4", "8", "32")
 RULE = (

@@ -95,9 +95,11 @@ def test_a_preempted_backbone_resumes_and_the_verifier_stage_completes(tmp_path)
         ({"verifier.model": "huge", "verifier.backbone_sft_steps": 4}, "verifier.model"),
         ({"verifier.backbone_sft_steps": -1}, "verifier.backbone_sft_steps"),
         ({"verifier.backbone_sft_steps": 4, "model.checkpoint": "/x"}, "verifier.backbone_sft_steps"),
+        ({"verifier.steps": 0}, "verifier.steps"),  # the smoke verifier's head is random ('last' pooling)
+        ({"verifier.steps": 0, "verifier.pooling": "likelihood"}, "verifier.steps"),  # no zero head
     ],
 )
-def test_backbone_options_that_would_not_apply_are_refused_by_name(tmp_path, change, key):
+def test_verifier_options_that_would_not_apply_are_refused_by_name(tmp_path, change, key):
     c = smoke_config(tmp_path)
     for k, v in change.items():
         section, field = k.split(".")

@@ -339,6 +339,27 @@ def test_surprisal_pooling_starts_as_the_policys_own_likelihood(arith_task, toke
     np.testing.assert_allclose(z, np.sum(np.where(batch["target_BT"], logp_BT, 0.0), axis=-1), rtol=1e-4, atol=1e-4)
 
 
+def test_zero_steps_train_nothing_the_verifier_is_the_backbone_likelihood(arith_task, tokenizer, tiny):
+    """`steps=0` returns the backbone with a zero head (whose 'likelihood' score is the completion's
+    log-likelihood, test above) and no training metrics; it is refused where the head would score."""
+    cfg, _ = tiny
+    r = np.random.default_rng(0)
+    policy = jax.tree.map(lambda a: (0.3 * r.normal(size=a.shape)).astype(a.dtype), abstract_params(cfg))
+    exs = list(arith_task.examples("test")[:6])
+    prompts, texts = [e.prompt for e in exs], [e.reference for e in exs]
+    labels = np.array([1.0, 0.0] * 3)
+    kw = dict(steps=0, batch_size=4, lr=1e-3, init_params=policy, zero_init_head=True, progress=False,
+              eval_data=(prompts, texts, labels, np.array([0, 0, 1, 1, 2, 2])))
+    params, metrics = train_verifier(cfg, tokenizer, prompts, texts, labels, pooling="likelihood", **kw)
+    want, _ = init_verifier_params(cfg, jax.random.key(0), policy, zero_head=True)
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    assert not any(k.startswith("train/") for k in metrics) and "eval/auc" in metrics
+    with pytest.raises(ValueError, match="steps = 0"):
+        train_verifier(cfg, tokenizer, prompts, texts, labels, pooling="last", **kw)
+    with pytest.raises(ValueError, match="steps = 0"):
+        train_verifier(cfg, tokenizer, prompts, texts, labels, pooling="likelihood", **{**kw, "zero_init_head": False})
+
+
 def test_init_from_policy_copies_the_backbone_and_keeps_a_fresh_head(tokenizer, tiny):
     cfg, _ = tiny
     r = np.random.default_rng(0)

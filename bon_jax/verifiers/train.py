@@ -62,6 +62,7 @@ from bon_jax.train.optim import adamw
 from bon_jax.train.step import TrainState, make_update_step
 from bon_jax.verifiers.calibration import binary_metrics
 from bon_jax.verifiers.learned import (
+    READS_SURPRISAL,
     check_pooling,
     encode_pairs,
     init_verifier_params,
@@ -170,6 +171,8 @@ def _epoch_batches(n: int, batch_size: int, steps: int, rng: np.random.Generator
     shuffled within their group), so a minibatch holds whole groups but for the two at its edges.
     """
     need = steps * batch_size
+    if need == 0:
+        return np.zeros((0, batch_size), np.int64)
     passes = []
     for _ in range(-(-need // n)):
         perm = rng.permutation(n)
@@ -265,7 +268,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
       cfg: the model config (its vocab must cover the tokenizer's).
       prompts, completions, labels: the training triples (labels 0/1).
       steps, batch_size, lr, seed: AdamW steps (linear warm-up over `warmup`, then constant), minibatch
-        size, peak learning rate, seed of the init and of the minibatch order.
+        size, peak learning rate, seed of the init and of the minibatch order. steps = 0 trains nothing:
+        with `zero_init_head` and a likelihood pooling the verifier is the backbone's own likelihood.
       init_params: None (fresh), or params to copy matching leaves from: a policy's (backbone copied,
         value head fresh) or a verifier's (resume). See `init_verifier_params`.
       class_weight: None, 'balanced' or (w_0, w_1) (module docstring).
@@ -290,8 +294,14 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     train/loss_first and train/loss_last (means over the first and last `min(10, steps)` steps),
     train/bce_last, train/accuracy_last, skipped_steps, and eval/* from `evaluate_verifier`.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be positive, got {steps}, {batch_size}")
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"steps must be >= 0 and batch_size positive, got {steps}, {batch_size}")
+    if steps == 0 and not (zero_init_head and pooling in READS_SURPRISAL):
+        raise ValueError(
+            "steps = 0 (no training) scores by the backbone's own likelihood: it needs zero_init_head and a "
+            f"pooling in {READS_SURPRISAL}; with pooling {pooling!r} and zero_init_head={zero_init_head} the "
+            "scores would be an untrained head's"
+        )
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     y = _labels(labels, len(prompts))
@@ -354,8 +364,9 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         return take_rows(table, order[step])
 
     history: list[dict] = []  # every step's metrics, those before a resume read back from the log
-    loop = LoopConfig(steps, ckpt_every, keep, log_every, max_bad_steps, "verifier", progress)
-    state = run_loop(stage_dir, state, update, batch_fn, loop, stop_after=stop_after, history=history)
+    if steps:
+        loop = LoopConfig(steps, ckpt_every, keep, log_every, max_bad_steps, "verifier", progress)
+        state = run_loop(stage_dir, state, update, batch_fn, loop, stop_after=stop_after, history=history)
 
     k = min(10, steps)
     mean_of = lambda key, rows: float(np.mean([float(h[key]) for h in rows]))  # float("nan"): logged NaN
@@ -367,17 +378,20 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         "init_copied_leaves": float(len(copied)),
         "train_truncated": float(data["truncated_B"].sum()),
         "width": float(width),
-        "batch_width_mean": float(np.mean(batch_widths)),
+        "batch_width_mean": float(np.mean(batch_widths)) if steps else 0.0,
         "batch_widths": float(len(set(batch_widths))),
-        "train/loss_first": mean_of("loss", history[:k]),
-        "train/loss_last": mean_of("loss", history[-k:]),
-        "train/bce_last": mean_of("bce", history[-k:]),
-        "train/accuracy_last": mean_of("accuracy", history[-k:]),
         "skipped_steps": float(sum(int(h["skipped"]) for h in history)),
     }
-    if ranking_weight:
+    if steps:
+        metrics.update({
+            "train/loss_first": mean_of("loss", history[:k]),
+            "train/loss_last": mean_of("loss", history[-k:]),
+            "train/bce_last": mean_of("bce", history[-k:]),
+            "train/accuracy_last": mean_of("accuracy", history[-k:]),
+        })
+    if ranking_weight and steps:
         metrics["train/rank_last"] = mean_of("rank", history[-k:])
-    if pooling == "process":
+    if pooling == "process" and steps:
         metrics["train/step_accuracy_last"] = mean_of("step_accuracy", history[-k:])
     if eval_data is not None:
         ep, ec, el, *eg = eval_data
