@@ -16,7 +16,6 @@ from bon_jax.errors import ConfigError
 from bon_jax.pipeline import verifier as verifier_mod
 from bon_jax.pipeline.context import RunContext
 from bon_jax.pipeline.policy import base_policy_stage, model_config, tokenizer_stage
-from bon_jax.pipeline.run import run_experiment
 from bon_jax.train.checkpoint import load_params
 
 WIDER = {"embed_dim": 48, "mlp_dim": 96}  # the smoke policy ("tiny") is 32 wide
@@ -37,10 +36,18 @@ def _leaves_equal(a, b) -> bool:
     return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_own_backbone_is_the_base_policy_a_run_of_that_model_would_train_and_the_verifier_starts_from_it(
+def test_own_backbone_resumes_is_the_base_policy_a_run_of_that_model_would_train_and_starts_the_verifier(
     tmp_path, monkeypatch
 ):
-    c = _own_backbone_config(tmp_path)
+    from bon_jax.train.loop import Preempted
+
+    c = _own_backbone_config(tmp_path, **{"checkpoint.every": 2})
+    ctx = RunContext(validate(c))
+    tok, tok_st = tokenizer_stage(ctx)
+    model_cfg, base, base_st = base_policy_stage(ctx, tok, tok_st)
+    # Preempted in the backbone's SFT (2 of its 4 steps), then resumed to the end.
+    with pytest.raises(Preempted):
+        verifier_mod.verifier_stage(ctx, tok, model_cfg, base, base_st.key, tok_stage=tok_st, stop_after=2)
     started_from = []
     real_train = verifier_mod.train_verifier
 
@@ -49,20 +56,19 @@ def test_own_backbone_is_the_base_policy_a_run_of_that_model_would_train_and_the
         return real_train(cfg, *args, **kw)
 
     monkeypatch.setattr(verifier_mod, "train_verifier", recording_train)
-    run_experiment(c)
+    verifier, ver_st = verifier_mod.verifier_stage(ctx, tok, model_cfg, base, base_st.key, tok_stage=tok_st)
+    assert ver_st.done and verifier.params is not None
 
     stages = sorted(glob.glob(os.path.join(c.workdir, "stages", "base_policy-*")))
     assert len(stages) == 2, stages  # the policy's and the verifier's backbone
-    (cfg, init), = started_from
+    ((cfg, init),) = started_from
     assert cfg.embed_dim == 48 and cfg.mlp_dim == 96
 
     # A run whose policy is that model, trained for backbone_sft_steps, finds the stage done: the same one.
     as_policy = smoke_config(tmp_path, "run", **{"sft.steps": 4})
     as_policy.model.overrides = ConfigDict(WIDER)
-    ctx = RunContext(validate(as_policy))
-    tok, tok_st = tokenizer_stage(ctx)
-    ctx.allow_training = False  # it must not train: the verifier's run made this stage
-    _, params, st = base_policy_stage(ctx, tok, tok_st)
+    ctx_policy = RunContext(validate(as_policy), allow_training=False)  # it must not train
+    _, params, st = base_policy_stage(ctx_policy, tok, tok_st)
     assert st.path in stages
     assert init is not None and _leaves_equal(init, params)
 
@@ -71,19 +77,6 @@ def test_own_backbone_is_the_base_policy_a_run_of_that_model_would_train_and_the
     policy_cfg = model_config(c.model, tok)
     assert policy_cfg.embed_dim == 32
     load_params(os.path.join(policy_stage, "params"), policy_cfg)  # raises if it were another model's
-
-
-def test_a_preempted_backbone_resumes_and_the_verifier_stage_completes(tmp_path):
-    from bon_jax.train.loop import Preempted
-
-    c = _own_backbone_config(tmp_path, **{"checkpoint.every": 2})
-    ctx = RunContext(validate(c))
-    tok, tok_st = tokenizer_stage(ctx)
-    model_cfg, base, base_st = base_policy_stage(ctx, tok, tok_st)
-    with pytest.raises(Preempted):
-        verifier_mod.verifier_stage(ctx, tok, model_cfg, base, base_st.key, tok_stage=tok_st, stop_after=2)
-    verifier, st = verifier_mod.verifier_stage(ctx, tok, model_cfg, base, base_st.key, tok_stage=tok_st)
-    assert st.done and verifier.params is not None
 
 
 @pytest.mark.parametrize(
