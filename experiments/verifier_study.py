@@ -97,6 +97,12 @@ def base_per_prompt(name: str, seed: int, metric: str) -> np.ndarray:
         return np.asarray(json.load(f)["base"][metric], np.float64)
 
 
+def made_on(name: str, seed: int) -> str:
+    """The CPU a run was made on (its summary's `host`, bon_jax/provenance.py), if it recorded one."""
+    with open(os.path.join(run_dir(name, seed), "summary.json")) as f:
+        return json.load(f).get("host", {}).get("cpu", "host not recorded")
+
+
 def held_out(name: str, seed: int) -> dict:
     with open(os.path.join(run_dir(name, seed), "summary.json")) as f:
         v = json.load(f)["verifier"]
@@ -112,8 +118,9 @@ def pooled(names: list[str], seeds: list[int]) -> dict:
         for s in seeds:
             if not np.array_equal(base_per_prompt(name, s, "mean_reward"), base_per_prompt("default", s, "mean_reward")):
                 raise SystemExit(
-                    f"{run_dir(name, s)} and {run_dir('default', s)} scored different base samples (made on "
-                    "hosts whose CPUs round differently?): no pairing. Run both on one host, with --results=DIR."
+                    f"{run_dir(name, s)} ({made_on(name, s)}) and {run_dir('default', s)} ({made_on('default', s)}) "
+                    "scored different base samples (CPUs that round differently train different base policies): "
+                    "no pairing. Run both on one host, with --results=DIR."
                 )
         out[name] = {
             f"bon_at_{k}": crossed_ci(

@@ -68,3 +68,18 @@ def test_bench_reads_each_stages_share_of_the_run(tmp_path):
                    "verifier training": (35.0, 35 / 350), "verifier other": (5.0, 5 / 350),
                    "finetune": (150.0, 150 / 350), "eval (base)": (40.0, 40 / 350)}
     assert bench_stages(tmp_path / "missing") is None
+
+
+def test_a_stage_records_the_host_that_computed_it(tmp_path):
+    """Numbers are bit-exact only on CPUs that round alike (bon_jax/provenance.py): each stage says which."""
+    from bon_jax.provenance import _cpuinfo, host_info
+
+    st = stage(str(tmp_path), "base_policy", {"a": 1})
+    assert st.claim()
+    st.mark_done()
+    assert st.result()["timing"]["host"] == host_info()
+    assert host_info()["cpu"] and host_info()["jax"]
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 fma avx512f amx_tile\n\n"
+                    "processor\t: 1\nmodel name\t: Other\nflags\t\t: sse\n")
+    assert _cpuinfo(str(info)) == ("Some Xeon", ("avx2", "fma", "avx512f", "amx_tile"))

@@ -37,6 +37,7 @@ def test_smoke_experiment_end_to_end(tmp_path):
     on_disk = json.loads(path.read_text())
     assert on_disk["experiment"] == "smoke" and on_disk["wall_s"] > 0
     assert on_disk["config"]["rl"]["n"] == 4
+    assert on_disk["host"]["cpu"] and on_disk["host"]["jax"]  # where it was computed (bon_jax/provenance.py)
     for policy in ("base", "tuned"):
         ev = on_disk["eval"][policy]
         assert set(ev["bon_at_k"]) == {"1", "2", "4"} and set(ev["pass_at_k"]) == {"1", "2", "4"}

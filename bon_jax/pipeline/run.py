@@ -23,6 +23,7 @@ from bon_jax.pipeline.finetune import finetune_stage
 from bon_jax.pipeline.policy import base_policy_stage, tokenizer_stage
 from bon_jax.pipeline.stage_cache import stage
 from bon_jax.pipeline.verifier import verifier_stage
+from bon_jax.provenance import host_info
 
 
 def run_experiment(
@@ -98,6 +99,7 @@ def run_experiment(
         "experiment": c.name,
         "config": c.to_dict(),
         "wall_s": time.time() - t0,
+        "host": host_info(),  # bon_jax/provenance.py: numbers are bit-exact only on alike CPUs
         "stages": stage_paths,  # each done.json holds the stage's timing (`Stage.mark_done`)
         "verifier": ver_st.result() if ver_st.done else {"kind": c.verifier.kind},
         "eval_task": {"name": ctx.eval_task.name, "split": c.eval.split},

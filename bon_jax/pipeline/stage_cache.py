@@ -27,6 +27,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from bon_jax.provenance import host_info
+
 
 def _canonical(value: Any) -> Any:
     if hasattr(value, "to_dict"):
@@ -124,7 +126,8 @@ class Stage:
     def mark_done(self, result: Mapping[str, Any] | None = None) -> None:
         """Writes `done.json` atomically (a crash leaves the stage incomplete, never half-done), then
         releases the stage's lock. It adds `timing`: `wall_s` from the claim to now and `phases_s`
-        (`phase_done`), of this process's session (a resumed stage: the session that finished it)."""
+        (`phase_done`), of this process's session (a resumed stage: the session that finished it), and the
+        `host` that computed it (`bon_jax.provenance.host_info`)."""
         os.makedirs(self.path, exist_ok=True)
         result = dict(result or {})
         laps = _LAPS.pop(self.path, None)
@@ -134,6 +137,7 @@ class Stage:
                 "wall_s": now - laps[0][1],
                 "phases_s": {name: t - t_prev for (_, t_prev), (name, t) in zip(laps, laps[1:])},
                 "finished": now,
+                "host": host_info(),  # the CPU that computed it: results are bit-exact only on alike ones
             }
         tmp = os.path.join(self.path, "done.json.tmp")
         with open(tmp, "w") as f:
