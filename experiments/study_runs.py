@@ -12,6 +12,15 @@ from experiments.probe_rl import cache_root
 from experiments.reproduce.runs import refuse_drifted, run_finished
 
 
+def split_results_flag(argv: list[str] | None, default: str) -> tuple[str, list[str] | None]:
+    """(`--results=DIR` or `default`, the other arguments): where a study keeps its runs. Another host's CPU
+    may round differently and train other base policies, so its runs go elsewhere (bon_jax/provenance.py)."""
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--results", default=default)
+    known, rest = where.parse_known_args(argv)
+    return known.results, rest
+
+
 def parse_args(description: str, candidates: dict, argv: list[str] | None) -> tuple[list[int], list[str], bool]:
     """(seeds, candidate names, list only) from `--seeds=0,1 --only=a,b --list`; unknown names refused."""
     p = argparse.ArgumentParser(description=description)

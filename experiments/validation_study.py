@@ -1,6 +1,6 @@
 """Choose the default experiment's fine-tuning settings on validation prompts of several seeds.
 
-    python -m experiments.validation_study [--seeds=0,1] [--only=V2,V3] [--list]
+    python -m experiments.validation_study [--seeds=0,1] [--only=V2,V3] [--list] [--results=DIR]
 
 runs every candidate of CANDIDATES (config overrides of experiments/arith_bo32.py) at every seed, each
 evaluated on the VALIDATION prompts (never test), in results/study/<candidate>_s<seed> (its summary.json
@@ -25,7 +25,7 @@ from experiments.across_seeds import paired_differences
 from experiments.probe_rl import cache_root  # noqa: F401  (the stage cache of a seed; tests read it here)
 from experiments.reproduce.runs import run_finished
 from experiments.reproduce.stats import crossed_ci
-from experiments.study_runs import parse_args, print_pooled, run_unfinished
+from experiments.study_runs import parse_args, print_pooled, run_unfinished, split_results_flag
 
 # BoN-RL-V (N' = 32, 32 samples a prompt, lr 1e-4, value baseline, dynamic sampling 2) as in
 # experiments/arith_bo32.py, varying what rl_diagnosis.md lists as untried, at the same sample budget.
@@ -46,6 +46,11 @@ CANDIDATES = {
     # still gain on; half of each batch is given to them (rl.dynamic_sampling_target, _miss_share 0.5; 16-36%
     # of a step's first draw were misses at seeds 0-2), with up to 4 extra draws to find them.
     "M16": {"rl.dynamic_sampling": 4, "rl.dynamic_sampling_target": "verifier_misses"},
+    # Fourth round (2026-12-07, third session), on an AVX-512/AMX host (its own base policies: --results):
+    # P16 with the verifier of its own 4x backbone (experiments/verifier_study.py, `larger`; not that
+    # study's choice, its effect on base BoN@32 was +0.016 / +0.133 / -0.109 at seeds 0-2). Does BoN-RL-V
+    # gain more with a verifier that slips less often where the policy is weak?
+    "VL16": {"verifier.backbone_sft_steps": 3000},
 }
 METRICS = ("bon_at_32", "bon_at_4", "pass_at_1", "pass_at_32", "kl")
 RULE = (
@@ -54,15 +59,19 @@ RULE = (
 )
 
 
+# Where the runs live; `--results=DIR` moves them (runs of a host whose CPU rounds differently).
+RESULTS = os.path.join("results", "study")
+
+
 def run_dir(name: str, seed: int) -> str:
-    return os.path.join("results", "study", f"{name}_s{seed}")
+    return os.path.join(RESULTS, f"{name}_s{seed}")
 
 
 def study_config(name: str, seed: int):
     from bon_jax.pipeline.sweep import point_config
     from experiments.arith_bo32 import get_config
 
-    c = point_config(get_config(), {**CANDIDATES[name], "eval.split": "validation"}, "results/study")
+    c = point_config(get_config(), {**CANDIDATES[name], "eval.split": "validation"}, RESULTS)
     c.seed = seed
     c.workdir = run_dir(name, seed)
     return c
@@ -94,6 +103,8 @@ def choose(table: dict) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global RESULTS
+    RESULTS, argv = split_results_flag(argv, RESULTS)
     seeds, names, list_only = parse_args(__doc__.splitlines()[0], CANDIDATES, argv)
     run_unfinished(names, seeds, CANDIDATES, study_config, run_dir, "study", list_only)
     table = pooled(names, seeds)

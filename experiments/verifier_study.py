@@ -25,7 +25,6 @@ the levers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -34,7 +33,7 @@ import numpy as np
 from experiments.probe_rl import cache_root  # noqa: F401  (the stage cache of a seed; tests read it here)
 from experiments.reproduce.runs import run_finished
 from experiments.reproduce.stats import crossed_ci
-from experiments.study_runs import parse_args, print_pooled, run_unfinished
+from experiments.study_runs import parse_args, print_pooled, run_unfinished, split_results_flag
 
 _MORE = {"verifier.reference_only_prompts": 3000, "verifier.steps": 600}
 # The study stops before fine-tuning, so the rl section never enters its runs; it is pinned to the default's
@@ -144,10 +143,7 @@ def choose(table: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     global RESULTS
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--results", default=RESULTS)
-    known, argv = where.parse_known_args(argv)
-    RESULTS = known.results
+    RESULTS, argv = split_results_flag(argv, RESULTS)
     seeds, names, list_only = parse_args(__doc__.splitlines()[0], CANDIDATES, argv)
     if "default" not in names:
         names = ["default", *names]  # every difference is taken against it

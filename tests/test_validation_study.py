@@ -51,3 +51,11 @@ def test_pooled_reads_the_finished_runs_paired_over_seeds_and_prompts(tmp_path, 
     assert list(table) == ["V3"]  # V2 has no finished runs
     assert table["V3"]["bon_at_32"].mean == pytest.approx(0.2)  # both seeds, paired within each
     assert table["V3"]["bon_at_32"].seeds == 2 and table["V3"]["bon_at_32"].prompts == 40
+
+
+def test_results_flag_moves_every_run_of_the_study(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "RESULTS", study.RESULTS)  # main sets it; restored after the test
+    study.main(["--results", str(tmp_path / "elsewhere"), "--only=VL16", "--seeds=0", "--list"])
+    assert "to do  VL16 seed 0" in capsys.readouterr().out
+    assert study.study_config("VL16", 0).workdir == str(tmp_path / "elsewhere" / "VL16_s0")
+
