@@ -458,9 +458,8 @@ def check_verifier_backbone(c: ConfigDict) -> None:
     except ConfigError as e:  # keyed model.name or model.<field>: name the verifier's key instead
         key = "verifier.model" if e.key == "model.name" else f"verifier.model_overrides.{e.key.partition('.')[2]}"
         raise ConfigError(key, e.message) from None
-    own = steps > 0 or bool(v.model_overrides.to_dict())
     _require(
-        not (own and v.model == c.model.name and not steps),
+        steps > 0 or v.model != c.model.name or not v.model_overrides.to_dict(),
         "verifier.model_overrides",
         f"a verifier named like the policy ({v.model!r}) starts from the base policy's own weights and "
         "architecture; its overrides would not apply. Set verifier.backbone_sft_steps > 0 to give it a "
