@@ -21,7 +21,7 @@ def test_version_and_fake_devices():
 LAYERS = (
     ("bon_jax.xla_cpu",),  # the XLA:CPU flag the package sets on import, before anything else
     ("bon_jax", "bon_jax.errors"),
-    ("bon_jax.parallel", "bon_jax.bon", "bon_jax.distinct", "bon_jax.metrics", "bon_jax.sandbox"),
+    ("bon_jax.parallel", "bon_jax.bon", "bon_jax.distinct", "bon_jax.metrics", "bon_jax.sandbox", "bon_jax.provenance"),
     ("bon_jax.models",),  # the decoder, its cache, masks, configs and params
     ("bon_jax.train.checkpoint",),  # orbax checkpoints, and a model's params saved / loaded
     ("bon_jax.models.checkpoints",),  # released checkpoint formats, and bon_jax's own params
