@@ -9,6 +9,7 @@ where this record matches, so every stage's `done.json` (`timing.host`) and ever
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -20,19 +21,16 @@ CODEGEN_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", 
 def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, tuple[str, ...]]:
     """(model name, the CODEGEN_FLAGS it has), from the first processor of /proc/cpuinfo (Linux)."""
     model, flags = "", set()
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-                if model and flags:
-                    break
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path) as f:  # no /proc/cpuinfo: the platform module's name
+        for line in f:
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+            if model and flags:
+                break
     return model or platform.processor() or platform.machine(), tuple(f for f in CODEGEN_FLAGS if f in flags)
 
 

@@ -58,7 +58,7 @@ def verifier_miss_B(rewards_BM, scores_BM) -> np.ndarray:
     return picked_B < rewards_BM.max(axis=1)
 
 
-TARGETS = DYNAMIC_SAMPLING_TARGETS  # ("mixed_rewards", "verifier_misses")
+TARGETS = DYNAMIC_SAMPLING_TARGETS  # named once, in the config that validates them
 # A prompt's level (`levels_B`): the batch is filled from the highest level down.
 UNINFORMATIVE, INFORMATIVE, MISS = 0, 1, 2
 

@@ -29,9 +29,8 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from bon_jax.models import get_config
 from bon_jax.pipeline.context import RunContext
-from bon_jax.pipeline.policy import base_policy_stage
+from bon_jax.pipeline.policy import base_policy_stage, model_config
 from bon_jax.pipeline.rollouts import draw_graded
 from bon_jax.pipeline.stage_cache import stage
 from bon_jax.train.loop import Preempted
@@ -133,19 +132,19 @@ def _backbone(ctx: RunContext, tokenizer, model_cfg, base_params, tok_stage, sto
     pre-trained by SFT as the base policy is, where `verifier.backbone_sft_steps` > 0; else a fresh one."""
     c = ctx.config
     v = c.verifier
-    if v.backbone_sft_steps:
-        if tok_stage is None:
-            raise ValueError("verifier.backbone_sft_steps > 0 needs the tokenizer's stage (tok_stage=...)")
-        model = ConfigDict(c.model.to_dict())
-        model.name, model.overrides = v.model, ConfigDict(v.model_overrides.to_dict())
-        sft = ConfigDict(c.sft.to_dict())
-        sft.steps = v.backbone_sft_steps
-        cfg, params, _ = base_policy_stage(ctx, tokenizer, tok_stage, model=model, sft=sft, stop_after=stop_after)
-        return cfg, params
-    if v.model == c.model.name:
+    if v.model == c.model.name and not v.backbone_sft_steps:
         return model_cfg, base_params
-    cfg = get_config(v.model, vocab_size=tokenizer.vocab_size, dtype=c.model.dtype, **v.model_overrides.to_dict())
-    return cfg, None
+    # The policy's model section with the verifier's model: what a run with it as its policy would read.
+    model = ConfigDict(c.model.to_dict())
+    model.name, model.overrides = v.model, ConfigDict(v.model_overrides.to_dict())
+    if not v.backbone_sft_steps:
+        return model_config(model, tokenizer), None
+    if tok_stage is None:
+        raise ValueError("verifier.backbone_sft_steps > 0 needs the tokenizer's stage (tok_stage=...)")
+    sft = ConfigDict(c.sft.to_dict())
+    sft.steps = v.backbone_sft_steps
+    cfg, params, _ = base_policy_stage(ctx, tokenizer, tok_stage, model=model, sft=sft, stop_after=stop_after)
+    return cfg, params
 
 
 # The hard negatives' kinds of every verifier cached before `verifier.corruption_kinds` existed.

@@ -382,17 +382,17 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
         "batch_widths": float(len(set(batch_widths))),
         "skipped_steps": float(sum(int(h["skipped"]) for h in history)),
     }
-    if steps:
+    if steps:  # no training, no training metrics
         metrics.update({
             "train/loss_first": mean_of("loss", history[:k]),
             "train/loss_last": mean_of("loss", history[-k:]),
             "train/bce_last": mean_of("bce", history[-k:]),
             "train/accuracy_last": mean_of("accuracy", history[-k:]),
         })
-    if ranking_weight and steps:
-        metrics["train/rank_last"] = mean_of("rank", history[-k:])
-    if pooling == "process" and steps:
-        metrics["train/step_accuracy_last"] = mean_of("step_accuracy", history[-k:])
+        if ranking_weight:
+            metrics["train/rank_last"] = mean_of("rank", history[-k:])
+        if pooling == "process":
+            metrics["train/step_accuracy_last"] = mean_of("step_accuracy", history[-k:])
     if eval_data is not None:
         ep, ec, el, *eg = eval_data
         report = evaluate_verifier(state.params, cfg, tokenizer, ep, ec, el, groups=eg[0] if eg else None,
