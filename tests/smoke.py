@@ -4,6 +4,8 @@ that its fine-tuning did something (without it, "resumed == uninterrupted" could
 import glob
 import json
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -18,6 +20,32 @@ def smoke_config(tmp_path, name="run", **overrides):
         section, field = key.split(".")
         c[section][field] = value
     return c
+
+
+UPSTREAM_STAGES = ("tokenizer", "base_policy", "verifier")
+
+
+def copy_upstream_stages(c, shared_root):
+    """Puts finished tokenizer, base-policy and verifier stages of config `c` into `c`'s own stage cache,
+    copied from the stage cache under `shared_root`, where the first test of the session to ask for them
+    trains them (stage_cache's locks let the two xdist workers train each stage once between them).
+
+    For runner tests of the stages after these (fine-tuning, sweeps, preemption): they train their own
+    fine-tuning from the same base policy a fresh run would train, without paying 150 SFT steps each.
+    Call it before monkeypatching anything the upstream stages use, or the shared cache holds the patch."""
+    from bon_jax.pipeline.run import run_experiment
+
+    upstream = c.copy_and_resolve_references()
+    upstream.stages = UPSTREAM_STAGES
+    os.makedirs(shared_root, exist_ok=True)
+    upstream.workdir = tempfile.mkdtemp(dir=shared_root)  # its summary.json only; the stages are shared
+    summary = run_experiment(upstream, cache_root=os.path.join(shared_root, "stages"))
+    for name in UPSTREAM_STAGES:
+        src = summary["stages"][name]
+        if not os.path.isdir(src):  # an oracle verifier's stage writes nothing
+            continue
+        shutil.copytree(src, os.path.join(c.workdir, "stages", os.path.basename(src)),
+                        ignore=shutil.ignore_patterns(".lock"))
 
 
 def _only(pattern):

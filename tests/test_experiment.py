@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from smoke import assert_finetuning_moved, smoke_config
+from smoke import assert_finetuning_moved, copy_upstream_stages, smoke_config
 
 from bon_jax.config import load_experiment
 from bon_jax.pipeline import finetune as finetune_mod
@@ -56,10 +56,11 @@ def test_smoke_experiment_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_mid_finetune_then_restart_gives_uninterrupted_params(tmp_path, monkeypatch):
+def test_sigterm_mid_finetune_then_restart_gives_uninterrupted_params(tmp_path, monkeypatch, shared_stage_root):
     stages = ("tokenizer", "base_policy", "verifier", "finetune")
     c = smoke_config(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 4})
     c.stages = stages
+    copy_upstream_stages(c, shared_stage_root)
     run_experiment(c)
     done_dir = _finetune_dir(c.workdir)
     # The comparison below means something only if the steps after the step-2 checkpoint move the params.
@@ -96,7 +97,11 @@ def test_sigterm_mid_finetune_then_restart_gives_uninterrupted_params(tmp_path, 
 
 
 @pytest.mark.slow
-def test_nonfinite_steps_are_skipped_logged_and_stop_the_run(tmp_path, monkeypatch):
+def test_nonfinite_steps_are_skipped_logged_and_stop_the_run(tmp_path, monkeypatch, shared_stage_root):
+    c = smoke_config(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 6, "rl.max_bad_steps": 3})
+    c.stages = ("tokenizer", "base_policy", "verifier", "finetune")
+    c.log_every = 1
+    copy_upstream_stages(c, shared_stage_root)
     real_get = finetune_mod.objectives.get
 
     def poisoned(name):
@@ -104,9 +109,6 @@ def test_nonfinite_steps_are_skipped_logged_and_stop_the_run(tmp_path, monkeypat
         return lambda logp, rollout, **kw: (lambda out: (out[0] * jnp.nan, out[1]))(fn(logp, rollout, **kw))
 
     monkeypatch.setattr(finetune_mod.objectives, "get", poisoned)
-    c = smoke_config(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 6, "rl.max_bad_steps": 3})
-    c.stages = ("tokenizer", "base_policy", "verifier", "finetune")
-    c.log_every = 1
     with pytest.raises(FloatingPointError, match="3 consecutive steps with non-finite loss"):
         run_experiment(c)
     rows = [json.loads(x) for x in open(os.path.join(_finetune_dir(c.workdir), "logs", "finetune.jsonl"))]

@@ -26,11 +26,12 @@ def test_cached_decode_equals_a_full_forward():
     G, E = MODEL["num_kv_heads"], MODEL["head_dim"]
     empty = lambda: [(jnp.zeros((2, G, S, E)), jnp.zeros((2, G, S, E))) for _ in range(MODEL["num_layers"])]
     positions = lambda t0, t1: jnp.broadcast_to(jnp.arange(t0, t1), (2, t1 - t0))
-    logits, caches = FNS["forward"](params, tokens[:, :T_p], positions(0, T_p), empty(), 0, key_pos)
+    forward = jax.jit(FNS["forward"])  # one compile per shape, not thousands of op-by-op dispatches
+    logits, caches = forward(params, tokens[:, :T_p], positions(0, T_p), empty(), 0, key_pos)
     for t in range(T_p, S):
-        full, _ = FNS["forward"](params, tokens[:, :t], positions(0, t), empty(), 0, key_pos)
+        full, _ = forward(params, tokens[:, :t], positions(0, t), empty(), 0, key_pos)
         np.testing.assert_allclose(logits, full, rtol=1e-4, atol=1e-4)
-        logits, caches = FNS["forward"](params, tokens[:, t:t + 1], positions(t, t + 1), caches, t, key_pos)
+        logits, caches = forward(params, tokens[:, t:t + 1], positions(t, t + 1), caches, t, key_pos)
     assert float(jnp.std(logits)) > 0.1
 
 

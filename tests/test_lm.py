@@ -46,12 +46,13 @@ def test_token_logprobs_match_float64_log_softmax_of_forward():
     model, params = make_model(cfg), init_params(cfg, jax.random.key(1))
     tokens = jnp.array([[2, 5, 7, 9, 1, 0, 0], [2, 11, 3, 4, 8, 6, 1]], jnp.int32)
     valid = tokens != 0
-    got = token_logprobs(model, params, tokens, valid)
+    got = jax.jit(lambda p, t, v: token_logprobs(model, p, t, v))(params, tokens, valid)
+    forward = jax.jit(model.apply)
     for b in range(2):
         n = int(valid[b].sum())
         pos = jnp.arange(n)[None]
         mask = jnp.tril(jnp.ones((n, n), bool))[None]
-        logits, _ = model.apply({"params": params}, tokens[b : b + 1, :n], pos, mask)
+        logits, _ = forward({"params": params}, tokens[b : b + 1, :n], pos, mask)
         logits = np.asarray(logits[0], np.float64)
         ref = (
             logits

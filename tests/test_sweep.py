@@ -3,14 +3,15 @@
 import os
 
 import pytest
-from smoke import assert_finetuning_moved, smoke_config
+from smoke import assert_finetuning_moved, copy_upstream_stages, smoke_config
 
 
 @pytest.mark.slow
-def test_sweep_runs_shards_skips_done_points_and_plots(tmp_path):
+def test_sweep_runs_shards_skips_done_points_and_plots(tmp_path, shared_stage_root):
     from bon_jax.pipeline.sweep import pareto_front, run_sweep
 
     c = smoke_config(tmp_path, **{"verifier.kind": "oracle", "rl.steps": 2, "eval.num_prompts": 4})
+    copy_upstream_stages(c, shared_stage_root)  # the points' shared base policy, trained once per session
     grid = [{"rl.objective": "kl_rl", "rl.beta": 0.1}, {"rl.objective": "bon_rl", "rl.n": 2}]
     first = run_sweep(c, grid, shard=1, num_shards=2)
     assert [r["objective"] for r in first] == ["bon_rl"]
