@@ -1,6 +1,6 @@
 """Choose the default experiment's fine-tuning settings on validation prompts of several seeds.
 
-    python -m experiments.validation_study [--seeds=0,1] [--only=V2,V3] [--list] [--results=DIR]
+    python -m experiments.validation_study [--seeds=0,1] [--only=V2,V3] [--list] [--results=DIR] [--test]
 
 runs every candidate of CANDIDATES (config overrides of experiments/arith_bo32.py) at every seed, each
 evaluated on the VALIDATION prompts (never test), in results/study/<candidate>_s<seed> (its summary.json
@@ -13,12 +13,18 @@ comes first. Finished runs (summary.json present) are skipped and an interrupted
 stage checkpoints: rerun the command to go on. Every candidate gets the same prompts, seeds and evaluation;
 the list below is every try, to be reported with the choice (docs/lab_notes/rl_diagnosis.md).
 
+`--test` reads the TEST prompts, once, for RULE's choice: it refuses unless `--only` names exactly the
+candidate RULE chooses from those seeds' finished validation runs, then runs it with `eval.split=test` in
+<results>/test/<candidate>_s<seed> (the same stage cache: only the evaluations are new) and prints its
+tuned - base differences pooled over the seeds' test prompts.
+
 Why a study over seeds: a setting chosen on one seed's validation prompts (run V3, 240 steps) raised
 BoN@32 on seed 0's test prompts and not on seeds 1 and 2 (rl_diagnosis.md, "V3 on test and on other seeds").
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from experiments.across_seeds import paired_differences
@@ -63,18 +69,26 @@ RULE = (
 RESULTS = os.path.join("results", "study")
 
 
-def run_dir(name: str, seed: int) -> str:
-    return os.path.join(RESULTS, f"{name}_s{seed}")
+def run_dir(name: str, seed: int, split: str = "validation") -> str:
+    return os.path.join(RESULTS, *(("test",) if split == "test" else ()), f"{name}_s{seed}")
 
 
-def study_config(name: str, seed: int):
+def study_config(name: str, seed: int, split: str = "validation"):
     from bon_jax.pipeline.sweep import point_config
     from experiments.arith_bo32 import get_config
 
-    c = point_config(get_config(), {**CANDIDATES[name], "eval.split": "validation"}, RESULTS)
+    c = point_config(get_config(), {**CANDIDATES[name], "eval.split": split}, RESULTS)
     c.seed = seed
-    c.workdir = run_dir(name, seed)
+    c.workdir = run_dir(name, seed, split)
     return c
+
+
+def run_dir_on_test(name: str, seed: int) -> str:
+    return run_dir(name, seed, "test")
+
+
+def config_on_test(name: str, seed: int):
+    return study_config(name, seed, "test")
 
 
 def finished(name: str, seed: int) -> bool:
@@ -102,10 +116,32 @@ def choose(table: dict) -> str | None:
     return min(close, key=lambda n: (table[n]["kl"].mean, -table[n]["bon_at_32"].mean))
 
 
+def read_test(names: list[str], seeds: list[int], list_only: bool) -> None:
+    """Runs RULE's choice over `seeds` on the test prompts (module docstring, `--test`) and prints its
+    pooled tuned - base differences there."""
+    chosen = choose(pooled(list(CANDIDATES), seeds))
+    if names != [chosen]:
+        raise SystemExit(
+            f"--test reads the test prompts for RULE's choice over seeds {seeds} only ({chosen}; every "
+            f"candidate finished at those seeds competes); --only named {names}"
+        )
+    run_unfinished(names, seeds, CANDIDATES, config_on_test, run_dir_on_test, "study: test", list_only)
+    if all(run_finished(run_dir_on_test(chosen, s)) for s in seeds):
+        dirs = [run_dir_on_test(chosen, s) for s in seeds]
+        table = {chosen: {m: crossed_ci(paired_differences(dirs, m)) for m in METRICS}}
+        title = f"Tuned - base on TEST prompts, pooled over seeds {seeds} x prompts (crossed 95% CI)"
+        print_pooled(title, list(METRICS), table, names, CANDIDATES)
+
+
 def main(argv: list[str] | None = None) -> None:
     global RESULTS
     RESULTS, argv = split_results_flag(argv, RESULTS)
+    test_flag = argparse.ArgumentParser(add_help=False)
+    test_flag.add_argument("--test", action="store_true")
+    known, argv = test_flag.parse_known_args(argv)
     seeds, names, list_only = parse_args(__doc__.splitlines()[0], CANDIDATES, argv)
+    if known.test:
+        return read_test(names, seeds, list_only)
     run_unfinished(names, seeds, CANDIDATES, study_config, run_dir, "study", list_only)
     table = pooled(names, seeds)
     title = f"Tuned - base on validation prompts, pooled over seeds {seeds} x prompts (crossed 95% CI)"

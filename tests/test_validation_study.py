@@ -59,3 +59,23 @@ def test_results_flag_moves_every_run_of_the_study(tmp_path, monkeypatch, capsys
     assert "to do  VL16 seed 0" in capsys.readouterr().out
     assert study.study_config("VL16", 0).workdir == str(tmp_path / "elsewhere" / "VL16_s0")
 
+
+
+def test_test_flag_reads_test_prompts_for_the_rules_choice_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "RESULTS", study.RESULTS)  # main sets it; restored after the test
+    results = tmp_path / "r"
+    rng = np.random.default_rng(1)
+    for name, shift in (("P16", 0.0), ("VL16", 0.2)):  # VL16's BoN@32 gain is far ahead: the rule's choice
+        d = results / f"{name}_s0"
+        d.mkdir(parents=True)
+        base = {m: rng.uniform(size=40).tolist() for m in study.METRICS}
+        tuned = {m: (np.asarray(v) + shift).tolist() for m, v in base.items()}
+        (d / "per_prompt.json").write_text(json.dumps({"base": base, "tuned": tuned}))
+        (d / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"RULE's choice over seeds \[0\] only \(VL16.*named \['P16'\]"):
+        study.main(["--results", str(results), "--only=P16", "--seeds=0", "--test", "--list"])
+    study.main(["--results", str(results), "--only=VL16", "--seeds=0", "--test", "--list"])
+    assert "to do  VL16 seed 0" in capsys.readouterr().out
+    c = study.config_on_test("VL16", 0)
+    assert c.eval.split == "test" and c.workdir == str(results / "test" / "VL16_s0")
+    assert study.study_config("VL16", 0).eval.split == "validation"  # the study itself never reads test
