@@ -25,6 +25,7 @@ BoN@32 on seed 0's test prompts and not on seeds 1 and 2 (rl_diagnosis.md, "V3 o
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 from experiments.across_seeds import paired_differences
@@ -70,7 +71,8 @@ RESULTS = os.path.join("results", "study")
 
 
 def run_dir(name: str, seed: int, split: str = "validation") -> str:
-    return os.path.join(RESULTS, *(("test",) if split == "test" else ()), f"{name}_s{seed}")
+    root = os.path.join(RESULTS, "test") if split == "test" else RESULTS
+    return os.path.join(root, f"{name}_s{seed}")
 
 
 def study_config(name: str, seed: int, split: str = "validation"):
@@ -83,25 +85,17 @@ def study_config(name: str, seed: int, split: str = "validation"):
     return c
 
 
-def run_dir_on_test(name: str, seed: int) -> str:
-    return run_dir(name, seed, "test")
+def finished(name: str, seed: int, split: str = "validation") -> bool:
+    return run_finished(run_dir(name, seed, split))
 
 
-def config_on_test(name: str, seed: int):
-    return study_config(name, seed, "test")
-
-
-def finished(name: str, seed: int) -> bool:
-    return run_finished(run_dir(name, seed))
-
-
-def pooled(names: list[str], seeds: list[int]) -> dict:
-    """{candidate: {metric: crossed_ci over seeds x validation prompts}} of the finished candidates."""
+def pooled(names: list[str], seeds: list[int], split: str = "validation") -> dict:
+    """{candidate: {metric: crossed_ci over seeds x `split` prompts}} of the finished candidates."""
     out = {}
     for name in names:
-        if not all(finished(name, s) for s in seeds):
+        if not all(finished(name, s, split) for s in seeds):
             continue
-        dirs = [run_dir(name, s) for s in seeds]
+        dirs = [run_dir(name, s, split) for s in seeds]
         out[name] = {m: crossed_ci(paired_differences(dirs, m)) for m in METRICS}
     return out
 
@@ -125,10 +119,10 @@ def read_test(names: list[str], seeds: list[int], list_only: bool) -> None:
             f"--test reads the test prompts for RULE's choice over seeds {seeds} only ({chosen}; every "
             f"candidate finished at those seeds competes); --only named {names}"
         )
-    run_unfinished(names, seeds, CANDIDATES, config_on_test, run_dir_on_test, "study: test", list_only)
-    if all(run_finished(run_dir_on_test(chosen, s)) for s in seeds):
-        dirs = [run_dir_on_test(chosen, s) for s in seeds]
-        table = {chosen: {m: crossed_ci(paired_differences(dirs, m)) for m in METRICS}}
+    on_test = functools.partial(study_config, split="test"), functools.partial(run_dir, split="test")
+    run_unfinished(names, seeds, CANDIDATES, *on_test, "study: test", list_only)
+    table = pooled(names, seeds, "test")
+    if table:
         title = f"Tuned - base on TEST prompts, pooled over seeds {seeds} x prompts (crossed 95% CI)"
         print_pooled(title, list(METRICS), table, names, CANDIDATES)
 

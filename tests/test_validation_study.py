@@ -37,7 +37,7 @@ def test_choice_takes_the_best_bon32_gain_or_a_close_one_with_less_kl():
 
 
 def test_pooled_reads_the_finished_runs_paired_over_seeds_and_prompts(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "run_dir", lambda name, seed: str(tmp_path / f"{name}_s{seed}"))
+    monkeypatch.setattr(study, "run_dir", lambda name, seed, split="validation": str(tmp_path / f"{name}_s{seed}"))
     rng = np.random.default_rng(0)
     for seed in (0, 1):
         d = tmp_path / f"V3_s{seed}"
@@ -76,6 +76,6 @@ def test_test_flag_reads_test_prompts_for_the_rules_choice_only(tmp_path, monkey
         study.main(["--results", str(results), "--only=P16", "--seeds=0", "--test", "--list"])
     study.main(["--results", str(results), "--only=VL16", "--seeds=0", "--test", "--list"])
     assert "to do  VL16 seed 0" in capsys.readouterr().out
-    c = study.config_on_test("VL16", 0)
+    c = study.study_config("VL16", 0, "test")
     assert c.eval.split == "test" and c.workdir == str(results / "test" / "VL16_s0")
     assert study.study_config("VL16", 0).eval.split == "validation"  # the study itself never reads test
