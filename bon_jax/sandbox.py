@@ -1128,14 +1128,31 @@ def processes_of_uid(uid: int) -> list[int]:
     return pids
 
 
+# CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state: two threads
+# parsing at once at different stack depths (a garbage collection during one parse runs finalisers,
+# which lets another thread in) fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905). Runs are supervised from threads, so their report parses take turns.
+_report_parse_lock = threading.Lock()
+
+
+def _report_message(line: str | bytes) -> dict | None:
+    """One line of the launcher's report as the dict literal it wrote, or None if it is not one."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    try:
+        with _report_parse_lock:
+            msg = ast.literal_eval(line)
+    except (ValueError, SyntaxError):
+        return None
+    return msg if isinstance(msg, dict) else None
+
+
 def _props_of(report: bytes) -> dict | None:
     """The launcher's first (complete) props report, once it has come."""
     for line in report.split(b"\n")[:-1]:
         if line.startswith(b"{'props':"):
-            try:
-                return ast.literal_eval(line.decode("utf-8", errors="replace"))["props"]
-            except (ValueError, SyntaxError, KeyError):
-                return {}
+            msg = _report_message(line)
+            return msg.get("props", {}) if msg is not None else {}
     return None
 
 
@@ -1238,9 +1255,8 @@ def _supervise(proc, report_r, timeout_s, limits, rlimits, t0, workdir) -> RunRe
     exits: list[dict] = []
     errors: list[str] = []
     for line in report.decode("utf-8", errors="replace").splitlines():
-        try:
-            msg = ast.literal_eval(line)
-        except (ValueError, SyntaxError):
+        msg = _report_message(line)
+        if msg is None:
             continue
         if "props" in msg:
             warnings += msg["props"].pop("warnings", [])

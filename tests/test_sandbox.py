@@ -7,6 +7,7 @@ skip (with the reason) where the probe run says the feature was not available.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -229,6 +230,7 @@ def test_large_file_write_is_refused(work_root):
 
 
 DISK_FILLER = """
+import gc
 import os
 written, files, errors = 0, 0, set()
 for d in (".", "/tmp", "/var/tmp", "/dev/shm"):   # one quota over all of them
@@ -678,3 +680,45 @@ def test_runs_die_with_the_trainer_and_leave_no_directory(work_root, end):
     finally:  # the helper is dead: no new work directory can appear
         for d in os.listdir(work_root):
             shutil.rmtree(os.path.join(work_root, d))
+
+
+def test_report_parses_from_many_threads_at_different_stack_depths():
+    """Runs are supervised from threads, and each parses its launcher's report. On CPython 3.11 two
+    parses at once (one thread's garbage collection runs a finaliser that lets another in) at
+    different stack depths fail with "AST constructor recursion depth mismatch": this failed CI on
+    the HumanEval canonical-solutions test. Without `_report_parse_lock` this test reproduces it."""
+    line = repr({"props": {"warnings": ["w"] * 4, "uid": None, "x": [1, [2, [3, (4,)]]]}, "e": 0})
+
+    class Finalised:
+        def __del__(self):
+            threading.Event().wait(0)  # Python code in a finaliser: a point to switch threads
+
+    errors: list[BaseException] = []
+
+    def parse_at_depth(depth: int) -> None:
+        if depth:
+            return parse_at_depth(depth - 1)
+        cycle = Finalised()
+        cycle.self = cycle  # only the cyclic collector frees it, during some later allocation
+        assert sandbox._report_message(line)["e"] == 0
+
+    def worker(depth: int) -> None:
+        try:
+            for _ in range(3000):
+                parse_at_depth(depth)
+        except BaseException as e:  # noqa: BLE001 - reported in the main thread
+            errors.append(e)
+
+    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(20, 1, 1)
+    try:
+        threads = [threading.Thread(target=worker, args=(depth,)) for depth in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        gc.set_threshold(*thresholds)
+    assert errors == []
