@@ -47,8 +47,9 @@ def main(argv=None) -> None:
     cfg = importlib.import_module(config_module.removesuffix(".py").replace("/", ".")).get_config()
     work = tempfile.mkdtemp(prefix="finetune_stage_")
     stages = os.path.join(a.run_dir, "stages")
+    # Every cached version is copied: the run's config finds its own by its stage key, as the run did.
     copied = [s for s in sorted(os.listdir(stages)) if s.split("-")[0] in CACHED_STAGES]
-    if len(copied) != len(CACHED_STAGES):
+    if {s.split("-")[0] for s in copied} != set(CACHED_STAGES):
         raise SystemExit(f"{stages}: want finished {', '.join(CACHED_STAGES)} stages, found {copied}")
     for s in copied:
         shutil.copytree(os.path.join(stages, s), os.path.join(work, "stages", s))
