@@ -22,23 +22,22 @@ import argparse
 import os
 
 from experiments.arith_bo32 import get_config
-from experiments.probe_rl import cache_root
+from experiments.probe_rl import cache_root, train_workdir
 
 FIGURE = os.path.join("docs", "figures", "headline_bon_at_k.png")
 
 
-def workdir(seed: int) -> str:
-    """`make train`'s workdir at `seed` (the default's for seed 0)."""
-    return os.path.join("runs", "arith_bo32" if seed == 0 else f"arith_bo32_seed{seed}")
+def standard_rl_workdir(seed: int) -> str:
+    return train_workdir(seed) + "_standard_rl"
 
 
 def run_both(seed: int = 0):
     from bon_jax.pipeline.run import run_experiment
 
     bon = get_config()
-    bon.seed, bon.workdir = seed, workdir(seed)
+    bon.seed, bon.workdir = seed, train_workdir(seed)
     standard = get_config()
-    standard.seed, standard.workdir = seed, workdir(seed) + "_standard_rl"
+    standard.seed, standard.workdir = seed, standard_rl_workdir(seed)
     # RLOO's best shape on validation of the two tried at this budget (docs/lab_notes/rl_diagnosis.md):
     # 32 prompts x 8 samples (8 x 32 gained less pass@1)
     standard.rl.objective, standard.rl.n = "kl_rl", 1
@@ -61,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help=f"the figure (default: {FIGURE} at seed 0)")
     args = parser.parse_args()
     if args.out is None:
-        args.out = FIGURE if args.seed == 0 else os.path.join(workdir(args.seed) + "_standard_rl", "headline.png")
+        args.out = FIGURE if args.seed == 0 else os.path.join(standard_rl_workdir(args.seed), "headline.png")
     from bon_jax.cli import enable_compilation_cache
     from bon_jax.pipeline import report
 

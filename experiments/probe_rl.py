@@ -27,12 +27,18 @@ import sys
 
 from experiments.arith_bo32 import get_config
 
-SHARED_CACHE = os.path.join("runs", "arith_bo32", "stages")
+
+def train_workdir(seed: int) -> str:
+    """`make train`'s workdir at `seed` (seed S != 0: with --config.workdir=runs/arith_bo32_seedS)."""
+    return os.path.join("runs", "arith_bo32" if seed == 0 else f"arith_bo32_seed{seed}")
 
 
 def cache_root(seed: int) -> str:
-    """The stage cache `make train` writes at `seed` (seed S != 0: with --config.workdir=runs/arith_bo32_seedS)."""
-    return SHARED_CACHE if seed == 0 else os.path.join("runs", f"arith_bo32_seed{seed}", "stages")
+    """The stage cache `make train` writes at `seed`."""
+    return os.path.join(train_workdir(seed), "stages")
+
+
+SHARED_CACHE = cache_root(0)
 
 
 def _even_answer_grade(self, example, completion):
