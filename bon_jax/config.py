@@ -27,6 +27,7 @@ from bon_jax.tasks.base import Task
 from bon_jax.tasks.registry import get_task_class, task_names
 from bon_jax.verifiers.learned import POOLINGS, READS_SURPRISAL
 from bon_jax.verifiers.steps import AGGREGATES
+from bon_jax.verifiers.train import RANKINGS
 
 # Stages of the pipeline, in order; each caches its output under <workdir>/<stage>-<hash of its config>.
 STAGES = ("tokenizer", "base_policy", "verifier", "finetune", "eval", "report")
@@ -104,6 +105,9 @@ def base_config() -> ConfigDict:
     # lambda of the within-prompt Bradley-Terry ranking term added to the BCE (bon_jax.verifiers.train);
     # 0 = Chow et al.'s plain BCE.
     c.verifier.ranking_weight = 0.0
+    # Its kind: 'pairwise' (Bradley-Terry over a prompt's (correct, incorrect) pairs) or 'listwise' (-log of
+    # the softmax mass of a prompt's correct completions: the top-scored incorrect ones weigh most).
+    c.verifier.ranking = "pairwise"
     # Per training prompt, this many corruptions of its reference (e.g. one slipped step carried through to
     # the answer) as incorrect examples, with the reference as a correct one: hard negatives that differ from
     # a correct solution only in its arithmetic. Tasks with a `corrupt(reference, rng)` method (arith).
@@ -424,6 +428,11 @@ def check_values(c: ConfigDict) -> None:
         c.verifier.ranking_weight >= 0,
         "verifier.ranking_weight",
         f"must be >= 0 (0 = plain BCE), got {c.verifier.ranking_weight}",
+    )
+    _require(
+        c.verifier.ranking in RANKINGS,
+        "verifier.ranking",
+        f"must be {' | '.join(RANKINGS)}, got {c.verifier.ranking!r}",
     )
     check_verifier_backbone(c)
     _require(

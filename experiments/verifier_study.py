@@ -58,6 +58,21 @@ CANDIDATES = {
     # Same session: the default verifier's starting point, untrained. At seed 0 on its held-out samples the
     # policy's own likelihood ranked them better than the trained verifier (pairwise 0.828 against 0.802).
     "likelihood": {"verifier.steps": 0},
+    # 2026-12-07 (fourth session): the policy's own slips in quantity instead of synthetic ones. Every
+    # wrong Best-of-N pick is a slip the base policy makes (gap_texts); the default trains on 512 prompts x 8
+    # of its samples. Here 2048 prompts x 16 (8x the samples, the held-out fifth still from validation),
+    # trained 800 steps (about one pass over them).
+    "onpolicy": {"verifier.num_prompts": 2048, "verifier.samples_per_prompt": 16, "verifier.steps": 800},
+    # Same session: the default's data and steps, its ranking term made listwise (bon_jax/verifiers/train.py):
+    # -log of the softmax mass of a prompt's correct completions, so the incorrect completions scored
+    # highest, the ones Best-of-N picks, are pushed down hardest.
+    "listwise": {"verifier.ranking": "listwise"},
+    # The two together: the listwise term over 16 of the policy's samples a prompt, not 8, has more of its
+    # top-scored slips to push down.
+    "onpolicy_listwise": {
+        "verifier.num_prompts": 2048, "verifier.samples_per_prompt": 16, "verifier.steps": 800,
+        "verifier.ranking": "listwise",
+    },
 }
 KS = ("2", "4", "8", "32")
 RULE = (

@@ -32,6 +32,7 @@ def test_free_form_sections_accept_any_key():
         ("model.dtype", "float16", "float32' or 'bfloat16"),
         ("verifier.kind", "magic", "learned | oracle | sentiment"),
         ("verifier.ranking_weight", -1.0, "must be >= 0"),
+        ("verifier.ranking", "pointwise", "must be pairwise | listwise"),
         ("verifier.pooling", "mean", r"must be last \| noisy_or \| noisy_or_surprisal \| likelihood"),
         ("verifier.corrupted_references", -1, "must be >= 0"),
         ("verifier.reference_only_prompts", 100, "set verifier.corrupted_references > 0"),
@@ -209,3 +210,12 @@ def test_corruption_kinds_key_the_verifier_stage_only_where_they_change_it():
     assert _stage_section(c.verifier)["corruption_kinds"] == ("answer", "propagate", "carry")
     c.verifier.corrupted_references = 0  # no corruptions made: the kinds change nothing
     assert "corruption_kinds" not in _stage_section(c.verifier)
+
+
+def test_the_ranking_kind_keys_the_verifier_stage_only_where_it_is_not_the_first_one():
+    from bon_jax.pipeline.verifier import _stage_section
+
+    c = cfg.base_config()
+    assert "ranking" not in _stage_section(c.verifier)  # verifiers cached before the option stay valid
+    c.verifier.ranking = "listwise"
+    assert _stage_section(c.verifier)["ranking"] == "listwise"

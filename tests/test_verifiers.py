@@ -433,6 +433,48 @@ def test_ranking_loss_matches_pair_enumeration(seed):
     assert int(count) == 0 and float(value) == 0.0
 
 
+def brute_force_listwise(z, y, g):
+    """float64, group by group: (mean over groups with both classes of -log(sum_correct e^z / sum_all e^z),
+    number of such groups)."""
+    terms = []
+    for group in np.unique(g):
+        zg, yg = z[g == group], y[g == group]
+        if yg.min() == 0 and yg.max() == 1:
+            terms.append(-np.log(np.exp(zg[yg == 1]).sum() / np.exp(zg).sum()))
+    return (float(np.mean(terms)) if terms else 0.0), len(terms)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_listwise_ranking_matches_group_enumeration(seed):
+    r = np.random.default_rng(seed)
+    z = r.normal(size=40) * 3
+    y = (r.random(40) < 0.3).astype(np.float32)
+    g = r.integers(0, 6, 40)
+    value, count = ranking_loss(jnp.asarray(z, jnp.float32), jnp.asarray(y), jnp.asarray(g), "listwise")
+    want, groups = brute_force_listwise(z, y, g)
+    assert groups > 1 and int(count) == groups
+    assert float(value) == pytest.approx(want, rel=1e-5)
+    shifted = z + 10.0 * g  # a per-prompt shift changes nothing
+    assert float(ranking_loss(jnp.asarray(shifted, jnp.float32), jnp.asarray(y), jnp.asarray(g),
+                              "listwise")[0]) == pytest.approx(want, rel=1e-4)
+    value, count = ranking_loss(jnp.zeros(4), jnp.array([1.0, 0.0, 1.0, 0.0]), jnp.arange(4), "listwise")
+    assert int(count) == 0 and float(value) == 0.0
+    with pytest.raises(ValueError, match="ranking must be one of"):
+        ranking_loss(jnp.zeros(4), jnp.ones(4), jnp.arange(4), "pointwise")
+
+
+def test_listwise_ranking_pushes_the_top_scored_incorrect_completion_hardest():
+    """What it is for: Best-of-N fails on the incorrect completion scored highest. The pairwise term pushes
+    every incorrect completion below a correct one about equally when they are all above it; the listwise
+    term's push on each is its softmax weight, so the top one gets most."""
+    z = jnp.array([0.0, 3.0, 1.0, -2.0])  # one correct completion (row 0), three incorrect ones
+    y, g = jnp.array([1.0, 0.0, 0.0, 0.0]), jnp.zeros(4, jnp.int32)
+    grad = np.asarray(jax.grad(lambda z: ranking_loss(z, y, g, "listwise")[0])(z))
+    assert grad[0] < 0 and np.all(grad[1:] > 0)  # the correct one up, the incorrect ones down
+    assert grad[1] > 5 * grad[2] > 5 * 5 * grad[3]
+    np.testing.assert_allclose(grad[1:], np.asarray(jax.nn.softmax(z))[1:], rtol=1e-5)
+
+
 def test_pairwise_accuracy_is_within_group_auc():
     r = np.random.default_rng(3)
     z = np.round(r.normal(size=60), 1)  # ties happen

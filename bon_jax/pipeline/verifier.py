@@ -104,6 +104,7 @@ def verifier_stage(
             eval_data=(pick(prompts, holdout), pick(completions, holdout), labels[holdout], groups[holdout]),
             groups=groups[train] if v.ranking_weight else None,
             ranking_weight=v.ranking_weight,
+            ranking=v.ranking,
             pooling=v.pooling,
             zero_init_head=v.zero_init_head,
             line_labels=[ctx.task.line_labels(x) for x in pick(completions, train)] if v.pooling == "process" else None,
@@ -154,10 +155,10 @@ _FIRST_CORRUPTION_KINDS = ("answer", "propagate")
 def _stage_section(v) -> dict:
     """The verifier section as the stage's cache key reads it: the `process_*` options only for the
     `'process'` pooling, which alone reads them, `corruption_kinds` only where corruptions are made, of
-    other kinds than the first ones, and the backbone's options only where they are set (so a cached
+    other kinds than the first ones, and the backbone's and ranking's options only where they are set (so a cached
     verifier stays valid where an option changes nothing)."""
     section = v.to_dict()
-    for key, neutral in (("model_overrides", {}), ("backbone_sft_steps", 0)):
+    for key, neutral in (("model_overrides", {}), ("backbone_sft_steps", 0), ("ranking", "pairwise")):
         if section.get(key) == neutral:
             section.pop(key, None)
     if section.get("pooling") != "process":

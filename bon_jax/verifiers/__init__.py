@@ -33,6 +33,7 @@ from bon_jax.verifiers.train import (
     class_weights,
     evaluate_verifier,
     pairwise_accuracy,
+    RANKINGS,
     ranking_loss,
     train_verifier,
 )
@@ -41,7 +42,7 @@ __all__ = [
     "HAZARD_OFFSET", "POOLINGS", "LearnedVerifier", "OracleVerifier", "Samples", "SentimentVerifier", "Verifier", "auc",
     "bce_loss", "binary_cross_entropy", "binary_metrics", "calibration_bins", "class_weights",
     "completion_texts", "encode_pairs", "evaluate_verifier", "expected_calibration_error",
-    "init_verifier_params", "load_verifier", "noisy_or_logit", "pack_prompt_completion", "pairwise_accuracy", "ranking_loss",
+    "init_verifier_params", "load_verifier", "noisy_or_logit", "pack_prompt_completion", "pairwise_accuracy", "RANKINGS", "ranking_loss",
     "save_verifier",
     "score_completion_tokens", "score_tokens", "sequence_logits", "train_verifier",
 ]

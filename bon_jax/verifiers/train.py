@@ -22,7 +22,19 @@ c_j = 0}:
     rank = (1 / |P|) sum_{(i, j) in P} softplus(z_j - z_i) = -(1 / |P|) sum log sigmoid(z_i - z_j)
     loss = bce_weighted + lambda rank                            (rank = 0 when P is empty)
 
-It is invariant to a per-prompt shift of z, so it only rewards telling a prompt's completions apart. To
+It is invariant to a per-prompt shift of z, so it only rewards telling a prompt's completions apart.
+
+`ranking='listwise'` replaces it by a term shaped like Best-of-N's own failure. Best-of-N by the verifier is
+wrong when the *top-scored* incorrect completion beats every correct one, which a mean over random pairs
+weighs no more than any other pair. Over the prompts G of the minibatch that have both a correct and an
+incorrect completion, with A_g all of g's rows and C_g its correct ones:
+
+    rank = (1 / |G|) sum_{g in G} [ logsumexp_{j in A_g} z_j - logsumexp_{i in C_g} z_i ]
+         = -(1 / |G|) sum_g log P_g(correct),   P_g = softmax of z over A_g
+
+(rank = 0 when G is empty). Its gradient on an incorrect z_j is its softmax weight P_g(j): the
+incorrect completions scored highest are pushed down hardest, those already far below carry almost nothing.
+Also invariant to a per-prompt shift. To
 put such pairs in a minibatch, the minibatches are then slices of the triples ordered by prompt, the prompt
 order reshuffled every pass. `pairwise_accuracy` (held-out) is the fraction of such pairs ranked the right
 way (ties count 1/2): the within-prompt AUC, which is what selection by Best-of-N depends on.
@@ -104,22 +116,43 @@ def class_weights(positive_rate: float, class_weight) -> tuple[float, float]:
     return w0, w1
 
 
-def ranking_loss(z_B: jax.Array, y_B: jax.Array, group_B: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(mean over same-group (correct, incorrect) pairs of softplus(z_j - z_i), number of pairs)."""
-    pair_BB = (group_B[:, None] == group_B[None, :]) & (y_B[:, None] > 0.5) & (y_B[None, :] < 0.5)
-    count = jnp.sum(pair_BB)
-    terms_BB = jax.nn.softplus(z_B[None, :] - z_B[:, None])
-    return jnp.sum(jnp.where(pair_BB, terms_BB, 0.0)) / jnp.maximum(count, 1), count
+RANKINGS = ("pairwise", "listwise")
+
+
+def ranking_loss(z_B: jax.Array, y_B: jax.Array, group_B: jax.Array,
+                 ranking: str = "pairwise") -> tuple[jax.Array, jax.Array]:
+    """'pairwise': (mean over same-group (correct, incorrect) pairs of softplus(z_j - z_i), number of
+    pairs). 'listwise': (mean over the groups with both classes of -log softmax_g(z)[correct], number of
+    such groups). Module docstring."""
+    same_BB = group_B[:, None] == group_B[None, :]
+    right_B = y_B > 0.5
+    if ranking == "pairwise":
+        pair_BB = same_BB & right_B[:, None] & ~right_B[None, :]
+        count = jnp.sum(pair_BB)
+        terms_BB = jax.nn.softplus(z_B[None, :] - z_B[:, None])
+        return jnp.sum(jnp.where(pair_BB, terms_BB, 0.0)) / jnp.maximum(count, 1), count
+    if ranking != "listwise":
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    # Row b stands for its group: the group's logsumexp over all rows and over its correct rows.
+    all_B = jax.nn.logsumexp(jnp.where(same_BB, z_B[None, :], -jnp.inf), axis=1)
+    right_BB = same_BB & right_B[None, :]
+    both_B = jnp.any(right_BB, axis=1) & jnp.any(same_BB & ~right_B[None, :], axis=1)
+    right_lse_B = jax.nn.logsumexp(jnp.where(right_BB, z_B[None, :], -jnp.inf), axis=1)
+    # Each group counted once: its rows share the term, weighted by 1 / (rows in the group).
+    weight_B = jnp.where(both_B, 1.0 / jnp.sum(same_BB, axis=1), 0.0)
+    count = jnp.sum(weight_B)
+    terms_B = jnp.where(both_B, all_B - right_lse_B, 0.0)
+    return jnp.sum(weight_B * terms_B) / jnp.maximum(count, 1.0), jnp.round(count).astype(jnp.int32)
 
 
 def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0), ranking_weight: float = 0.0,
              pooling: str = "last", newlines: tuple[int, ...] | None = None, aggregate: str = "product",
-             outcome_weight: float = 1.0):
+             outcome_weight: float = 1.0, ranking: str = "pairwise"):
     """`loss(params, batch) -> (loss, metrics)` on batch {tokens_BT, valid_BT, label_B[, group_B]
     [, completion_BT][, step_target_BT]}.
 
     With `ranking_weight` > 0 the batch needs `group_B` (prompt ids) and the loss adds the within-prompt
-    ranking term (module docstring); every pooling but `'last'` needs `completion_BT`. `'process'` needs
+    ranking term of kind `ranking` (module docstring); every pooling but `'last'` needs `completion_BT`. `'process'` needs
     `step_target_BT` (0/1 at the step ends) and the tokenizer's newline counts `newlines` (a tuple, so
     that the loss is hashable), and trains per step end (module docstring).
     """
@@ -155,7 +188,7 @@ def bce_loss(cfg: ModelConfig, weights: tuple[float, float] = (1.0, 1.0), rankin
             "mean_prob": jnp.mean(jax.nn.sigmoid(z_B)),
         })
         if ranking_weight:
-            rank, pairs = ranking_loss(z_B, y_B, batch["group_B"])
+            rank, pairs = ranking_loss(z_B, y_B, batch["group_B"], ranking)
             value = value + ranking_weight * rank
             metrics.update(rank=rank, pairs=pairs.astype(jnp.float32))
         return value, metrics
@@ -245,11 +278,11 @@ def evaluate_verifier(params, cfg: ModelConfig, tokenizer, prompts: Sequence[str
 
 @functools.lru_cache(maxsize=4)
 def _update_step(cfg: ModelConfig, weights, ranking_weight, pooling, lr, steps, warmup, weight_decay,
-                 max_grad_norm, newlines=None, aggregate="product", outcome_weight=1.0):
+                 max_grad_norm, newlines=None, aggregate="product", outcome_weight=1.0, ranking="pairwise"):
     """(optimizer, jitted update step), one per distinct setting: a resumed training (or a second verifier
     trained alike) reuses the compiled step."""
     optimizer = adamw(lr, steps, warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-    loss = bce_loss(cfg, weights, ranking_weight, pooling, newlines, aggregate, outcome_weight)
+    loss = bce_loss(cfg, weights, ranking_weight, pooling, newlines, aggregate, outcome_weight, ranking)
     return optimizer, jax.jit(make_update_step(loss, optimizer), donate_argnums=0)
 
 
@@ -261,7 +294,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
                    ranking_weight: float = 0.0, pooling: str = "last", zero_init_head: bool = False,
                    progress: bool = True, stage_dir: str | None = None, ckpt_every: int = 50, keep: int = 3,
                    stop_after: int | None = None, line_labels=None, aggregate: str = "product",
-                   outcome_weight: float = 1.0) -> tuple[dict, dict[str, float]]:
+                   outcome_weight: float = 1.0, ranking: str = "pairwise") -> tuple[dict, dict[str, float]]:
     """Fits a scalar-head verifier by (weighted) BCE; returns (params, metrics).
 
     Args:
@@ -277,6 +310,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
       eval_data: optional held-out (prompts, completions, labels[, groups]); its report is under `eval/...`.
       groups: optional [N] prompt ids of the training triples: minibatches then hold whole prompts.
       ranking_weight: lambda of the within-prompt ranking term (needs `groups`; module docstring).
+      ranking: its kind, one of RANKINGS: 'pairwise' (Bradley-Terry) or 'listwise' (module docstring).
       pooling: one of `bon_jax.verifiers.learned.POOLINGS`.
       zero_init_head: start the value head at zero (`init_verifier_params`).
       line_labels: `'process'` only: per triple, one label per line of its completion (`Task.line_labels`:
@@ -331,6 +365,8 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     w0, w1 = class_weights(positive_rate, class_weight)
     if ranking_weight < 0:
         raise ValueError(f"ranking_weight must be >= 0, got {ranking_weight}")
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     if groups is not None:
         groups = np.asarray(groups).reshape(-1)
         if groups.size != y.size:
@@ -344,7 +380,7 @@ def train_verifier(cfg: ModelConfig, tokenizer, prompts: Sequence[str], completi
     params, copied = init_verifier_params(cfg, jax.random.key(seed), init_params, zero_head=zero_init_head)
     optimizer, update = _update_step(cfg, (w0, w1), ranking_weight, pooling, lr, steps, warmup, weight_decay,
                                      max_grad_norm, None if newlines is None else tuple(newlines.tolist()),
-                                     aggregate, float(outcome_weight))
+                                     aggregate, float(outcome_weight), ranking)
     # Committed to the device a restored checkpoint is placed on: fresh and resumed runs share one compile.
     state = jax.device_put(TrainState.create(params, optimizer), jax.devices()[0])
 
