@@ -29,11 +29,11 @@ from bon_jax.verifiers.learned import (
 )
 from bon_jax.verifiers.packing import pack_prompt_completion
 from bon_jax.verifiers.train import (
+    RANKINGS,
     bce_loss,
     class_weights,
     evaluate_verifier,
     pairwise_accuracy,
-    RANKINGS,
     ranking_loss,
     train_verifier,
 )
