@@ -146,6 +146,7 @@ def test_draw_informative_keeps_every_field_with_its_prompt_across_rounds():
         "sample/informative_frac": 1 / 3,
         "sample/informative_batch_frac": 1.0,
         "sample/draw_rounds": 3.0,
+        "sample/draw_prompts": 9.0,
     }
     everything = DS.concat_rows([_round(s, width(s)) for s in (0, 3, 6)], pad_id=0)
     _assert_rows(g, everything, [1, 4, 7])
@@ -225,6 +226,65 @@ def test_draw_informative_gives_the_verifier_misses_their_share_of_the_batch(sha
     assert m["sample/verifier_miss_batch_frac"] == pytest.approx(np.mean([i % 3 == 0 for i in want_ids]))
     with pytest.raises(ValueError, match="miss_share must be in"):
         DS.draw_informative(lambda: next(it), draw, jax.random.key(0), rounds=1, pad_id=0, miss_share=0.0)
+
+
+def _per_prompt_stream(seed, B, M=4, width=6):
+    """(next_batch, draw, drawn (id, key) pairs) over prompts whose samples are a function of the prompt id alone, as the
+    sampler's (it seeds each prompt's samples by its id): rewards and scores from a per-id generator, so a
+    prompt draws the same samples in any chunk of its batch. About 70% of prompts are informative, some
+    of them verifier misses."""
+    drawn = []
+
+    def samples(ids):
+        rng = [np.random.default_rng([seed, int(q)]) for q in ids]
+        rewards = np.stack([(r.random(M) < r.choice([0.0, 0.5, 1.0], p=[0.15, 0.7, 0.15])) for r in rng])
+        scores = np.stack([r.normal(size=M) for r in rng]).astype(np.float32)
+        per_id = _graded_rows(ids, M, width)
+        return dataclasses.replace(per_id, rewards_BM=rewards.astype(np.float32), scores_BM=scores)
+
+    def stream():
+        for s in range(0, 10_000, B):
+            ids = np.arange(s, s + B)
+            g = _graded_rows(ids, M, width)
+            yield {"prompt_tokens_BT": g.prompt_tokens_BT, "prompt_lengths_B": g.prompt_lengths_B, "index_B": ids}
+
+    it = stream()
+
+    def draw(batch, k):  # what each prompt was drawn with: its id and the draw's key
+        drawn.extend((q, tuple(np.asarray(jax.random.key_data(k)).tolist())) for q in batch["index_B"].tolist())
+        return samples(batch["index_B"])
+
+    return (lambda: next(it)), draw, drawn
+
+
+def _graded_rows(ids, M, width):
+    """`_graded` of the prompts `ids` (not necessarily consecutive): every field of row b encodes ids[b]."""
+    parts = [_graded(1, M=M, width=width, start=int(q)) for q in ids]
+    return DS.concat_rows(parts, pad_id=0)
+
+
+@pytest.mark.parametrize("target, share", [("mixed_rewards", 1.0), ("verifier_misses", 0.5)])
+@pytest.mark.parametrize("seed", range(6))
+def test_extra_rounds_drawn_in_chunks_keep_the_batch_of_whole_rounds(seed, target, share):
+    """issue 14: an extra round drawn a chunk at a time, stopping once nothing is short, keeps the same
+    prompts and samples as drawing the whole round, and draws fewer prompts."""
+    B = 8
+    want_next, want_draw, want_drawn = _per_prompt_stream(seed, B)
+    kw = dict(rounds=3, pad_id=0, target=target, miss_share=share)
+    want_kept, want_g, want_m = DS.draw_informative(want_next, want_draw, jax.random.key(seed), **kw)
+    for chunk in (1, 2, 3, B):
+        nxt, draw, drawn = _per_prompt_stream(seed, B)
+        kept, g, m = DS.draw_informative(nxt, draw, jax.random.key(seed), chunk=chunk, **kw)
+        np.testing.assert_array_equal(kept["index_B"], want_kept["index_B"])
+        _assert_rows(g, want_g, range(B))
+        assert {k: v for k, v in m.items() if k != "sample/draw_prompts"} == {
+            k: v for k, v in want_m.items() if k != "sample/draw_prompts"}
+        assert m["sample/draw_prompts"] == len(drawn) <= len(want_drawn) == want_m["sample/draw_prompts"]
+        assert drawn == want_drawn[: len(drawn)]  # a prefix of the whole rounds' draws, keys included
+        if chunk == 1 and want_m["sample/draw_rounds"] > 1:
+            assert len(drawn) < len(want_drawn)
+    with pytest.raises(ValueError, match="chunk must be a positive integer"):
+        DS.draw_informative(want_next, want_draw, jax.random.key(0), chunk=0, **kw)
 
 
 def test_the_stage_key_reads_the_miss_target_only_where_it_changes_training():

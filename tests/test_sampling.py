@@ -200,6 +200,22 @@ def test_samples_differ_and_do_not_depend_on_batch_layout():
     assert (moved_out.tokens_BMT[:2] != out.tokens_BMT[:2]).any()
 
 
+def test_a_batch_drawn_in_chunks_draws_what_the_whole_batch_does():
+    """Dynamic sampling draws its extra rounds a chunk of prompts at a time (pipeline/dynamic_sampling.py):
+    that changes no sample only if a prompt's samples do not depend on how many prompts share its call."""
+    prompts = _prompts("left")
+    ids = np.array([11, 12, 13])
+    lengths = np.asarray(LENGTHS)
+    draw = lambda rows: sample(_params(), CFG, prompts[rows], M, jax.random.key(3), prompt_ids_B=ids[rows],
+                               prompt_lengths_B=lengths[rows], padding_side="left", **SETTINGS)
+    whole = draw(slice(0, 3))
+    for rows in (slice(0, 1), slice(1, 3)):
+        part = draw(rows)
+        np.testing.assert_array_equal(part.tokens_BMT, whole.tokens_BMT[rows])
+        np.testing.assert_array_equal(part.lengths_BM, whole.lengths_BM[rows])
+        np.testing.assert_allclose(part.logprobs_BMT, whole.logprobs_BMT[rows], atol=1e-5)
+
+
 def test_second_call_with_same_shapes_does_not_recompile():
     _sample("right")
     before = dict(sampling.TRACE_COUNTS)

@@ -29,6 +29,15 @@ verifier, not only the kept ones.
 Every round's key derives from the step's key and the round's index, and its prompts are the data
 iterator's next batches (whose state the training loop checkpoints after the step), so a resumed run draws
 exactly what an uninterrupted one did.
+
+An extra round is drawn in chunks of `chunk` consecutive prompts of its batch, stopping at the first chunk
+after which nothing is short (issue 14: with 85% of round 0 informative, the default step needed about 2
+more prompts of 16, yet drew all 16 x 32 samples). This changes no sample and no choice: the sampler seeds
+each prompt's samples by its id (`prompt_ids_B`), not by its batch position or neighbours, and a chunk keeps
+its batch's prompt width, so a chunk draws exactly its prompts' rows of the whole round's draw. And the
+batch is the first B prompts by level, in draw order: once the drawn prompts hold B informative ones (and
+the C misses the target asks for), every prompt not drawn comes later in draw order than B that qualify
+at its level or above (a miss past the first C counts as informative), so it would not have been taken.
 """
 
 from __future__ import annotations
@@ -156,6 +165,13 @@ def _any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def prompt_chunks(batch: dict, chunk: int) -> list[dict]:
+    """The prompt batch {"prompt_tokens_BT", "prompt_lengths_B", "index_B"} as consecutive slices of
+    `chunk` prompts (the last one shorter if `chunk` does not divide B), each at the batch's prompt width."""
+    B = len(batch["index_B"])
+    return [{name: value[i : i + chunk] for name, value in batch.items()} for i in range(0, B, chunk)]
+
+
 def draw_informative(
     next_batch: Callable[[], dict],
     draw: Callable[[dict, jax.Array], GradedSamples],
@@ -165,6 +181,7 @@ def draw_informative(
     pad_id: int,
     target: str = "mixed_rewards",
     miss_share: float = 1.0,
+    chunk: int | None = None,
 ) -> tuple[dict, GradedSamples, dict]:
     """One step's prompts and samples under dynamic sampling with up to `rounds` extra rounds (module doc).
 
@@ -172,7 +189,8 @@ def draw_informative(
     "index_B"}; `draw(batch, key)` samples and grades it. Round 0 uses `key` itself, so `rounds = 0` is the
     plain step (its batch and samples returned as drawn). Returns (the kept prompt batch, their samples,
     host metrics): `sample/informative_frac` (of round 0's prompts), `sample/informative_batch_frac` (of the
-    returned batch) and `sample/draw_rounds` (draws made, round 0 included); with `target =
+    returned batch), `sample/draw_rounds` (rounds drawn, round 0 included) and `sample/draw_prompts`
+    (prompts drawn; extra rounds are drawn `chunk` prompts at a time, default: all B); with `target =
     "verifier_misses"` (`draw` must score the samples) also `sample/verifier_miss_frac` and
     `sample/verifier_miss_batch_frac`, the same for the verifier's misses.
     """
@@ -186,16 +204,23 @@ def draw_informative(
     ids = [np.asarray(batch["index_B"])]
     levels = [levels_B(graded[0], target)]
     B = len(levels[0])
+    if chunk is None:
+        chunk = B
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     cap = int(np.ceil(miss_share * B)) if target == "verifier_misses" else 0
     held = lambda level: int(sum((v >= level).sum() for v in levels))
     short = lambda: held(INFORMATIVE) < B or held(MISS) < cap
     r = 0
     while r < rounds and _any_process(short()):
         r += 1
-        batch = next_batch()
-        graded.append(draw(batch, jax.random.fold_in(key, r)))
-        ids.append(np.asarray(batch["index_B"]))
-        levels.append(levels_B(graded[-1], target))
+        key_r = jax.random.fold_in(key, r)
+        for i, part in enumerate(prompt_chunks(next_batch(), chunk)):
+            if i and not _any_process(short()):
+                break
+            graded.append(draw(part, key_r))
+            ids.append(np.asarray(part["index_B"]))
+            levels.append(levels_B(graded[-1], target))
     raw, levels = levels, cap_misses(levels, cap)
     if r == 0 and target == "mixed_rewards":  # off, or all of round 0 informative: the batch as drawn
         rows, g, kept = np.arange(B), graded[0], batch
@@ -212,6 +237,7 @@ def draw_informative(
         "sample/informative_frac": float((raw[0] >= INFORMATIVE).mean()),
         "sample/informative_batch_frac": float((every[rows] >= INFORMATIVE).mean()),
         "sample/draw_rounds": float(r + 1),
+        "sample/draw_prompts": float(len(every)),
     }
     if target == "verifier_misses":
         metrics["sample/verifier_miss_frac"] = float((raw[0] == MISS).mean())
@@ -227,6 +253,7 @@ __all__ = [
     "draw_informative",
     "informative_B",
     "levels_B",
+    "prompt_chunks",
     "take_rows",
     "verifier_miss_B",
 ]
