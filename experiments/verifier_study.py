@@ -67,6 +67,8 @@ CANDIDATES = {
     # -log of the softmax mass of a prompt's correct completions, so the incorrect completions scored
     # highest, the ones Best-of-N picks, are pushed down hardest.
     "listwise": {"verifier.ranking": "listwise"},
+    # The listwise term was never worse than the default, and moved it little in 200 steps: 600.
+    "listwise_long": {"verifier.ranking": "listwise", "verifier.steps": 600},
     # The two together: the listwise term over 16 of the policy's samples a prompt, not 8, has more of its
     # top-scored slips to push down.
     "onpolicy_listwise": {

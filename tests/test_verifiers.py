@@ -414,25 +414,6 @@ def brute_force_ranking(z, y, g):
     return (float(np.mean(terms)) if terms else 0.0), len(terms)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ranking_loss_matches_pair_enumeration(seed):
-    r = np.random.default_rng(seed)
-    z = r.normal(size=24) * 3
-    y = (r.random(24) < 0.3).astype(np.float32)
-    g = r.integers(0, 5, 24)
-    value, count = ranking_loss(jnp.asarray(z, jnp.float32), jnp.asarray(y), jnp.asarray(g))
-    want, pairs = brute_force_ranking(z, y, g)
-    assert int(count) == pairs
-    assert float(value) == pytest.approx(want, rel=1e-5)
-    # A per-group shift of the scores changes nothing: only a prompt's own completions are compared.
-    shifted = z + 10.0 * g
-    assert float(ranking_loss(jnp.asarray(shifted, jnp.float32), jnp.asarray(y), jnp.asarray(g))[0]) == (
-        pytest.approx(want, rel=1e-4))
-    # No same-prompt (correct, incorrect) pair: the term is 0, not NaN.
-    value, count = ranking_loss(jnp.zeros(4), jnp.array([1.0, 0.0, 1.0, 0.0]), jnp.arange(4))
-    assert int(count) == 0 and float(value) == 0.0
-
-
 def brute_force_listwise(z, y, g):
     """float64, group by group: (mean over groups with both classes of -log(sum_correct e^z / sum_all e^z),
     number of such groups)."""
@@ -444,21 +425,27 @@ def brute_force_listwise(z, y, g):
     return (float(np.mean(terms)) if terms else 0.0), len(terms)
 
 
+@pytest.mark.parametrize("ranking, enumerate_in_float64", [("pairwise", brute_force_ranking),
+                                                           ("listwise", brute_force_listwise)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_listwise_ranking_matches_group_enumeration(seed):
+def test_ranking_loss_matches_enumeration(ranking, enumerate_in_float64, seed):
     r = np.random.default_rng(seed)
     z = r.normal(size=40) * 3
     y = (r.random(40) < 0.3).astype(np.float32)
     g = r.integers(0, 6, 40)
-    value, count = ranking_loss(jnp.asarray(z, jnp.float32), jnp.asarray(y), jnp.asarray(g), "listwise")
-    want, groups = brute_force_listwise(z, y, g)
-    assert groups > 1 and int(count) == groups
+    loss = lambda z, y, g: ranking_loss(jnp.asarray(z, jnp.float32), jnp.asarray(y), jnp.asarray(g), ranking)
+    value, count = loss(z, y, g)
+    want, terms = enumerate_in_float64(z, y, g)
+    assert terms > 1 and int(count) == terms  # pairs, or groups with both classes
     assert float(value) == pytest.approx(want, rel=1e-5)
-    shifted = z + 10.0 * g  # a per-prompt shift changes nothing
-    assert float(ranking_loss(jnp.asarray(shifted, jnp.float32), jnp.asarray(y), jnp.asarray(g),
-                              "listwise")[0]) == pytest.approx(want, rel=1e-4)
-    value, count = ranking_loss(jnp.zeros(4), jnp.array([1.0, 0.0, 1.0, 0.0]), jnp.arange(4), "listwise")
+    # A per-group shift of the scores changes nothing: only a prompt's own completions are compared.
+    assert float(loss(z + 10.0 * g, y, g)[0]) == pytest.approx(want, rel=1e-4)
+    # No same-prompt (correct, incorrect) pair: the term is 0, not NaN.
+    value, count = loss(np.zeros(4), np.array([1.0, 0.0, 1.0, 0.0]), np.arange(4))
     assert int(count) == 0 and float(value) == 0.0
+
+
+def test_an_unknown_ranking_is_refused():
     with pytest.raises(ValueError, match="ranking must be one of"):
         ranking_loss(jnp.zeros(4), jnp.ones(4), jnp.arange(4), "pointwise")
 
