@@ -58,7 +58,7 @@ CANDIDATES = {
     # Same session: the default verifier's starting point, untrained. At seed 0 on its held-out samples the
     # policy's own likelihood ranked them better than the trained verifier (pairwise 0.828 against 0.802).
     "likelihood": {"verifier.steps": 0},
-    # 2026-12-07 (fourth session): the policy's own slips in quantity instead of synthetic ones. Every
+    # 2026-12-07 (sixth session): the policy's own slips in quantity instead of synthetic ones. Every
     # wrong Best-of-N pick is a slip the base policy makes (gap_texts); the default trains on 512 prompts x 8
     # of its samples. Here 2048 prompts x 16 (8x the samples, the held-out fifth still from validation),
     # trained 800 steps (about one pass over them).
