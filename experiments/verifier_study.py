@@ -152,6 +152,16 @@ def pooled(names: list[str], seeds: list[int]) -> dict:
     return out
 
 
+ALL_KS = (1, 2, 4, 8, 16, 32)
+
+
+def fall_from_peak(name: str, seed: int) -> float:
+    """max_k BoN@k - BoN@32 of the run, over k in ALL_KS (0: BoN@k peaks at k = 32; issue 15 asks that BoN@k
+    not fall as k grows)."""
+    curve = [float(np.mean(base_per_prompt(name, seed, f"bon_at_{k}"))) for k in ALL_KS]
+    return max(curve) - curve[-1]
+
+
 def choose(table: dict) -> str:
     """RULE, applied to `pooled`'s table."""
     above = [n for n in table if n != "default" and table[n]["bon_at_32"].low > 0]
@@ -172,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in table:
         cells = [f"{held_out(name, s)[m]:.3f}" for s in seeds for m in ("auc", "pairwise_accuracy")]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\nBoN@k's fall from its peak to k = 32 (max_k BoN@k - BoN@32, k in {ALL_KS}; 0 = still rising):\n")
+    print("| candidate | " + " | ".join(f"s{s}" for s in seeds) + " |")
+    print("|---" * (len(seeds) + 1) + "|")
+    for name in table:
+        print(f"| {name} | " + " | ".join(f"{fall_from_peak(name, s):.3f}" for s in seeds) + " |")
     title = (
         f"Best-of-k by the candidate - by `default`, the same validation samples, pooled over seeds {seeds} x "
         "prompts (crossed 95% CI)"

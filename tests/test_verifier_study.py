@@ -113,3 +113,15 @@ def test_every_committed_run_of_both_studies_matches_its_config_now(study):
     ]
     assert len(runs) >= 10
     refuse_drifted(runs, "")
+
+
+def test_fall_from_peak_is_the_drop_from_the_best_k_to_k_32(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "run_dir", lambda name, seed: str(tmp_path / f"{name}_s{seed}"))
+    curves = {"rising": [0.1, 0.2, 0.3, 0.3, 0.4, 0.5], "peaks_at_4": [0.1, 0.2, 0.6, 0.5, 0.45, 0.4]}
+    for name, curve in curves.items():
+        d = tmp_path / f"{name}_s0"
+        d.mkdir()
+        base = {f"bon_at_{k}": [v, v] for k, v in zip(study.ALL_KS, curve)}
+        (d / "per_prompt.json").write_text(json.dumps({"base": base}))
+    assert study.fall_from_peak("rising", 0) == 0.0
+    assert study.fall_from_peak("peaks_at_4", 0) == pytest.approx(0.2)
