@@ -1,24 +1,28 @@
-"""The README's headline: base vs standard RL vs BoN-aware fine-tuning of the default experiment, on test.
+"""The README's headline: base vs the field's RL baselines vs BoN-aware fine-tuning of the default experiment,
+on test.
 
     python -m experiments.headline [--seed=0] [--out=docs/figures/headline_bon_at_k.png]
 
-runs (or, with finished stages, only reads) the default experiment twice with one shared stage cache
+runs (or, with finished stages, only reads) the default experiment with one shared stage cache
 (runs/arith_bo32/stages, so the base policy and verifier are the same): as configured (BoN-RL-V, N' = 32,
-workdir runs/arith_bo32) and with standard RL in its place (RLOO, `rl.objective=kl_rl`, `rl.n=1`, the same
-samples x steps, as 32 prompts x 8 samples; workdir runs/arith_bo32_standard_rl). It plots BoN@k and pass@k against k for
-the three policies with 95% bootstrap CIs over the test prompts, and prints the paired differences of each
-tuned policy against the base.
+workdir runs/arith_bo32), and with each baseline of BASELINES in its place on the same sample budget
+(prompts x samples x steps): standard RL (RLOO, `rl.objective=kl_rl`, `rl.n=1`; workdir
+runs/arith_bo32_standard_rl) and GRPO (`rl.objective=grpo`; runs/arith_bo32_grpo), each at the batch shape
+chosen for it on validation prompts (docs/lab_notes/rl_diagnosis.md). It plots BoN@k and pass@k against k
+for the base and the tuned policies with 95% bootstrap CIs over the test prompts, and prints the paired
+differences of each tuned policy against the base.
 
 `--seed=S` (S != 0) does the same at `config.seed = S` with the workdirs and stage cache of
-`make train ARGS="--config.seed=S --config.workdir=runs/arith_bo32_seedS"` (runs/arith_bo32_seedS and
-runs/arith_bo32_seedS_standard_rl), and draws its figure into the standard-RL run's directory unless
-`--out` says otherwise, so the README's figure stays seed 0's. Seeds pooled:
+`make train ARGS="--config.seed=S --config.workdir=runs/arith_bo32_seedS"` (runs/arith_bo32_seedS,
+runs/arith_bo32_seedS_standard_rl, runs/arith_bo32_seedS_grpo), and draws its figure into the standard-RL
+run's directory unless `--out` says otherwise, so the README's figure stays seed 0's. Seeds pooled:
 `python -m experiments.across_seeds runs/arith_bo32_standard_rl runs/arith_bo32_seed1_standard_rl ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from experiments.arith_bo32 import get_config
@@ -27,31 +31,67 @@ from experiments.probe_rl import cache_root, train_workdir
 FIGURE = os.path.join("docs", "figures", "headline_bon_at_k.png")
 
 
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    label: str  # in the figure and the printed tables
+    suffix: str  # its workdir: `make train`'s at the seed + suffix
+    overrides: dict  # dotted config keys on top of the default experiment's; rl.steps follows the budget
+
+
+# Both keep the settings chosen for them on validation prompts, with no anchor: the EMA anchor was chosen for
+# BoN-RL-V by experiments/validation_study.py, which did not try the baselines with it.
+BASELINES = (
+    # RLOO's better shape on validation of the two tried at half this budget (run E against H of
+    # docs/lab_notes/rl_diagnosis.md): 32 prompts x 8 samples (8 x 32 gained less pass@1). Its baseline is
+    # the other samples' mean reward, not a value model.
+    Baseline(
+        "standard RL (RLOO)",
+        "_standard_rl",
+        {"rl.objective": "kl_rl", "rl.n": 1, "rl.value_baseline": False, "rl.batch_size": 32, "rl.m": 8,
+         "rl.anchor_ema": 0.0},
+    ),
+    # GRPO (group-normalised advantages), the same two shapes tried on validation as RLOO's (runs grpo_E
+    # and grpo_H of docs/lab_notes/rl_diagnosis.md, "GRPO on validation"): 32 x 8 gained more pass@1.
+    Baseline(
+        "GRPO",
+        "_grpo",
+        {"rl.objective": "grpo", "rl.n": 1, "rl.value_baseline": False, "rl.batch_size": 32, "rl.m": 8,
+         "rl.anchor_ema": 0.0},
+    ),
+)
+STANDARD_RL, GRPO = BASELINES
+
+
+def baseline_workdir(baseline: Baseline, seed: int) -> str:
+    return train_workdir(seed) + baseline.suffix
+
+
 def standard_rl_workdir(seed: int) -> str:
-    return train_workdir(seed) + "_standard_rl"
+    return baseline_workdir(STANDARD_RL, seed)
 
 
-def run_both(seed: int = 0):
+def baseline_config(baseline: Baseline, seed: int):
+    """The default experiment at `seed` with `baseline` in BoN-RL-V's place, on BoN-RL-V's sample budget."""
+    c = get_config()
+    budget = c.rl.batch_size * c.rl.m * c.rl.steps
+    for key, value in baseline.overrides.items():
+        section, field = key.split(".")
+        c[section][field] = value
+    c.rl.steps = budget // (c.rl.batch_size * c.rl.m)
+    assert c.rl.steps * c.rl.batch_size * c.rl.m == budget, "budgets must match"
+    c.seed, c.workdir = seed, baseline_workdir(baseline, seed)
+    return c
+
+
+def run_all(seed: int = 0):
+    """(BoN-RL-V's summary, {baseline label: its summary}), every run sharing the seed's stage cache."""
     from bon_jax.pipeline.run import run_experiment
 
     bon = get_config()
     bon.seed, bon.workdir = seed, train_workdir(seed)
-    standard = get_config()
-    standard.seed, standard.workdir = seed, standard_rl_workdir(seed)
-    # RLOO's best shape on validation of the two tried at this budget (docs/lab_notes/rl_diagnosis.md):
-    # 32 prompts x 8 samples (8 x 32 gained less pass@1)
-    standard.rl.objective, standard.rl.n = "kl_rl", 1
-    standard.rl.value_baseline = False  # RLOO's baseline is the other samples' mean reward
-    standard.rl.batch_size, standard.rl.m = 32, 8
-    # The same sample budget as BoN-RL-V: prompts x samples x steps.
-    budget = bon.rl.batch_size * bon.rl.m * bon.rl.steps
-    standard.rl.steps = budget // (standard.rl.batch_size * standard.rl.m)
-    assert standard.rl.steps * standard.rl.batch_size * standard.rl.m == budget, "budgets must match"
-    # Standard RL keeps the settings chosen for it on validation (run E, no anchor); the EMA anchor was
-    # chosen for BoN-RL-V by experiments/validation_study.py, which did not try standard RL with it.
-    standard.rl.anchor_ema = 0.0
     cache = cache_root(seed)
-    return run_experiment(bon, cache_root=cache), run_experiment(standard, cache_root=cache)
+    bon_summary = run_experiment(bon, cache_root=cache)
+    return bon_summary, {b.label: run_experiment(baseline_config(b, seed), cache_root=cache) for b in BASELINES}
 
 
 def main() -> None:
@@ -65,10 +105,10 @@ def main() -> None:
     from bon_jax.pipeline import report
 
     enable_compilation_cache()
-    bon, standard = run_both(args.seed)
+    bon, baselines = run_all(args.seed)
     evals = {
         "base": bon["eval"]["base"],
-        "standard RL (RLOO)": standard["eval"]["tuned"],
+        **{label: summary["eval"]["tuned"] for label, summary in baselines.items()},
         "BoN-RL-V (N'=32)": bon["eval"]["tuned"],
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -77,7 +117,7 @@ def main() -> None:
         args.out,
         "arith_bo32, 128 test prompts x 32 samples" + (f", seed {args.seed}" if args.seed else ""),
     )
-    for name, summary in (("BoN-RL-V", bon), ("standard RL", standard)):
+    for name, summary in (("BoN-RL-V", bon), *baselines.items()):
         print(f"{name} - base (paired, 95% CI):")
         print(report.difference_table(summary["compare"]))
     print(f"figure: {args.out}")
