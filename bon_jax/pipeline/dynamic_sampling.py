@@ -38,6 +38,10 @@ its batch's prompt width, so a chunk draws exactly its prompts' rows of the whol
 batch is the first B prompts by level, in draw order: once the drawn prompts hold B informative ones (and
 the C misses the target asks for), every prompt not drawn comes later in draw order than B that qualify
 at its level or above (a miss past the first C counts as informative), so it would not have been taken.
+Checked end to end at the default (`mixed_rewards`): its fine-tuning stage gave bit-identical params
+(docs/lab_notes/performance.md). `verifier_misses` also reads the verifier's scores of each chunk; they are
+a function of the prompt and completion alone, but a smaller scoring batch could in principle round
+differently, and that target has not been rerun.
 """
 
 from __future__ import annotations
