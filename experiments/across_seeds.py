@@ -29,20 +29,25 @@ from experiments.reproduce.stats import crossed_ci
 DEFAULT_METRICS = "bon_at_4,bon_at_32,pass_at_1,pass_at_32,maj_at_32,kl,distinct_answers"
 
 
+def _per_prompt(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "per_prompt.json")) as f:
+        return json.load(f)
+
+
+def _stacked(rows: list[np.ndarray]) -> np.ndarray:
+    """[runs, prompts]: the runs' per-prompt differences, which must cover the same prompts."""
+    if len({len(r) for r in rows}) != 1:
+        raise SystemExit(f"the runs have different numbers of prompts: {[len(r) for r in rows]}")
+    return np.stack(rows)
+
+
 def paired_differences(run_dirs: list[str], metric: str) -> np.ndarray:
     """d[s, p] = tuned - base of `metric` on prompt p in run s; the runs must share their prompts."""
     rows = []
     for d in run_dirs:
         pp = _per_prompt(d)
         rows.append(np.asarray(pp["tuned"][metric], np.float64) - np.asarray(pp["base"][metric], np.float64))
-    if len({len(r) for r in rows}) != 1:
-        raise SystemExit(f"the runs have different numbers of prompts: {[len(r) for r in rows]}")
-    return np.stack(rows)
-
-
-def _per_prompt(run_dir: str) -> dict:
-    with open(os.path.join(run_dir, "per_prompt.json")) as f:
-        return json.load(f)
+    return _stacked(rows)
 
 
 def tuned_differences(run_dirs: list[str], versus: list[str], metric: str) -> np.ndarray:
@@ -56,9 +61,7 @@ def tuned_differences(run_dirs: list[str], versus: list[str], metric: str) -> np
         if pa["base"] != pb["base"]:
             raise SystemExit(f"{a} and {b} evaluated different base samples: their tuned policies do not pair")
         rows.append(np.asarray(pa["tuned"][metric], np.float64) - np.asarray(pb["tuned"][metric], np.float64))
-    if len({len(r) for r in rows}) != 1:
-        raise SystemExit(f"the runs have different numbers of prompts: {[len(r) for r in rows]}")
-    return np.stack(rows)
+    return _stacked(rows)
 
 
 def main(argv: list[str] | None = None) -> None:

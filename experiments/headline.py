@@ -38,26 +38,15 @@ class Baseline:
     overrides: dict  # dotted config keys on top of the default experiment's; rl.steps follows the budget
 
 
-# Both keep the settings chosen for them on validation prompts, with no anchor: the EMA anchor was chosen for
-# BoN-RL-V by experiments/validation_study.py, which did not try the baselines with it.
+# What both baselines share: N' = 1, a baseline from the group's other rewards (no value model), and the
+# settings chosen for them on validation prompts. 32 prompts x 8 samples was the better of the two shapes
+# tried for each (RLOO: runs E and H, GRPO: grpo_E and grpo_H of docs/lab_notes/rl_diagnosis.md; 8 x 32
+# gained less pass@1). No anchor: the EMA anchor was chosen for BoN-RL-V by experiments/validation_study.py,
+# which did not try the baselines with it.
+_BASELINE_SETTINGS = {"rl.n": 1, "rl.value_baseline": False, "rl.batch_size": 32, "rl.m": 8, "rl.anchor_ema": 0.0}
 BASELINES = (
-    # RLOO's better shape on validation of the two tried at half this budget (run E against H of
-    # docs/lab_notes/rl_diagnosis.md): 32 prompts x 8 samples (8 x 32 gained less pass@1). Its baseline is
-    # the other samples' mean reward, not a value model.
-    Baseline(
-        "standard RL (RLOO)",
-        "_standard_rl",
-        {"rl.objective": "kl_rl", "rl.n": 1, "rl.value_baseline": False, "rl.batch_size": 32, "rl.m": 8,
-         "rl.anchor_ema": 0.0},
-    ),
-    # GRPO (group-normalised advantages), the same two shapes tried on validation as RLOO's (runs grpo_E
-    # and grpo_H of docs/lab_notes/rl_diagnosis.md, "GRPO on validation"): 32 x 8 gained more pass@1.
-    Baseline(
-        "GRPO",
-        "_grpo",
-        {"rl.objective": "grpo", "rl.n": 1, "rl.value_baseline": False, "rl.batch_size": 32, "rl.m": 8,
-         "rl.anchor_ema": 0.0},
-    ),
+    Baseline("standard RL (RLOO)", "_standard_rl", {"rl.objective": "kl_rl", **_BASELINE_SETTINGS}),
+    Baseline("GRPO", "_grpo", {"rl.objective": "grpo", **_BASELINE_SETTINGS}),  # group-normalised advantages
 )
 STANDARD_RL, GRPO = BASELINES
 
@@ -72,11 +61,11 @@ def standard_rl_workdir(seed: int) -> str:
 
 def baseline_config(baseline: Baseline, seed: int):
     """The default experiment at `seed` with `baseline` in BoN-RL-V's place, on BoN-RL-V's sample budget."""
-    c = get_config()
-    budget = c.rl.batch_size * c.rl.m * c.rl.steps
-    for key, value in baseline.overrides.items():
-        section, field = key.split(".")
-        c[section][field] = value
+    from bon_jax.pipeline.sweep import point_config
+
+    default = get_config()
+    budget = default.rl.batch_size * default.rl.m * default.rl.steps
+    c = point_config(default, baseline.overrides, "runs")  # its workdir is set below
     c.rl.steps = budget // (c.rl.batch_size * c.rl.m)
     assert c.rl.steps * c.rl.batch_size * c.rl.m == budget, "budgets must match"
     c.seed, c.workdir = seed, baseline_workdir(baseline, seed)
